@@ -1,0 +1,284 @@
+//! Command-line interface: one clap struct per subcommand; [`run`] dispatches to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zdcflow",
+    version,
+    about = "Fast calorimeter simulation with normalizing flows (MAF teachers, IAF students)",
+    long_about = "Fast calorimeter simulation with normalizing flows.\n\n\
+        Trains masked autoregressive flows (MAF teachers) on the ALICE Zero Degree Calorimeter and on \
+        CaloChallenge datasets 2 and 3 (iCaloFlow), distils them into inverse autoregressive flows \
+        (IAF students) that sample in one pass, samples showers into the official file formats and \
+        evaluates them with the papers' metrics.\n\n\
+        Typical session:\n  \
+        zdcflow generate zdc --events 20000 --seed 1 --output zdc.h5\n  \
+        zdcflow train-teacher --config configs/smoke-zdc.toml --set data.path=zdc.h5 --output-dir runs/teacher\n  \
+        zdcflow distill-student --config configs/smoke-zdc-student.toml --teacher runs/teacher --set data.path=zdc.h5 --output-dir runs/student\n  \
+        zdcflow sample --model runs/student --conditions zdc.h5 --output gen.h5\n  \
+        zdcflow evaluate --reference zdc.h5 --generated gen.h5 --output metrics.json --plots plots/"
+)]
+pub struct Cli {
+    /// Where tensors live: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+
+    /// CPU threads for tensor work (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+
+    /// No progress bars (logs and summaries are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write synthetic data in the real formats (CaloChallenge HDF5, zdcflow's ZDC HDF5).
+    Generate(GenerateArgs),
+    /// Detect a file's format, validate it completely (streaming) and summarise it.
+    Inspect(InspectArgs),
+    /// Train MAF teachers (ZDC flow + photon-sum regressor, or iCaloFlow Flow-1/2/3) from a TOML config.
+    TrainTeacher(TrainArgs),
+    /// Distil IAF students from a trained teacher by probability density distillation.
+    DistillStudent(DistillArgs),
+    /// Generate showers with a trained model into the official layout, in chunks.
+    Sample(SampleArgs),
+    /// Join the shard files of a `sample --shard` job array into one file.
+    Merge(MergeArgs),
+    /// Compare generated with reference showers: the papers' metrics, plots, and a regression gate.
+    Evaluate(EvaluateArgs),
+    /// Time training steps and sampling of random-weight stacks on this machine.
+    Bench(BenchArgs),
+    /// Run the whole chain on small generated data (about 5 minutes on 2 CPU cores).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: GenerateWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GenerateWhat {
+    /// Electromagnetic showers in CaloChallenge dataset 2 or 3 geometry.
+    Calo {
+        /// CaloChallenge dataset: 2 (45×16×9 voxels) or 3 (45×50×18).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=3))]
+        dataset: u8,
+        /// Number of showers.
+        #[arg(long)]
+        events: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// ZDC neutron-calorimeter responses (44×44 photon counts) with particle conditions.
+    Zdc {
+        /// Number of responses (conditions repeat, so unique conditions are fewer).
+        #[arg(long)]
+        events: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// An HDF5 file (CaloChallenge or zdcflow ZDC layout) or a ZDC `…responses.npz`.
+    pub file: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The setup, e.g. configs/zdc-teacher-all.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config key, e.g. --set train.epochs=2 --set data.path=zdc.h5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Where model.json, best/last.safetensors, checkpoint/ and metrics.jsonl go
+    /// (default: runs/<config name>).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The teacher's output directory (from train-teacher).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitChoice {
+    /// ZDC: the test split of the model's split; CaloChallenge: every event.
+    Auto,
+    All,
+    Train,
+    Val,
+    Test,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// A trained model directory (student or teacher).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Take the conditions (ZDC particles, CaloChallenge incident energies) from this file.
+    #[arg(long, conflicts_with = "events", required_unless_present = "events")]
+    pub conditions: Option<PathBuf>,
+    /// CaloChallenge only: this many showers with E_inc log-uniform in 1 GeV – 1 TeV.
+    #[arg(long)]
+    pub events: Option<usize>,
+    /// Which events of --conditions to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub split: SplitChoice,
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Generate only slice I of N (1-based), e.g. --shard 3/10 in a SLURM array task.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Use the teacher (MAF) even where the model directory holds a student (slow).
+    #[arg(long)]
+    pub teacher: bool,
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The merged file.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Shard files, in any order (their shard numbers decide the order).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    #[arg(long)]
+    pub reference: PathBuf,
+    #[arg(long)]
+    pub generated: PathBuf,
+    /// Write the metrics as JSON here.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Draw PNG figures into this directory.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// An earlier metrics JSON: exit non-zero if any metric got worse by more than --tolerance.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Allowed relative worsening per metric for --baseline.
+    #[arg(long, default_value_t = 0.05)]
+    pub tolerance: f64,
+    /// CaloChallenge classifier test: epochs (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    pub classifier_epochs: usize,
+    /// CaloChallenge classifier test: hidden units per layer (the challenge uses 2048).
+    #[arg(long, default_value_t = 256)]
+    pub classifier_hidden: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchShape {
+    #[value(name = "ds2-flow3")]
+    Ds2Flow3,
+    #[value(name = "ds3-flow3")]
+    Ds3Flow3,
+    Zdc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchWhat {
+    TrainStep,
+    SampleIaf,
+    SampleMaf,
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A stack shape of the papers (the same shapes as the PyTorch+nflows peer benchmark).
+    #[arg(long, value_enum, conflicts_with = "config")]
+    pub shape: Option<BenchShape>,
+    /// Or the flow architecture of a config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "all")]
+    pub what: BenchWhat,
+    /// Batch size (default: the peer benchmark's for each measurement).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Timed repetitions (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print JSON lines in the peer benchmark's schema.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where every step's output goes.
+    #[arg(long, default_value = "demo-run")]
+    pub output_dir: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn not_implemented(what: &str) -> Result<ExitCode> {
+    Err(Error::Invalid(format!("`zdcflow {what}` is not implemented yet")))
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(n) = cli.threads {
+        // Ignored if the pool already exists (only possible in tests).
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    match cli.command {
+        Command::Generate(_) => not_implemented("generate"),
+        Command::Inspect(_) => not_implemented("inspect"),
+        Command::TrainTeacher(_) => not_implemented("train-teacher"),
+        Command::DistillStudent(_) => not_implemented("distill-student"),
+        Command::Sample(_) => not_implemented("sample"),
+        Command::Merge(_) => not_implemented("merge"),
+        Command::Evaluate(_) => not_implemented("evaluate"),
+        Command::Bench(_) => not_implemented("bench"),
+        Command::Demo(_) => not_implemented("demo"),
+    }
+}

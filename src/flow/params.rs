@@ -1,0 +1,110 @@
+//! Where a model's parameters come from: freshly initialised from a seed (training), or read
+//! from a safetensors file (sampling, teachers, resume). Both hand out the same dotted names
+//! (`flow.3.made.layers.1.weight`) through a candle-nn `VarBuilder`.
+//!
+//! candle's CPU random generator cannot be seeded, so initial values are drawn here from a
+//! ChaCha stream: the same seed gives the same model on every machine.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A `VarMap` whose missing entries are created from a seeded generator.
+pub struct SeededInit {
+    varmap: VarMap,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl SeededInit {
+    pub fn new(varmap: VarMap, seed: u64) -> Self {
+        Self { varmap, rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
+    }
+
+    /// A `VarBuilder` that creates trainable variables in `varmap`.
+    pub fn var_builder(varmap: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Self::new(varmap.clone(), seed)), dtype, device.clone())
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededInit {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut data = self.varmap.data().lock().expect("varmap lock");
+        if let Some(var) = data.get(name) {
+            if var.shape() != &shape {
+                candle_core::bail!("parameter {name}: shape {:?} requested, {:?} stored", shape, var.shape());
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        let n = shape.elem_count();
+        let values: Vec<f64> = match init {
+            Init::Const(c) => vec![c; n],
+            Init::Uniform { lo, up } => {
+                let mut rng = self.rng.lock().expect("rng lock");
+                (0..n).map(|_| if up > lo { rng.random_range(lo..up) } else { lo }).collect()
+            }
+            other => candle_core::bail!("parameter {name}: unsupported initialiser {other:?}"),
+        };
+        let tensor = Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&tensor)?;
+        let t = var.as_tensor().clone();
+        data.insert(name.to_string(), var);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("parameter {name}: a seeded initialiser needs a shape")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.varmap.data().lock().expect("varmap lock").contains_key(name)
+    }
+}
+
+/// Reads a safetensors file into plain (non-trainable) tensors, checking that the file holds
+/// exactly the names and shapes of `expected` (a model built with [`SeededInit`]); the error
+/// names the first difference so that a checkpoint of another model is refused clearly.
+pub fn load_frozen(
+    path: &Path,
+    expected: &VarMap,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, String> {
+    let tensors = candle_core::safetensors::load(path, device).map_err(|e| format!("cannot read weights: {e}"))?;
+    let want = expected.data().lock().expect("varmap lock");
+    for (name, var) in want.iter() {
+        match tensors.get(name) {
+            None => return Err(format!("weights lack tensor '{name}' (a checkpoint of another model?)")),
+            Some(t) if t.shape() != var.shape() => {
+                return Err(format!(
+                    "tensor '{name}' has shape {:?}, the model needs {:?} (a checkpoint of another model?)",
+                    t.shape().dims(),
+                    var.shape().dims()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !want.contains_key(*k)) {
+        return Err(format!(
+            "weights hold tensor '{extra}' that the model does not have (a checkpoint of another model?)"
+        ));
+    }
+    tensors.into_iter().map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)).map_err(|e| e.to_string())).collect()
+}
+
+/// Copies loaded values into the variables of `varmap` (resume, or a student initialised from
+/// its teacher). Names and shapes must already have been checked by [`load_frozen`].
+pub fn assign(varmap: &VarMap, values: &HashMap<String, Tensor>) -> candle_core::Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        if let Some(v) = values.get(name) {
+            var.set(&v.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! A stack of MADE-RQS blocks with permutations between them and a standard-normal base.
+//!
+//! The stack is written once for both kinds: x → z runs block 0 first and permutes after each
+//! block; z → x runs the blocks in reverse order and undoes the permutations. Each block uses its
+//! fast pass where the kind allows it (MAF: x → z, IAF: z → x) and its D-pass solve otherwise.
+//! The traced variants report every block's data-side and latent-side tensors and MADE outputs
+//! (what distillation compares) from the same loop as the untraced ones.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::autoregressive::{BlockPass, MadeRqs};
+use super::made::MadeConfig;
+use super::permutation::{is_permutation, Permutation};
+use super::spline::{Direction, SplineConfig};
+
+/// Which pass is fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowKind {
+    /// Masked autoregressive flow: density in one pass, sampling in D passes (the teacher).
+    Maf,
+    /// Inverse autoregressive flow: sampling in one pass, density in D passes (the student).
+    Iaf,
+}
+
+/// Everything needed to rebuild a stack (saved as JSON beside its weights).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    pub kind: FlowKind,
+    pub features: usize,
+    pub context_features: usize,
+    pub blocks: usize,
+    pub hidden_features: usize,
+    pub hidden_layers: usize,
+    pub residual: bool,
+    pub dropout: f64,
+    pub spline: SplineConfig,
+    /// `blocks − 1` index vectors; permutation i is applied after block i on the way to z.
+    pub permutations: Vec<Vec<usize>>,
+}
+
+impl FlowSpec {
+    pub fn made_config(&self) -> MadeConfig {
+        MadeConfig {
+            features: self.features,
+            context_features: self.context_features,
+            hidden_features: self.hidden_features,
+            hidden_layers: self.hidden_layers,
+            output_multiplier: self.spline.params_per_feature(),
+            residual: self.residual,
+            dropout: self.dropout,
+        }
+    }
+
+    /// Checks the internal consistency of a spec (e.g. one read from a model.json).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.features == 0 || self.blocks == 0 || self.hidden_features == 0 {
+            return Err("features, blocks and hidden_features must be ≥ 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        self.spline.validate().map_err(|(field, why)| format!("spline.{field}: {why}"))?;
+        if self.permutations.len() != self.blocks - 1 {
+            return Err(format!(
+                "{} permutations for {} blocks (need blocks − 1)",
+                self.permutations.len(),
+                self.blocks
+            ));
+        }
+        if let Some(i) = self.permutations.iter().position(|p| !is_permutation(p, self.features)) {
+            return Err(format!("permutation {i} is not a permutation of 0..{}", self.features));
+        }
+        Ok(())
+    }
+
+    /// Parameters in the stack.
+    pub fn parameter_count(&self) -> usize {
+        let (d, h, c) = (self.features, self.hidden_features, self.context_features);
+        let out = d * self.spline.params_per_feature();
+        let ctx = if c > 0 { c * h + h } else { 0 };
+        let hidden = if self.residual { 2 * (h * h + h) + ctx } else { h * h + h };
+        self.blocks * (d * h + h + ctx + self.hidden_layers * hidden + h * out + out)
+    }
+}
+
+/// Every block's tensors from one pass, indexed by block (not by order of application).
+#[derive(Default)]
+pub struct Trace {
+    /// Block i's tensor on the data side (its input on the way to z).
+    pub data_side: Vec<Tensor>,
+    /// Block i's tensor on the latent side (its output on the way to z).
+    pub latent_side: Vec<Tensor>,
+    /// Block i's raw MADE output.
+    pub made: Vec<Tensor>,
+}
+
+/// The result of a pass: its output, log|∂output/∂input| per sample, and optionally a trace.
+pub struct Pass {
+    pub output: Tensor,
+    pub ladj: Tensor,
+    pub trace: Option<Trace>,
+}
+
+pub struct Flow {
+    spec: FlowSpec,
+    blocks: Vec<MadeRqs>,
+    perms: Vec<Permutation>,
+    device: Device,
+    dtype: DType,
+}
+
+/// log N(z; 0, I) per row.
+pub fn standard_normal_log_prob(zs: &Tensor) -> candle_core::Result<Tensor> {
+    let d = zs.dim(1)? as f64;
+    zs.sqr()?.sum(1)?.affine(-0.5, -0.5 * d * (2.0 * std::f64::consts::PI).ln())
+}
+
+impl Flow {
+    /// Builds the stack; parameters come from `vb` under `<prefix>.<i>.made.…`.
+    pub fn new(spec: &FlowSpec, vb: VarBuilder) -> candle_core::Result<Self> {
+        spec.validate().map_err(candle_core::Error::Msg)?;
+        let fast = match spec.kind {
+            FlowKind::Maf => Direction::Forward,
+            FlowKind::Iaf => Direction::Inverse,
+        };
+        let made = spec.made_config();
+        let blocks = (0..spec.blocks)
+            .map(|i| MadeRqs::new(&made, &spec.spline, fast, vb.pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let perms = spec
+            .permutations
+            .iter()
+            .map(|p| Permutation::new(p, vb.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { spec: spec.clone(), blocks, perms, device: vb.device().clone(), dtype: vb.dtype() })
+    }
+
+    pub fn spec(&self) -> &FlowSpec {
+        &self.spec
+    }
+
+    fn block_to_latent(
+        &self,
+        i: usize,
+        xs: &Tensor,
+        ctx: Option<&Tensor>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> candle_core::Result<BlockPass> {
+        match self.spec.kind {
+            FlowKind::Maf => self.blocks[i].fast_pass(xs, ctx, rng),
+            FlowKind::Iaf => self.blocks[i].slow_pass(xs, ctx),
+        }
+    }
+
+    fn block_to_data(
+        &self,
+        i: usize,
+        zs: &Tensor,
+        ctx: Option<&Tensor>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> candle_core::Result<BlockPass> {
+        match self.spec.kind {
+            FlowKind::Iaf => self.blocks[i].fast_pass(zs, ctx, rng),
+            FlowKind::Maf => self.blocks[i].slow_pass(zs, ctx),
+        }
+    }
+
+    fn new_trace(&self, traced: bool) -> Option<Trace> {
+        traced.then(|| Trace {
+            data_side: Vec::with_capacity(self.blocks.len()),
+            latent_side: Vec::with_capacity(self.blocks.len()),
+            made: Vec::with_capacity(self.blocks.len()),
+        })
+    }
+
+    /// x → z. `rng` enables dropout (training); `traced` keeps every block's tensors.
+    pub fn to_latent(
+        &self,
+        xs: &Tensor,
+        ctx: Option<&Tensor>,
+        mut rng: Option<&mut ChaCha8Rng>,
+        traced: bool,
+    ) -> candle_core::Result<Pass> {
+        let mut trace = self.new_trace(traced);
+        let mut h = xs.clone();
+        let mut ladj: Option<Tensor> = None;
+        for i in 0..self.blocks.len() {
+            let pass = self.block_to_latent(i, &h, ctx, rng.as_deref_mut())?;
+            if let Some(t) = trace.as_mut() {
+                t.data_side.push(h.clone());
+                t.latent_side.push(pass.output.clone());
+                t.made.push(pass.made.clone());
+            }
+            ladj = Some(match ladj {
+                None => pass.ladj,
+                Some(l) => (l + pass.ladj)?,
+            });
+            h = match self.perms.get(i) {
+                Some(p) => p.apply(&pass.output)?,
+                None => pass.output,
+            };
+        }
+        Ok(Pass { output: h, ladj: ladj.expect("a flow has at least one block"), trace })
+    }
+
+    /// z → x; `ladj` is log|∂x/∂z|.
+    pub fn to_data(
+        &self,
+        zs: &Tensor,
+        ctx: Option<&Tensor>,
+        mut rng: Option<&mut ChaCha8Rng>,
+        traced: bool,
+    ) -> candle_core::Result<Pass> {
+        let n = self.blocks.len();
+        let mut data_side = vec![None; n];
+        let mut latent_side = vec![None; n];
+        let mut made = vec![None; n];
+        let mut h = zs.clone();
+        let mut ladj: Option<Tensor> = None;
+        for i in (0..n).rev() {
+            if let Some(p) = self.perms.get(i) {
+                h = p.undo(&h)?;
+            }
+            let pass = self.block_to_data(i, &h, ctx, rng.as_deref_mut())?;
+            if traced {
+                latent_side[i] = Some(h.clone());
+                data_side[i] = Some(pass.output.clone());
+                made[i] = Some(pass.made.clone());
+            }
+            ladj = Some(match ladj {
+                None => pass.ladj,
+                Some(l) => (l + pass.ladj)?,
+            });
+            h = pass.output;
+        }
+        let trace = traced.then(|| Trace {
+            data_side: data_side.into_iter().flatten().collect(),
+            latent_side: latent_side.into_iter().flatten().collect(),
+            made: made.into_iter().flatten().collect(),
+        });
+        Ok(Pass { output: h, ladj: ladj.expect("a flow has at least one block"), trace })
+    }
+
+    /// log p(x | c) per row.
+    pub fn log_prob(&self, xs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let pass = self.to_latent(xs, ctx, None, false)?;
+        standard_normal_log_prob(&pass.output)? + pass.ladj
+    }
+
+    /// Maps base samples `zs` to data; returns `(xs, log q(xs))`.
+    pub fn sample_from(&self, zs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
+        let pass = self.to_data(zs, ctx, None, false)?;
+        let log_q = (standard_normal_log_prob(zs)? - pass.ladj)?;
+        Ok((pass.output, log_q))
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}

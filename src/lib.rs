@@ -1,0 +1,16 @@
+//! zdcflow: fast calorimeter simulation with normalizing flows.
+//!
+//! ```text
+//! file ─▶ data (HDF5 / npz readers, preprocessing) ─▶ flow (MADE + RQS stacks)
+//!      ─▶ train (NLL) / distill (PDD) / sample ─▶ postprocessing ─▶ file / eval metrics
+//! ```
+//!
+//! The binary only parses arguments ([`cli`]); every subcommand is a function of this library.
+
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod flow;
+pub mod util;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Small helpers shared across subcommands.
+
+pub mod atomic;
