@@ -8,8 +8,10 @@
 //! The binary only parses arguments ([`cli`]); every subcommand is a function of this library.
 
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod flow;
 pub mod util;
 

@@ -1,0 +1,4 @@
+//! Synthetic data that behaves like the real thing, for the demo, the tests and the benchmarks.
+
+pub mod calo;
+pub mod zdc;
