@@ -271,14 +271,123 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
     match cli.command {
-        Command::Generate(_) => not_implemented("generate"),
-        Command::Inspect(_) => not_implemented("inspect"),
-        Command::TrainTeacher(_) => not_implemented("train-teacher"),
-        Command::DistillStudent(_) => not_implemented("distill-student"),
+        Command::Generate(a) => {
+            match a.what {
+                GenerateWhat::Calo { dataset, events, seed, output } => {
+                    let rate = crate::generate::calo(dataset, events, seed, &output, !cli.quiet)?;
+                    println!("wrote {events} dataset-{dataset} showers to {} ({rate:.0} showers/s)", output.display());
+                }
+                GenerateWhat::Zdc { events, seed, output } => {
+                    crate::generate::zdc(events, seed, &output)?;
+                    println!("wrote {events} ZDC responses to {}", output.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect(a) => {
+            let summary = crate::inspect::inspect(&a.file, !cli.quiet)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Error::Invalid(e.to_string()))?);
+            } else {
+                print!("{}", crate::inspect::render(&summary));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TrainTeacher(a) => train_teacher(&a, &cli.device, !cli.quiet),
+        Command::DistillStudent(a) => distill_student(&a, &cli.device, !cli.quiet),
         Command::Sample(_) => not_implemented("sample"),
         Command::Merge(_) => not_implemented("merge"),
         Command::Evaluate(_) => not_implemented("evaluate"),
-        Command::Bench(_) => not_implemented("bench"),
+        Command::Bench(a) => bench(&a, &cli.device),
         Command::Demo(_) => not_implemented("demo"),
     }
+}
+
+fn train_teacher(a: &TrainArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+    use crate::config::{default_output_dir, Config, Detector};
+    use crate::models::{self, manifest, RunOptions};
+    let cfg = Config::load(&a.config, &a.set)?;
+    let out = a.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
+    let opts = RunOptions { resume: a.resume, device: crate::device::open(device)?, show_progress };
+    crate::util::interrupt::install();
+    eprintln!("train-teacher: {} → {} on {}", a.config.display(), out.display(), crate::device::describe(&opts.device));
+    let summaries = match cfg.model.detector {
+        Detector::Zdc => {
+            manifest::check_output_dir(&out, a.resume)?;
+            models::zdc::train_teacher(&cfg, &out, &opts)
+        }
+        Detector::Ds2 | Detector::Ds3 => models::calo::train_teacher(&cfg, &out, &opts),
+    };
+    finish_training(summaries, &out)
+}
+
+/// Prints the summary lines of a training command, mapping an interrupt to exit code 130.
+fn finish_training(summaries: Result<Vec<crate::train::Summary>>, out: &std::path::Path) -> Result<ExitCode> {
+    match summaries {
+        Ok(s) => {
+            for line in s.iter().map(crate::models::summary_line) {
+                println!("{line}");
+            }
+            println!("model: {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::Interrupted) => {
+            eprintln!("stopped; resume with the same command plus --resume ({})", out.display());
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn distill_student(a: &DistillArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+    use crate::config::{default_output_dir, Config, Detector};
+    use crate::models::{self, manifest, RunOptions};
+    let cfg = Config::load(&a.config, &a.set)?;
+    let out = a.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
+    manifest::check_output_dir(&out, a.resume)?;
+    let opts = RunOptions { resume: a.resume, device: crate::device::open(device)?, show_progress };
+    crate::util::interrupt::install();
+    eprintln!(
+        "distill-student: {} (teacher {}) → {} on {}",
+        a.config.display(),
+        a.teacher.display(),
+        out.display(),
+        crate::device::describe(&opts.device)
+    );
+    let summaries = match cfg.model.detector {
+        Detector::Zdc => models::zdc::distill_student(&cfg, &a.teacher, &out, &opts),
+        Detector::Ds2 | Detector::Ds3 => models::calo::distill_student(&cfg, &a.teacher, &out, &opts),
+    };
+    finish_training(summaries, &out)
+}
+
+fn bench(a: &BenchArgs, device: &str) -> Result<ExitCode> {
+    use crate::bench::{self, What};
+    let device = crate::device::open(device)?;
+    let shapes = match (&a.shape, &a.config) {
+        (Some(s), _) => vec![bench::shape_by_name(s.to_possible_value().expect("named").get_name())?],
+        (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),
+        (None, None) => vec![bench::shape_by_name("ds2-flow3")?],
+    };
+    let whats = match a.what {
+        BenchWhat::TrainStep => vec![What::TrainStep],
+        BenchWhat::SampleIaf => vec![What::SampleIaf],
+        BenchWhat::SampleMaf => vec![What::SampleMaf],
+        BenchWhat::All => vec![What::TrainStep, What::SampleIaf, What::SampleMaf],
+    };
+    let mut all = Vec::new();
+    for shape in &shapes {
+        for &what in &whats {
+            if let Some(m) = bench::measure(shape, what, a.batch_size, a.repeats, &device)? {
+                if a.json {
+                    println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
+                }
+                all.push(m);
+            }
+        }
+    }
+    if !a.json {
+        print!("{}", bench::render(&all));
+    }
+    Ok(ExitCode::SUCCESS)
 }

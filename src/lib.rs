@@ -7,12 +7,19 @@
 //!
 //! The binary only parses arguments ([`cli`]); every subcommand is a function of this library.
 
+pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod flow;
+pub mod generate;
+pub mod inspect;
+pub mod models;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -43,7 +43,10 @@ pub fn channel_sums(image: &[f32]) -> [f64; CHANNELS] {
 }
 
 /// A (PIXELS, CHANNELS) 0/1 matrix: `images (n, PIXELS) · m` gives the channel sums (n, 5).
-pub fn channel_matrix(dtype: candle_core::DType, device: &candle_core::Device) -> candle_core::Result<candle_core::Tensor> {
+pub fn channel_matrix(
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> candle_core::Result<candle_core::Tensor> {
     let mut m = vec![0f32; PIXELS * CHANNELS];
     for (p, c) in channel_map().into_iter().enumerate() {
         m[p * CHANNELS + c] = 1.0;

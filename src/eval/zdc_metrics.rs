@@ -1,1 +1,416 @@
-//! (being written)
+//! The ZDC paper's metrics (Majerz et al., "Inverse Autoregressive Flows for ZDC fast simulation"):
+//!
+//! - Table 1: `ws_channels` (WS: per-channel 1-D Wasserstein distance, averaged over the five
+//!   channels) and `mae_by_condition` (MAE_c and its occurrence-weighted form MAE_cw).
+//! - Table 2: `shape_errors` (errors of the shower centre, its spread, the 90 % radius and its
+//!   spread, per condition, built on `shower_centre` and `radius_90`).
+//! - Eq. 1 and eq. 3: `diversity` (f_div) and `inverse_diversity_weights`.
+//!
+//! Images are row-major 44×44 photon counts (`crate::data::channels`); a "group" is an id shared by
+//! all samples generated for the same conditioning vector.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::data::channels::{CHANNELS, PIXELS, SIDE};
+use crate::eval::stats::wasserstein_1d;
+
+/// Per-channel Wasserstein distances between the reference and generated channel sums, and their
+/// mean (the paper's WS).
+pub fn ws_channels(reference: &[[f64; CHANNELS]], generated: &[[f64; CHANNELS]]) -> ([f64; CHANNELS], f64) {
+    let mut per_channel = [0.0; CHANNELS];
+    for (c, ws) in per_channel.iter_mut().enumerate() {
+        let r: Vec<f64> = reference.iter().map(|v| v[c]).collect();
+        let g: Vec<f64> = generated.iter().map(|v| v[c]).collect();
+        *ws = wasserstein_1d(&r, &g);
+    }
+    let mean = per_channel.iter().sum::<f64>() / CHANNELS as f64;
+    (per_channel, mean)
+}
+
+/// MAE of the mean channel vectors per condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConditionMae {
+    /// Plain mean over the conditions present on both sides.
+    pub mae_c: f64,
+    /// Mean weighted by each condition's number of reference samples.
+    pub mae_cw: f64,
+    /// Conditions present on both sides.
+    pub conditions: usize,
+    /// Conditions present on one side only (not scored).
+    pub skipped: usize,
+}
+
+/// For each condition present in both sets: the mean channel vector of each side and the mean over
+/// the five channels of their absolute difference; aggregated plainly (MAE_c) and weighted by the
+/// reference occurrences (MAE_cw). NaN aggregates when no condition is shared.
+pub fn mae_by_condition(
+    ref_channels: &[[f64; CHANNELS]],
+    ref_group: &[usize],
+    gen_channels: &[[f64; CHANNELS]],
+    gen_group: &[usize],
+) -> ConditionMae {
+    let reference = channel_means_by_group(ref_channels, ref_group);
+    let generated = channel_means_by_group(gen_channels, gen_group);
+    let (mut sum, mut weighted_sum, mut weights, mut conditions) = (0.0, 0.0, 0.0, 0);
+    for (group, (ref_mean, ref_count)) in &reference {
+        let Some((gen_mean, _)) = generated.get(group) else { continue };
+        let mae = ref_mean.iter().zip(gen_mean).map(|(r, g)| (r - g).abs()).sum::<f64>() / CHANNELS as f64;
+        sum += mae;
+        weighted_sum += *ref_count as f64 * mae;
+        weights += *ref_count as f64;
+        conditions += 1;
+    }
+    let skipped = reference.len() + generated.len() - 2 * conditions;
+    ConditionMae { mae_c: sum / conditions as f64, mae_cw: weighted_sum / weights, conditions, skipped }
+}
+
+/// Mean channel vector and sample count per group id.
+fn channel_means_by_group(channels: &[[f64; CHANNELS]], group: &[usize]) -> BTreeMap<usize, ([f64; CHANNELS], usize)> {
+    assert_eq!(channels.len(), group.len(), "channel rows and group ids differ in length");
+    let mut acc: BTreeMap<usize, ([f64; CHANNELS], usize)> = BTreeMap::new();
+    for (row, &g) in channels.iter().zip(group) {
+        let (sum, count) = acc.entry(g).or_insert(([0.0; CHANNELS], 0));
+        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        *count += 1;
+    }
+    for (sum, count) in acc.values_mut() {
+        sum.iter_mut().for_each(|s| *s /= *count as f64);
+    }
+    acc
+}
+
+/// Photon-weighted centre (row, col) of an image, pixel centres at integer indices; None when the
+/// image holds no photons.
+pub fn shower_centre(image: &[f32]) -> Option<(f64, f64)> {
+    debug_assert_eq!(image.len(), PIXELS);
+    let (mut total, mut row, mut col) = (0.0, 0.0, 0.0);
+    for (p, &v) in image.iter().enumerate() {
+        let v = v as f64;
+        total += v;
+        row += v * (p / SIDE) as f64;
+        col += v * (p % SIDE) as f64;
+    }
+    (total > 0.0).then(|| (row / total, col / total))
+}
+
+/// Radius (pixels) around the shower centre holding ≥ 90 % of the photons: pixels sorted by their
+/// distance to the centre are accumulated until the sum first reaches 90 % of the total; the
+/// distance of that pixel is returned. None for an empty image.
+pub fn radius_90(image: &[f32]) -> Option<f64> {
+    let (r0, c0) = shower_centre(image)?;
+    let mut lit: Vec<(f64, f64)> = image
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v > 0.0)
+        .map(|(p, &v)| (((p / SIDE) as f64 - r0).hypot((p % SIDE) as f64 - c0), v as f64))
+        .collect();
+    lit.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let target = 0.9 * lit.iter().map(|(_, v)| v).sum::<f64>();
+    let mut cumulative = 0.0;
+    for &(distance, v) in &lit {
+        cumulative += v;
+        if cumulative >= target {
+            return Some(distance);
+        }
+    }
+    lit.last().map(|(d, _)| *d)
+}
+
+/// Mean absolute and root-mean-square error over conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ErrorPair {
+    pub mae: f64,
+    pub rmse: f64,
+}
+
+/// The paper's Table 2 shape errors; see `shape_errors`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ShapeErrors {
+    pub centre: ErrorPair,
+    pub centre_variance: ErrorPair,
+    pub radius: ErrorPair,
+    pub radius_variance: ErrorPair,
+}
+
+/// Shape statistics of the non-empty images of one condition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ConditionShape {
+    /// Mean shower centre (row, col).
+    centre: (f64, f64),
+    /// Mean squared Euclidean distance of the centres to their mean (= var(row) + var(col)).
+    centre_variance: f64,
+    radius: f64,
+    radius_variance: f64,
+    images: usize,
+}
+
+/// Table 2's errors between reference and generated images (`n × PIXELS` flat, with one group id
+/// per image).
+///
+/// For each condition with non-empty images on both sides (empty images are skipped) and each side:
+/// the mean centre, the centre variance (mean squared distance of the centres to the mean centre,
+/// i.e. var(row) + var(col)), and the mean and variance of the 90 % radius; variances are population
+/// variances. Per-condition errors are the Euclidean distance between the mean centres and the
+/// absolute differences of the other three. Aggregates are MAE and RMSE over conditions, weighted by
+/// each condition's number of non-empty reference images. NaN when no condition is shared.
+pub fn shape_errors(ref_images: &[f32], ref_group: &[usize], gen_images: &[f32], gen_group: &[usize]) -> ShapeErrors {
+    let reference = shapes_by_group(ref_images, ref_group);
+    let generated = shapes_by_group(gen_images, gen_group);
+    let mut errors: Vec<([f64; 4], f64)> = Vec::new();
+    for (group, r) in &reference {
+        let Some(g) = generated.get(group) else { continue };
+        let centre = (r.centre.0 - g.centre.0).hypot(r.centre.1 - g.centre.1);
+        let centre_variance = (r.centre_variance - g.centre_variance).abs();
+        let radius = (r.radius - g.radius).abs();
+        let radius_variance = (r.radius_variance - g.radius_variance).abs();
+        errors.push(([centre, centre_variance, radius, radius_variance], r.images as f64));
+    }
+    let pair = |k: usize| weighted_error_pair(errors.iter().map(|(e, w)| (e[k], *w)));
+    ShapeErrors { centre: pair(0), centre_variance: pair(1), radius: pair(2), radius_variance: pair(3) }
+}
+
+/// Weighted MAE Σ w e / Σ w and RMSE √(Σ w e² / Σ w) of non-negative errors e.
+fn weighted_error_pair(errors: impl Iterator<Item = (f64, f64)>) -> ErrorPair {
+    let (mut abs_sum, mut sq_sum, mut weights) = (0.0, 0.0, 0.0);
+    for (e, w) in errors {
+        abs_sum += w * e.abs();
+        sq_sum += w * e * e;
+        weights += w;
+    }
+    ErrorPair { mae: abs_sum / weights, rmse: (sq_sum / weights).sqrt() }
+}
+
+/// An image's shower centre (row, col) and 90 % radius.
+type CentreAndRadius = ((f64, f64), f64);
+
+/// `ConditionShape` of every group with at least one non-empty image.
+fn shapes_by_group(images: &[f32], group: &[usize]) -> BTreeMap<usize, ConditionShape> {
+    assert_eq!(images.len(), group.len() * PIXELS, "images and group ids differ in count");
+    let per_image: Vec<Option<CentreAndRadius>> =
+        images.par_chunks(PIXELS).map(|img| Some((shower_centre(img)?, radius_90(img)?))).collect();
+    let mut members: BTreeMap<usize, Vec<CentreAndRadius>> = BTreeMap::new();
+    for (shape, &g) in per_image.into_iter().zip(group) {
+        if let Some(shape) = shape {
+            members.entry(g).or_default().push(shape);
+        }
+    }
+    members.into_iter().map(|(g, shapes)| (g, condition_shape(&shapes))).collect()
+}
+
+/// Mean centre, centre variance, and mean and variance of the radius of (centre, radius) pairs.
+fn condition_shape(shapes: &[CentreAndRadius]) -> ConditionShape {
+    let rows: Vec<f64> = shapes.iter().map(|s| s.0 .0).collect();
+    let cols: Vec<f64> = shapes.iter().map(|s| s.0 .1).collect();
+    let radii: Vec<f64> = shapes.iter().map(|s| s.1).collect();
+    let (row_mean, row_var) = mean_and_population_variance(&rows);
+    let (col_mean, col_var) = mean_and_population_variance(&cols);
+    let (radius, radius_variance) = mean_and_population_variance(&radii);
+    ConditionShape {
+        centre: (row_mean, col_mean),
+        centre_variance: row_var + col_var,
+        radius,
+        radius_variance,
+        images: shapes.len(),
+    }
+}
+
+fn mean_and_population_variance(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let variance = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    (mean, variance)
+}
+
+/// The paper's eq. 1 per condition: f_div(c) = Σ_pixels √(Σ_t (x^t − μ)² / |X_c|), the sum over
+/// pixels of the population standard deviation across the condition's images. `group` holds ids in
+/// 0..`n_groups`; a condition without images gets 0.
+pub fn diversity(images_flat: &[f32], group: &[usize], n_groups: usize) -> Vec<f64> {
+    assert_eq!(images_flat.len(), group.len() * PIXELS, "images and group ids differ in count");
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); n_groups];
+    for (i, &g) in group.iter().enumerate() {
+        assert!(g < n_groups, "group id {g} out of range 0..{n_groups}");
+        members[g].push(i);
+    }
+    members
+        .par_iter()
+        .map(|images| pixel_std_sum(images.iter().map(|&i| &images_flat[i * PIXELS..(i + 1) * PIXELS])))
+        .collect()
+}
+
+/// Σ over pixels of the population standard deviation of a set of images (0 for none).
+fn pixel_std_sum<'a>(images: impl Iterator<Item = &'a [f32]> + Clone) -> f64 {
+    let n = images.clone().count();
+    if n == 0 {
+        return 0.0;
+    }
+    let mut mean = vec![0.0f64; PIXELS];
+    for img in images.clone() {
+        mean.iter_mut().zip(img).for_each(|(m, &v)| *m += v as f64);
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut squares = vec![0.0f64; PIXELS];
+    for img in images {
+        squares.iter_mut().zip(img).zip(&mean).for_each(|((s, &v), m)| *s += (v as f64 - m).powi(2));
+    }
+    squares.iter().map(|s| (s / n as f64).sqrt()).sum()
+}
+
+/// The paper's eq. 3: w_c = [1/f_div(c)]_norm · |X_c| + ε, with [·]_norm min–max normalisation of
+/// 1/f_div to [0, 1] over the conditions. A condition with f_div = 0 (no diversity) takes the largest
+/// finite 1/f_div; if all values are equal the normalised value is 1.
+pub fn inverse_diversity_weights(f_div: &[f64], counts: &[usize], eps: f64) -> Vec<f64> {
+    assert_eq!(f_div.len(), counts.len(), "f_div and counts differ in length");
+    let inverse: Vec<Option<f64>> = f_div.iter().map(|&f| (f > 0.0).then(|| 1.0 / f)).collect();
+    let finite = inverse.iter().flatten();
+    let max = finite.clone().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = finite.copied().fold(f64::INFINITY, f64::min);
+    inverse
+        .iter()
+        .zip(counts)
+        .map(|(inv, &count)| {
+            let normalised = match inv {
+                Some(inv) if max > min => (inv - min) / (max - min),
+                _ => 1.0,
+            };
+            normalised * count as f64 + eps
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_with(pixels: &[(usize, usize, f32)]) -> Vec<f32> {
+        let mut img = vec![0f32; PIXELS];
+        for &(r, c, v) in pixels {
+            img[r * SIDE + c] = v;
+        }
+        img
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn ws_channels_by_hand() {
+        // Channel c of the generated set is the reference's shifted by c: WS_c = c, mean
+        // (0 + 1 + 2 + 3 + 4) / 5 = 2.
+        let reference = [[1.0; CHANNELS], [3.0; CHANNELS]];
+        let generated: Vec<[f64; CHANNELS]> =
+            reference.iter().map(|r| std::array::from_fn(|c| r[c] + c as f64)).collect();
+        let (per_channel, mean) = ws_channels(&reference, &generated);
+        assert_eq!(per_channel, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(mean, 2.0);
+    }
+
+    #[test]
+    fn mae_by_condition_by_hand() {
+        // Condition 7: reference rows 0 and 2 (mean 1 everywhere), generated mean 3 → MAE 2.
+        // Condition 9: reference rows 3..=6 (4 occurrences, all 5), generated mean 6 → MAE 1. Condition 1 (reference only) and 3 (generated only) are skipped.
+        // MAE_c = (2 + 1) / 2 = 1.5; MAE_cw = (2·2 + 4·1) / 6 = 4/3.
+        let reference = [[0.0; 5], [9.0; 5], [2.0; 5], [5.0; 5], [5.0; 5], [5.0; 5], [5.0; 5]];
+        let ref_group = [7, 1, 7, 9, 9, 9, 9];
+        let generated = [[3.0; 5], [6.0; 5], [0.0; 5]];
+        let gen_group = [7, 9, 3];
+        let m = mae_by_condition(&reference, &ref_group, &generated, &gen_group);
+        assert_eq!((m.conditions, m.skipped), (2, 2));
+        assert!(close(m.mae_c, 1.5));
+        assert!(close(m.mae_cw, 4.0 / 3.0));
+    }
+
+    #[test]
+    fn mae_by_condition_averages_over_channels() {
+        // One condition, differences (1, 0, 0, 0, 4) → MAE = 5 / 5 = 1.
+        let m = mae_by_condition(&[[1.0, 2.0, 3.0, 4.0, 5.0]], &[0], &[[2.0, 2.0, 3.0, 4.0, 1.0]], &[0]);
+        assert_eq!((m.mae_c, m.mae_cw, m.conditions, m.skipped), (1.0, 1.0, 1, 0));
+    }
+
+    #[test]
+    fn shower_centre_by_hand() {
+        // 1 photon at (0, 0) and 3 at (4, 8): centre (12/4, 24/4) = (3, 6).
+        assert_eq!(shower_centre(&image_with(&[(0, 0, 1.0), (4, 8, 3.0)])), Some((3.0, 6.0)));
+        assert_eq!(shower_centre(&vec![0f32; PIXELS]), None);
+    }
+
+    #[test]
+    fn radius_90_by_hand() {
+        // 9 photons at (10, 10) and 1 at (10, 20): centre (10, 11). Distances 1 (9 photons) and
+        // 9 (1 photon); 9 ≥ 0.9 · 10 already at the first pixel → radius 1.
+        assert_eq!(radius_90(&image_with(&[(10, 10, 9.0), (10, 20, 1.0)])), Some(1.0));
+        // 8 and 2 photons: centre (10, 12); 8 < 9, the 90 % is reached at the second pixel, 8 away.
+        assert_eq!(radius_90(&image_with(&[(10, 10, 8.0), (10, 20, 2.0)])), Some(8.0));
+        assert_eq!(radius_90(&vec![0f32; PIXELS]), None);
+    }
+
+    #[test]
+    fn shape_errors_by_hand() {
+        // Single-pixel images: radius 0 each, centre at the pixel.
+        // Condition 0: reference centres (10, 10) and (10, 14) → mean (10, 12), centre variance
+        // (0 + 4) = 4 (col deviations ±2); generated one image at (13, 16) → mean (13, 16), variance
+        // 0. Centre error √(3² + 4²) = 5; centre-variance error 4; radius errors 0.
+        // Condition 1: reference (20, 20), generated (20, 20) and an empty image (skipped) → all 0.
+        // Weights: 2 and 1 non-empty reference images. MAE(centre) = (2·5 + 0)/3 = 10/3,
+        // RMSE = √((2·25)/3); MAE(centre var) = 8/3, RMSE = √(32/3).
+        let mut reference = image_with(&[(10, 10, 1.0)]);
+        reference.extend(image_with(&[(10, 14, 1.0)]));
+        reference.extend(image_with(&[(20, 20, 5.0)]));
+        let mut generated = image_with(&[(13, 16, 2.0)]);
+        generated.extend(image_with(&[(20, 20, 1.0)]));
+        generated.extend(vec![0f32; PIXELS]);
+        let e = shape_errors(&reference, &[0, 0, 1], &generated, &[0, 1, 1]);
+        assert!(close(e.centre.mae, 10.0 / 3.0) && close(e.centre.rmse, (50.0f64 / 3.0).sqrt()));
+        assert!(close(e.centre_variance.mae, 8.0 / 3.0) && close(e.centre_variance.rmse, (32.0f64 / 3.0).sqrt()));
+        assert_eq!(e.radius, ErrorPair { mae: 0.0, rmse: 0.0 });
+        assert_eq!(e.radius_variance, ErrorPair { mae: 0.0, rmse: 0.0 });
+    }
+
+    #[test]
+    fn condition_shape_radius_statistics() {
+        // Radii 1 and 3: mean 2, population variance 1; one centre → centre variance 0.
+        let s = condition_shape(&[((5.0, 5.0), 1.0), ((5.0, 5.0), 3.0)]);
+        assert_eq!((s.radius, s.radius_variance, s.centre_variance, s.images), (2.0, 1.0, 0.0, 2));
+    }
+
+    #[test]
+    fn weighted_error_pair_by_hand() {
+        // Errors 1 (weight 3) and 3 (weight 1): MAE (3 + 3)/4 = 1.5; RMSE √((3 + 9)/4) = √3.
+        let p = weighted_error_pair([(1.0, 3.0), (3.0, 1.0)].into_iter());
+        assert!(close(p.mae, 1.5) && close(p.rmse, 3f64.sqrt()));
+    }
+
+    #[test]
+    fn diversity_by_hand() {
+        // Group 0: two images differing only at pixel (0,0): values 0 and 4 → σ = 2; and at (1,1):
+        // 1 and 3 → σ = 1. f_div = 3.
+        // Group 1: one image → σ = 0 everywhere. Group 2: no images → 0.
+        // Group 3: three images with pixel (5,5) = 0, 0, 3: mean 1, variance (1 + 1 + 4)/3 = 2
+        // → f_div = √2.
+        let mut images = image_with(&[(1, 1, 1.0)]);
+        images.extend(image_with(&[(0, 0, 4.0), (1, 1, 3.0)]));
+        images.extend(image_with(&[(7, 7, 9.0)]));
+        images.extend(vec![0f32; PIXELS]);
+        images.extend(vec![0f32; PIXELS]);
+        images.extend(image_with(&[(5, 5, 3.0)]));
+        let f = diversity(&images, &[0, 0, 1, 3, 3, 3], 4);
+        assert_eq!(f.len(), 4);
+        assert!(close(f[0], 3.0) && f[1] == 0.0 && f[2] == 0.0 && close(f[3], 2f64.sqrt()));
+    }
+
+    #[test]
+    fn inverse_diversity_weights_by_hand() {
+        // f_div (1, 2, 4) → 1/f (1, 0.5, 0.25) → min–max (1, 1/3, 0); counts (10, 3, 5), ε = 0.1:
+        // (10.1, 1.1, 0.1).
+        let w = inverse_diversity_weights(&[1.0, 2.0, 4.0], &[10, 3, 5], 0.1);
+        assert!(close(w[0], 10.1) && close(w[1], 1.1) && close(w[2], 0.1), "{w:?}");
+        // f_div = 0 takes the largest finite 1/f: (0, 1, 2) → (1, 1, 0.5) → (1, 1, 0); counts 2, 4, 6:
+        // (2, 4, 0).
+        assert_eq!(inverse_diversity_weights(&[0.0, 1.0, 2.0], &[2, 4, 6], 0.0), vec![2.0, 4.0, 0.0]);
+        // All equal → normalised 1: weights are the counts plus ε.
+        assert_eq!(inverse_diversity_weights(&[3.0, 3.0], &[2, 5], 0.5), vec![2.5, 5.5]);
+    }
+}

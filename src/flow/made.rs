@@ -67,7 +67,7 @@ pub struct MaskedLinear {
 }
 
 /// nflows' `nn.Linear` default initialisation: U(±1/√fan_in) for weight and bias.
-fn torch_default_init(fan_in: usize) -> Init {
+pub fn torch_default_init(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
     Init::Uniform { lo: -bound, up: bound }
 }

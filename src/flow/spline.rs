@@ -173,8 +173,6 @@ struct Knots<F> {
     /// Knot positions, K + 1 each, pinned to ±B at both ends.
     cum_w: [F; MAX_BINS + 1],
     cum_h: [F; MAX_BINS + 1],
-    /// Derivatives at the K + 1 knots; the two ends equal the tails' slope.
-    deriv: [F; MAX_BINS + 1],
 }
 
 /// Where an input falls and the bin's local quantities (Durkan et al., eq. 4–5 notation).
@@ -210,18 +208,22 @@ impl<F: Float> Knots<F> {
             soft_h: [F::zero(); MAX_BINS],
             cum_w: [F::zero(); MAX_BINS + 1],
             cum_h: [F::zero(); MAX_BINS + 1],
-            deriv: [F::zero(); MAX_BINS + 1],
         };
         softmax(&params[..k], &mut kn.soft_w[..k]);
         softmax(&params[k..2 * k], &mut kn.soft_h[..k]);
         Self::cumulate(&kn.soft_w[..k], c.min_w, c.scale_w, c, &mut kn.cum_w[..=k]);
         Self::cumulate(&kn.soft_h[..k], c.min_h, c.scale_h, c, &mut kn.cum_h[..=k]);
-        kn.deriv[0] = c.boundary_derivative;
-        kn.deriv[k] = c.boundary_derivative;
-        for j in 1..k {
-            kn.deriv[j] = c.min_d + softplus(params[2 * k + j - 1]);
-        }
         kn
+    }
+
+    /// The derivative at knot `j`: the tails' slope at both ends, min_d + softplus inside. Only
+    /// the two knots of the bin in use are ever needed, so they are computed on demand.
+    fn deriv(c: &Consts<F>, params: &[F], j: usize) -> F {
+        if j == 0 || j == c.k {
+            c.boundary_derivative
+        } else {
+            c.min_d + softplus(params[2 * c.k + j - 1])
+        }
     }
 
     /// min + scale·softmax, cumulative sum padded with 0, mapped to [−B, B], ends pinned.
@@ -236,17 +238,18 @@ impl<F: Float> Knots<F> {
         out[k] = c.left + c.span;
     }
 
-    fn bin(&self, k: usize, theta: F) -> Bin<F> {
+    fn bin(&self, c: &Consts<F>, params: &[F], k: usize, theta: F) -> Bin<F> {
         let width = self.cum_w[k + 1] - self.cum_w[k];
         let height = self.cum_h[k + 1] - self.cum_h[k];
-        Bin { k, theta, width, height, delta: height / width, d0: self.deriv[k], d1: self.deriv[k + 1] }
+        let (d0, d1) = (Self::deriv(c, params, k), Self::deriv(c, params, k + 1));
+        Bin { k, theta, width, height, delta: height / width, d0, d1 }
     }
 
     /// y = s(x) and log|s'(x)| for an input inside [−B, B].
-    fn forward(&self, c: &Consts<F>, x: F) -> (F, F, Bin<F>) {
+    fn forward(&self, c: &Consts<F>, params: &[F], x: F) -> (F, F, Bin<F>) {
         let k = search(&self.cum_w[..=c.k], x, c.search_eps);
         let w = self.cum_w[k + 1] - self.cum_w[k];
-        let bin = self.bin(k, (x - self.cum_w[k]) / w);
+        let bin = self.bin(c, params, k, (x - self.cum_w[k]) / w);
         let (t, one) = (bin.theta, F::one());
         let tomt = t * (one - t);
         let numerator = bin.height * (bin.delta * t * t + bin.d0 * tomt);
@@ -256,12 +259,12 @@ impl<F: Float> Knots<F> {
     }
 
     /// x = s⁻¹(y) and log|ds⁻¹/dy| for an input inside [−B, B] (the root formula of nflows).
-    fn inverse(&self, c: &Consts<F>, y: F) -> (F, F, Bin<F>) {
+    fn inverse(&self, c: &Consts<F>, params: &[F], y: F) -> (F, F, Bin<F>) {
         let k = search(&self.cum_h[..=c.k], y, c.search_eps);
         let w = self.cum_w[k + 1] - self.cum_w[k];
         let h = self.cum_h[k + 1] - self.cum_h[k];
         let delta = h / w;
-        let (d0, d1) = (self.deriv[k], self.deriv[k + 1]);
+        let (d0, d1) = (Self::deriv(c, params, k), Self::deriv(c, params, k + 1));
         let dy = y - self.cum_h[k];
         let s = d0 + d1 - two::<F>() * delta;
         let a = dy * s + h * (delta - d0);
@@ -270,7 +273,7 @@ impl<F: Float> Knots<F> {
         let disc = b * b - F::from(4.0).unwrap() * a * cc;
         let root = (two::<F>() * cc) / (-b - disc.max(F::zero()).sqrt());
         let x = root * w + self.cum_w[k];
-        let bin = self.bin(k, root);
+        let bin = Bin { k, theta: root, width: w, height: h, delta, d0, d1 };
         (x, -log_derivative(&bin), bin)
     }
 
@@ -378,8 +381,8 @@ fn rqs_element<F: Float>(c: &Consts<F>, dir: Direction, input: F, params: &[F]) 
     }
     let kn = Knots::new(c, params);
     let (out, ladj, _) = match dir {
-        Direction::Forward => kn.forward(c, input),
-        Direction::Inverse => kn.inverse(c, input),
+        Direction::Forward => kn.forward(c, params, input),
+        Direction::Inverse => kn.inverse(c, params, input),
     };
     (out, ladj)
 }
@@ -416,7 +419,7 @@ fn rqs_element_backward<F: Float>(
     let kn = Knots::new(c, params);
     match dir {
         Direction::Forward => {
-            let (_, _, bin) = kn.forward(c, input);
+            let (_, _, bin) = kn.forward(c, params, input);
             kn.backprop(c, params, &bin, g_out, g_ladj, grad_params)
         }
         Direction::Inverse => {
@@ -425,7 +428,7 @@ fn rqs_element_backward<F: Float>(
             //   ∂L⁻/∂y = −L_x/f_x, ∂L⁻/∂p = L_x(∂s/∂p)/f_x − ∂L/∂p.
             // So grad_p = cy·∂s/∂p + cl·∂L/∂p with cy = (−g_out + g_ladj·L_x)/f_x, cl = −g_ladj,
             // and grad_y = −cy: one forward backprop at the solution x serves both.
-            let (_, neg_l, bin) = kn.inverse(c, input);
+            let (_, neg_l, bin) = kn.inverse(c, params, input);
             let f_x = (-neg_l).exp();
             let l_x = local_grads(&bin).l_theta / bin.width;
             let cy = (-g_out + g_ladj * l_x) / f_x;
@@ -468,17 +471,20 @@ fn rqs_fwd_cpu<F: Float + Send + Sync>(cfg: &SplineConfig, dir: Direction, xs: &
     let nd = xs.len();
     let mut out = vec![F::zero(); 2 * nd];
     let (ys, ls) = out.split_at_mut(nd);
-    ys.par_chunks_mut(d)
-        .zip(ls.par_chunks_mut(d))
-        .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
-        .with_min_len(MIN_ROWS_PER_TASK)
-        .for_each(|((yr, lr), (xr, pr))| {
-            for i in 0..d {
-                let (y, l) = rqs_element(&c, dir, xr[i], &pr[i * m..(i + 1) * m]);
-                yr[i] = y;
-                lr[i] = l;
-            }
-        });
+    // candle's own pool: a second rayon pool would compete with candle's threads for the cores.
+    candle_core::utils::with_threadpool(|| {
+        ys.par_chunks_mut(d)
+            .zip(ls.par_chunks_mut(d))
+            .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|((yr, lr), (xr, pr))| {
+                for i in 0..d {
+                    let (y, l) = rqs_element(&c, dir, xr[i], &pr[i * m..(i + 1) * m]);
+                    yr[i] = y;
+                    lr[i] = l;
+                }
+            })
+    });
     out
 }
 
@@ -495,17 +501,19 @@ fn rqs_bwd_cpu<F: Float + Send + Sync>(
     let nd = xs.len();
     let (g_out, g_ladj) = gs.split_at(nd);
     let mut out = vec![F::zero(); nd * (m + 1)];
-    out.par_chunks_mut(d * (m + 1))
-        .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
-        .zip(g_out.par_chunks(d).zip(g_ladj.par_chunks(d)))
-        .with_min_len(MIN_ROWS_PER_TASK)
-        .for_each(|((or, (xr, pr)), (gyr, glr))| {
-            for i in 0..d {
-                let o = &mut or[i * (m + 1)..(i + 1) * (m + 1)];
-                let (gp, gx) = o.split_at_mut(m);
-                gx[0] = rqs_element_backward(&c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp);
-            }
-        });
+    candle_core::utils::with_threadpool(|| {
+        out.par_chunks_mut(d * (m + 1))
+            .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
+            .zip(g_out.par_chunks(d).zip(g_ladj.par_chunks(d)))
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|((or, (xr, pr)), (gyr, glr))| {
+                for i in 0..d {
+                    let o = &mut or[i * (m + 1)..(i + 1) * (m + 1)];
+                    let (gp, gx) = o.split_at_mut(m);
+                    gx[0] = rqs_element_backward(&c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp);
+                }
+            })
+    });
     out
 }
 

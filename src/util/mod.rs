@@ -1,3 +1,6 @@
 //! Small helpers shared across subcommands.
 
 pub mod atomic;
+pub mod interrupt;
+pub mod progress;
+pub mod rng;

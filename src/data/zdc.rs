@@ -1,0 +1,343 @@
+//! ZDC data: the community's NumPy pairs and zdcflow's single-file HDF5 layout.
+//!
+//! npz pair: `data_<particle>_nonrandom_responses.npz` (key `arr_0`, (N, 44, 44) photon counts) and
+//! its sibling `…_particles.npz` (key `arr_0`, (N, 10): energy, px, py, pz, x, y, z, mass, charge,
+//! PDG code; some files add the photon sum as an 11th column). npz files cannot be streamed, so a
+//! pair is read whole.
+//!
+//! zdcflow HDF5 (written by `generate zdc` and `sample`):
+//! - `responses`  float32 (N, 44, 44) photon counts
+//! - `particles`  float32 (N, 9): energy [GeV], px, py, pz [GeV], x, y, z [cm], mass [GeV], charge
+//! - `pdg`        int32 (N,) PDG code
+//! - `photon_sum` float32 (N,) sum of each response
+//! - root attribute `format = "zdcflow-zdc"`; responses are read by row ranges.
+
+use std::path::{Path, PathBuf};
+
+use hdf5::{Dataset, File};
+
+use super::channels::PIXELS;
+use super::h5::{self, Matrix};
+use crate::error::{Error, Result};
+
+pub const RESPONSES: &str = "responses";
+pub const PARTICLES: &str = "particles";
+pub const PDG: &str = "pdg";
+pub const PHOTON_SUM: &str = "photon_sum";
+pub const FORMAT_ATTR: &str = "format";
+pub const FORMAT_NAME: &str = "zdcflow-zdc";
+/// Particle features per event: energy, px, py, pz, x, y, z, mass, charge.
+pub const FEATURES: usize = 9;
+pub const FEATURE_NAMES: [&str; FEATURES] = ["energy", "px", "py", "pz", "x", "y", "z", "mass", "charge"];
+
+/// The per-event conditions of a ZDC file (small: read whole).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ZdcConditions {
+    /// `events × 9`, row-major.
+    pub particles: Vec<f32>,
+    pub pdg: Vec<i32>,
+    pub photon_sum: Vec<f32>,
+}
+
+impl ZdcConditions {
+    pub fn len(&self) -> usize {
+        self.pdg.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pdg.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.particles[i * FEATURES..(i + 1) * FEATURES]
+    }
+
+    /// The rows `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Self {
+        Self {
+            particles: indices.iter().flat_map(|&i| self.row(i).iter().copied()).collect(),
+            pdg: indices.iter().map(|&i| self.pdg[i]).collect(),
+            photon_sum: indices.iter().map(|&i| self.photon_sum[i]).collect(),
+        }
+    }
+}
+
+enum Responses {
+    Hdf5 { matrix: Matrix, _file: File },
+    InMemory(Vec<f32>),
+}
+
+/// An open, validated ZDC data set (HDF5 or npz pair).
+pub struct ZdcFile {
+    pub path: PathBuf,
+    pub events: usize,
+    pub conditions: ZdcConditions,
+    responses: Responses,
+}
+
+/// Whether an open HDF5 file has the zdcflow ZDC layout.
+pub fn is_zdc(file: &File) -> bool {
+    h5::has_dataset(file, RESPONSES)
+}
+
+/// Whether `path` names a ZDC npz responses file.
+pub fn is_npz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+}
+
+/// `…responses.npz` → `…particles.npz` (the last occurrence of "responses" in the file name).
+pub fn npz_sibling(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let at = name.rfind("responses")?;
+    Some(path.with_file_name(format!("{}particles{}", &name[..at], &name[at + "responses".len()..])))
+}
+
+impl ZdcFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        if is_npz(path) {
+            return Self::open_npz(path);
+        }
+        let file = h5::open(path)?;
+        Self::from_file(file, path)
+    }
+
+    pub fn from_file(file: File, path: &Path) -> Result<Self> {
+        let responses = Matrix::open(&file, path, RESPONSES, &[2, 3], false)?;
+        if responses.cols != PIXELS {
+            return Err(Error::data(path, RESPONSES, format!("has shape {:?}; expected (N, 44, 44)", responses.shape)));
+        }
+        let n = responses.rows;
+        if n == 0 {
+            return Err(Error::data(path, RESPONSES, "holds no events"));
+        }
+        let particles = Matrix::open(&file, path, PARTICLES, &[2], false)?;
+        if particles.cols != FEATURES || particles.rows != n {
+            return Err(Error::data(
+                path,
+                PARTICLES,
+                format!("has shape {:?}; expected ({n}, {FEATURES}) to match '{RESPONSES}'", particles.shape),
+            ));
+        }
+        let pdg = Matrix::open(&file, path, PDG, &[1], false)?;
+        if pdg.rows != n {
+            return Err(Error::data(path, PDG, format!("has {} entries; '{RESPONSES}' has {n}", pdg.rows)));
+        }
+        let particles = particles.read_rows_f32(0, n)?;
+        let pdg = pdg.read_rows_i64(0, n)?.into_iter().map(|v| v as i32).collect();
+        let matrix = responses;
+        let photon_sum = if h5::has_dataset(&file, PHOTON_SUM) {
+            let s = Matrix::open(&file, path, PHOTON_SUM, &[1], false)?;
+            if s.rows != n {
+                return Err(Error::data(path, PHOTON_SUM, format!("has {} entries; '{RESPONSES}' has {n}", s.rows)));
+            }
+            s.read_rows_f32(0, n)?
+        } else {
+            sums_by_streaming(&matrix, path)?
+        };
+        let conditions = ZdcConditions { particles, pdg, photon_sum };
+        check_conditions(path, &conditions)?;
+        Ok(Self { path: path.to_path_buf(), events: n, conditions, responses: Responses::Hdf5 { matrix, _file: file } })
+    }
+
+    fn open_npz(path: &Path) -> Result<Self> {
+        let sibling = npz_sibling(path).ok_or_else(|| {
+            Error::format(
+                path,
+                "a ZDC npz path must name the …responses.npz file (its …particles.npz sibling is read too)",
+            )
+        })?;
+        let (shape, responses) = read_npz_f32(path)?;
+        if shape.len() < 2 || shape.iter().skip(1).product::<usize>() != PIXELS {
+            return Err(Error::data(path, "arr_0", format!("has shape {shape:?}; expected (N, 44, 44)")));
+        }
+        let n = shape[0];
+        if n == 0 {
+            return Err(Error::data(path, "arr_0", "holds no events"));
+        }
+        super::calo::check_energies(path, "arr_0", &responses, PIXELS, 0)?;
+        let (pshape, table) = read_npz_f32(&sibling)?;
+        if pshape.len() != 2 || pshape[0] != n || !(pshape[1] == FEATURES + 1 || pshape[1] == FEATURES + 2) {
+            return Err(Error::data(
+                &sibling,
+                "arr_0",
+                format!("has shape {pshape:?}; expected ({n}, 10) or ({n}, 11): 9 features, PDG code[, photon sum]"),
+            ));
+        }
+        let cols = pshape[1];
+        let mut particles = Vec::with_capacity(n * FEATURES);
+        let mut pdg = Vec::with_capacity(n);
+        for (i, row) in table.chunks(cols).enumerate() {
+            particles.extend_from_slice(&row[..FEATURES]);
+            let code = row[FEATURES];
+            if code.fract() != 0.0 || !code.is_finite() {
+                return Err(Error::data(&sibling, "arr_0", format!("row {i}: PDG code {code} is not an integer")));
+            }
+            pdg.push(code as i32);
+        }
+        let photon_sum = if cols == FEATURES + 2 {
+            table.chunks(cols).map(|r| r[FEATURES + 1]).collect()
+        } else {
+            responses.chunks(PIXELS).map(|r| r.iter().sum()).collect()
+        };
+        let conditions = ZdcConditions { particles, pdg, photon_sum };
+        check_conditions(&sibling, &conditions)?;
+        Ok(Self { path: path.to_path_buf(), events: n, conditions, responses: Responses::InMemory(responses) })
+    }
+
+    /// Responses of events `[start, end)` as `n × 1936` photon counts, checked.
+    pub fn read_responses(&self, start: usize, end: usize) -> Result<Vec<f32>> {
+        let end = end.min(self.events);
+        match &self.responses {
+            Responses::InMemory(v) => Ok(v[start * PIXELS..end * PIXELS].to_vec()),
+            Responses::Hdf5 { matrix, .. } => {
+                let v = matrix.read_rows_f32(start, end)?;
+                super::calo::check_energies(&self.path, RESPONSES, &v, PIXELS, start)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// Responses of the (ascending) events `indices`, reading covering row ranges.
+    pub fn read_responses_at(&self, indices: &[usize]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(indices.len() * PIXELS);
+        for run in h5::covering_runs(indices, 64) {
+            let start = indices[run.start];
+            let block = self.read_responses(start, indices[run.end - 1] + 1)?;
+            for &k in &indices[run] {
+                out.extend_from_slice(&block[(k - start) * PIXELS..(k - start + 1) * PIXELS]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn sums_by_streaming(m: &Matrix, path: &Path) -> Result<Vec<f32>> {
+    let step = 4096;
+    let mut sums = Vec::with_capacity(m.rows);
+    for s in (0..m.rows).step_by(step) {
+        let e = (s + step).min(m.rows);
+        let v = m.read_rows_f32(s, e)?;
+        super::calo::check_energies(path, RESPONSES, &v, PIXELS, s)?;
+        sums.extend(v.chunks(PIXELS).map(|r| r.iter().sum::<f32>()));
+    }
+    Ok(sums)
+}
+
+fn check_conditions(path: &Path, c: &ZdcConditions) -> Result<()> {
+    if let Some(i) = c.particles.iter().position(|v| !v.is_finite()) {
+        return Err(Error::data(path, PARTICLES, format!("event {} has a non-finite feature", i / FEATURES)));
+    }
+    if let Some(i) = c.particles.chunks(FEATURES).position(|r| r[0] < 0.0) {
+        return Err(Error::data(
+            path,
+            PARTICLES,
+            format!("event {i} has a negative energy ({})", c.particles[i * FEATURES]),
+        ));
+    }
+    if let Some(i) = c.photon_sum.iter().position(|v| !v.is_finite() || *v < 0.0) {
+        return Err(Error::data(path, PHOTON_SUM, format!("event {i} has photon sum {}", c.photon_sum[i])));
+    }
+    Ok(())
+}
+
+/// Reads `arr_0` of an npz file as f32, whatever numeric dtype it was saved with.
+fn read_npz_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    use ndarray::ArrayD;
+    use ndarray_npy::NpzReader;
+    let open = || -> Result<NpzReader<std::fs::File>> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        NpzReader::new(f).map_err(|e| Error::format(path, format!("not a readable npz file: {e}")))
+    };
+    let names = open()?.names().map_err(|e| Error::format(path, format!("not a readable npz file: {e}")))?;
+    let key = names
+        .iter()
+        .find(|n| n.trim_end_matches(".npy") == "arr_0")
+        .cloned()
+        .ok_or_else(|| Error::data(path, "arr_0", format!("missing (the archive holds {names:?})")))?;
+    macro_rules! try_type {
+        ($t:ty) => {
+            if let Ok(a) = open()?.by_name::<ndarray::OwnedRepr<$t>, ndarray::IxDyn>(&key) {
+                let a: ArrayD<$t> = a;
+                let shape = a.shape().to_vec();
+                return Ok((shape, a.iter().map(|&v| v as f32).collect()));
+            }
+        };
+    }
+    try_type!(f32);
+    try_type!(f64);
+    try_type!(i64);
+    try_type!(i32);
+    try_type!(i16);
+    try_type!(u8);
+    try_type!(u16);
+    try_type!(u32);
+    try_type!(u64);
+    Err(Error::data(path, "arr_0", "is not a numeric array (or is stored in an unsupported layout)"))
+}
+
+/// Writes the zdcflow ZDC layout sequentially through a temporary file.
+pub struct ZdcWriter {
+    out: h5::TempH5,
+    responses: Dataset,
+    particles: Dataset,
+    pdg: Dataset,
+    photon_sum: Dataset,
+    events: usize,
+    written: usize,
+}
+
+impl ZdcWriter {
+    pub fn create(path: &Path, events: usize, attrs: &[(&str, String)]) -> Result<Self> {
+        let out = h5::TempH5::create(path)?;
+        let f = out.file();
+        let responses = h5::create_f32(f, path, RESPONSES, &[events, super::channels::SIDE, super::channels::SIDE])?;
+        let particles = h5::create_f32(f, path, PARTICLES, &[events, FEATURES])?;
+        let pdg = h5::create_i32(f, path, PDG, events)?;
+        let photon_sum = h5::create_f32(f, path, PHOTON_SUM, &[events])?;
+        h5::set_attr(f, path, FORMAT_ATTR, FORMAT_NAME)?;
+        for (k, v) in attrs {
+            h5::set_attr(f, path, k, v)?;
+        }
+        Ok(Self { out, responses, particles, pdg, photon_sum, events, written: 0 })
+    }
+
+    /// Appends events: responses `n × 1936`, with their conditions (photon sums computed here).
+    pub fn write(&mut self, responses: &[f32], conditions: &ZdcConditions) -> Result<()> {
+        let n = conditions.len();
+        let path = &self.out.path;
+        if responses.len() != n * PIXELS || conditions.particles.len() != n * FEATURES || self.written + n > self.events
+        {
+            return Err(Error::Invalid(format!("{}: block of {n} events does not fit", path.display())));
+        }
+        let sums: Vec<f32> = responses.chunks(PIXELS).map(|r| r.iter().sum()).collect();
+        h5::write_rows_f32(&self.responses, path, self.written, responses)?;
+        h5::write_rows_f32(&self.particles, path, self.written, &conditions.particles)?;
+        h5::write_rows_i32(&self.pdg, path, self.written, &conditions.pdg)?;
+        h5::write_rows_f32(&self.photon_sum, path, self.written, &sums)?;
+        self.written += n;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<()> {
+        if self.written != self.events {
+            let path = self.out.path.display();
+            return Err(Error::Invalid(format!("{path}: {} of {} events written", self.written, self.events)));
+        }
+        drop((self.responses, self.particles, self.pdg, self.photon_sum));
+        self.out.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npz_sibling_swaps_responses_for_particles() {
+        assert_eq!(
+            npz_sibling(Path::new("/d/data_n_nonrandom_responses.npz")).unwrap(),
+            PathBuf::from("/d/data_n_nonrandom_particles.npz")
+        );
+        assert!(npz_sibling(Path::new("/d/other.npz")).is_none());
+    }
+}

@@ -1,0 +1,242 @@
+//! Probability density distillation (CaloFlow II / iCaloFlow §III.C, ZDC paper §3): an IAF student
+//! learns to invert a frozen MAF teacher using only the fast passes of both.
+//!
+//! - Data loop: x → z (teacher, x → z) → x' (student, z → x).
+//! - Latent loop: z ~ N(0, width²) → x' (student) → z' (teacher).
+//!
+//! Each loop's loss is the squared error between its start and end, plus — block by block —
+//! between the teacher's and the student's data-side and latent-side tensors and raw MADE outputs
+//! (student block k inverts teacher block k). Every term is summed over features and averaged
+//! over the batch, optionally weighted per sample; the loss is β·L_x + (1 − β)·L_z. This is the
+//! published code's sum over its "steps" (the permutations' outputs are permuted copies of the
+//! blocks' outputs, so their squared errors are the same numbers). ZDC adds the channel loss
+//! (eq. 2) on the data loop's output.
+
+use candle_core::{DType, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::flow::stack::standard_normal_log_prob;
+use crate::flow::{Flow, Pass, Trace};
+use crate::train::{Batch, Objective};
+
+/// Which terms the loss has.
+#[derive(Clone, Debug)]
+pub struct Terms {
+    /// Weight of the data loop (the latent loop gets 1 − beta).
+    pub beta: f64,
+    pub latent_width: f64,
+    pub step_terms: bool,
+    pub made_terms: bool,
+    /// Apply the batch's per-sample weights to the squared-error terms.
+    pub weighted: bool,
+    pub channel: Option<ChannelLoss>,
+}
+
+/// The ZDC channel loss: channel sums of the sigmoid-ed, sum-normalised images.
+#[derive(Clone, Debug)]
+pub struct ChannelLoss {
+    /// (pixels, 5) 0/1 channel matrix.
+    pub matrix: Tensor,
+    pub weight: f64,
+    /// Weight it per sample too (bs+ch+div).
+    pub weighted: bool,
+}
+
+/// Loss values of one batch, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LossParts {
+    pub data_loop: f64,
+    pub latent_loop: f64,
+    pub channel: f64,
+}
+
+pub struct Distillation<'a> {
+    pub teacher: &'a Flow,
+    pub student: &'a Flow,
+    pub terms: Terms,
+}
+
+/// Σ_features (a − b)², weighted per sample, averaged over the batch.
+fn squared_error(a: &Tensor, b: &Tensor, w: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let per_sample = (a - b)?.sqr()?.sum(1)?;
+    match w {
+        Some(w) => (per_sample * w)?.mean_all(),
+        None => per_sample.mean_all(),
+    }
+}
+
+/// Squared errors between matching blocks of two traces.
+fn trace_terms(t: &Trace, s: &Trace, terms: &Terms, w: Option<&Tensor>) -> candle_core::Result<Option<Tensor>> {
+    let mut parts = Vec::new();
+    for i in 0..t.made.len() {
+        if terms.step_terms {
+            parts.push(squared_error(&t.data_side[i], &s.data_side[i], w)?);
+            parts.push(squared_error(&t.latent_side[i], &s.latent_side[i], w)?);
+        }
+        if terms.made_terms {
+            parts.push(squared_error(&t.made[i], &s.made[i], w)?);
+        }
+    }
+    sum(parts)
+}
+
+fn sum(parts: Vec<Tensor>) -> candle_core::Result<Option<Tensor>> {
+    let mut it = parts.into_iter();
+    let Some(first) = it.next() else { return Ok(None) };
+    it.try_fold(first, |acc, p| acc + p).map(Some)
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()).unwrap_or(f64::NAN)
+}
+
+/// Standard-normal samples of `shape` scaled by `width`, drawn on the host from `rng`.
+pub fn latent_noise(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    d: usize,
+    width: f64,
+    like: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = (0..n * d).map(|_| (width * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32).collect();
+    Tensor::from_vec(v, (n, d), like.device())?.to_dtype(like.dtype())
+}
+
+impl Distillation<'_> {
+    fn weights<'b>(&self, batch: &'b Batch) -> Option<&'b Tensor> {
+        if self.terms.weighted {
+            batch.weight.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// x → z (teacher) → x' (student).
+    fn data_loop(
+        &self,
+        batch: &Batch,
+        rng: &mut ChaCha8Rng,
+        train: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let ctx = batch.ctx.as_ref();
+        let w = self.weights(batch);
+        let t = self.teacher.to_latent(&batch.x, ctx, None, true)?;
+        let s = self.student.to_data(&t.output.detach(), ctx, train.then_some(rng), true)?;
+        let mut loss = squared_error(&batch.x, &s.output, w)?;
+        if let Some(extra) =
+            trace_terms(t.trace.as_ref().expect("traced"), s.trace.as_ref().expect("traced"), &self.terms, w)?
+        {
+            loss = (loss + extra)?;
+        }
+        let channel = match &self.terms.channel {
+            Some(c) => {
+                Some(channel_loss(c, &batch.x, &s.output, if c.weighted { batch.weight.as_ref() } else { None })?)
+            }
+            None => None,
+        };
+        Ok((loss, channel))
+    }
+
+    /// z → x' (student) → z' (teacher).
+    fn latent_loop(&self, batch: &Batch, rng: &mut ChaCha8Rng, train: bool) -> candle_core::Result<Tensor> {
+        let ctx = batch.ctx.as_ref();
+        let w = self.weights(batch);
+        let (n, d) = batch.x.dims2()?;
+        let z = latent_noise(rng, n, d, self.terms.latent_width, &batch.x)?;
+        let s = self.student.to_data(&z, ctx, train.then_some(rng), true)?;
+        let t = self.teacher.to_latent(&s.output, ctx, None, true)?;
+        let mut loss = squared_error(&z, &t.output, w)?;
+        if let Some(extra) =
+            trace_terms(t.trace.as_ref().expect("traced"), s.trace.as_ref().expect("traced"), &self.terms, w)?
+        {
+            loss = (loss + extra)?;
+        }
+        Ok(loss)
+    }
+
+    /// The loss and its parts; `train` turns the student's dropout on.
+    pub fn loss_parts(
+        &self,
+        batch: &Batch,
+        rng: &mut ChaCha8Rng,
+        train: bool,
+    ) -> candle_core::Result<(Tensor, LossParts)> {
+        let beta = self.terms.beta;
+        let mut parts = LossParts::default();
+        let mut total = Vec::new();
+        if beta > 0.0 {
+            let (lx, ch) = self.data_loop(batch, rng, train)?;
+            parts.data_loop = scalar(&lx);
+            total.push((lx * beta)?);
+            if let (Some(ch), Some(c)) = (ch, &self.terms.channel) {
+                parts.channel = scalar(&ch);
+                total.push((ch * c.weight)?);
+            }
+        }
+        if beta < 1.0 {
+            let lz = self.latent_loop(batch, rng, train)?;
+            parts.latent_loop = scalar(&lz);
+            total.push((lz * (1.0 - beta))?);
+        }
+        let loss = sum(total)?.ok_or_else(|| candle_core::Error::Msg("distillation with no loss term".into()))?;
+        Ok((loss, parts))
+    }
+
+    /// KL(student ‖ teacher) estimated on student samples: Σ_rows [log q(x') − log p(x')].
+    pub fn kl_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
+        let ctx = batch.ctx.as_ref();
+        let (n, d) = batch.x.dims2()?;
+        let z = latent_noise(rng, n, d, 1.0, &batch.x)?;
+        let Pass { output: x, ladj: ladj_s, .. } = self.student.to_data(&z, ctx, None, false)?;
+        let log_q = (standard_normal_log_prob(&z)? - ladj_s)?;
+        let t = self.teacher.to_latent(&x, ctx, None, false)?;
+        let log_p = (standard_normal_log_prob(&t.output)? + t.ladj)?;
+        Ok(scalar(&(log_q - log_p)?.sum_all()?))
+    }
+}
+
+/// Eq. 2: Σ_channels (w − ŵ)², averaged over samples (weighted per sample if `w` is given), on
+/// channel sums of sigmoid(·) normalised to unit sum.
+pub fn channel_loss(
+    c: &ChannelLoss,
+    x: &Tensor,
+    x_student: &Tensor,
+    w: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let channels = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let img = candle_nn::ops::sigmoid(t)?;
+        let img = img.broadcast_div(&img.sum_keepdim(1)?)?;
+        img.matmul(&c.matrix)
+    };
+    squared_error(&channels(x)?, &channels(x_student)?, w)
+}
+
+/// The trainer's view: the loss, and the validation metric (KL or the loss itself).
+pub struct DistillObjective<'a> {
+    pub distillation: Distillation<'a>,
+    pub select_by_kl: bool,
+}
+
+impl Objective for DistillObjective<'_> {
+    fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<Tensor> {
+        Ok(self.distillation.loss_parts(batch, rng, true)?.0)
+    }
+
+    fn val_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
+        if self.select_by_kl {
+            self.distillation.kl_sum(batch, rng)
+        } else {
+            let (loss, _) = self.distillation.loss_parts(batch, rng, false)?;
+            Ok(scalar(&loss) * batch.n as f64)
+        }
+    }
+
+    fn metric_name(&self) -> &'static str {
+        if self.select_by_kl {
+            "kl"
+        } else {
+            "distill-loss"
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The detector models: what each flow learns from which rows, how its units are trained and
+//! saved, and how a trained model directory is loaded.
+
+pub mod calo;
+pub mod manifest;
+pub mod regressor;
+pub mod student;
+pub mod zdc;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::flow::{Flow, FlowKind, FlowSpec};
+use crate::train::{self, checkpoint, Batch, Objective, RowSource, Summary};
+use manifest::{save_unit_file, UnitFile};
+
+/// How a training command runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub resume: bool,
+    pub device: Device,
+    pub show_progress: bool,
+}
+
+/// Maximum likelihood: the mean negative log-likelihood of the rows (the teachers' loss).
+pub struct NllObjective<'a> {
+    pub flow: &'a Flow,
+}
+
+impl NllObjective<'_> {
+    fn log_prob(&self, batch: &Batch, rng: Option<&mut ChaCha8Rng>) -> candle_core::Result<Tensor> {
+        let pass = self.flow.to_latent(&batch.x, batch.ctx.as_ref(), rng, false)?;
+        crate::flow::stack::standard_normal_log_prob(&pass.output)? + pass.ladj
+    }
+}
+
+impl Objective for NllObjective<'_> {
+    fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<Tensor> {
+        self.log_prob(batch, Some(rng))?.mean_all()?.neg()
+    }
+
+    fn val_sum(&self, batch: &Batch, _rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
+        self.log_prob(batch, None)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>().map(|s| -s)
+    }
+
+    fn metric_name(&self) -> &'static str {
+        "nll"
+    }
+}
+
+/// One trainable unit of a model.
+pub struct UnitJob<'a> {
+    pub name: &'a str,
+    pub dir: &'a Path,
+    pub cfg: TrainConfig,
+    pub source: &'a dyn RowSource,
+    pub train_events: &'a [usize],
+    pub val_events: &'a [usize],
+    pub varmap: &'a VarMap,
+    pub dtype: DType,
+    pub flow: Option<&'a FlowSpec>,
+    pub regressor: Option<&'a regressor::RegressorSpec>,
+}
+
+/// Trains a unit (or resumes it, or skips it if a resumed run had already finished it) and
+/// records the summary in the unit's model.json.
+pub fn train_unit(job: &UnitJob, objective: &dyn Objective, opts: &RunOptions) -> Result<Summary> {
+    let unit_file = |training| UnitFile { unit: job.name, flow: job.flow, regressor: job.regressor, training };
+    let has_checkpoint = checkpoint::path(job.dir).exists();
+    if opts.resume && has_checkpoint {
+        let state = checkpoint::load(job.dir, &opts.device)?.state;
+        if state.epoch >= job.cfg.epochs {
+            if let Some(summary) = stored_summary(job.dir) {
+                eprintln!("{}: already trained ({} epochs), skipping", job.name, state.epoch);
+                return Ok(summary);
+            }
+        }
+    }
+    save_unit_file(job.dir, &unit_file(None))?;
+    let run = train::Run {
+        unit: job.name.to_string(),
+        dir: job.dir.to_path_buf(),
+        cfg: job.cfg.clone(),
+        source: job.source,
+        train_events: job.train_events,
+        val_events: job.val_events,
+        varmap: job.varmap,
+        dtype: job.dtype,
+        device: opts.device.clone(),
+        resume: opts.resume && has_checkpoint,
+        show_progress: opts.show_progress,
+    };
+    let summary = train::fit(&run, objective)?;
+    save_unit_file(job.dir, &unit_file(Some(&summary)))?;
+    Ok(summary)
+}
+
+fn stored_summary(dir: &Path) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.join(manifest::MODEL_JSON)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    serde_json::from_value(v.get("training")?.clone()).ok()
+}
+
+/// One line per trained unit, for the end of a training command.
+pub fn summary_line(s: &Summary) -> String {
+    let best = s.best_metric.map(|m| format!("{m:.4}")).unwrap_or_else(|| "—".into());
+    format!(
+        "{}: {} epochs, {} steps in {:.1} s; best validation {} {} (epoch {}, step {}); {:.0} samples/s",
+        s.unit, s.epochs, s.steps, s.wall_s, s.metric, best, s.best_epoch, s.best_step, s.samples_per_s
+    )
+}
+
+/// The flow spec of a teacher (MAF) built from a config section.
+pub fn teacher_spec(section: &crate::config::FlowSection, features: usize, context: usize, seed: u64) -> FlowSpec {
+    FlowSpec {
+        kind: FlowKind::Maf,
+        features,
+        context_features: context,
+        blocks: section.blocks,
+        hidden_features: section.hidden_features,
+        hidden_layers: section.hidden_layers,
+        residual: section.residual,
+        dropout: section.dropout,
+        spline: section.spline(),
+        permutations: crate::flow::permutation::make_permutations(section.permutations, features, section.blocks, seed),
+    }
+}
+
+/// Checks that a resumed run's model matches what the (possibly edited) config now describes.
+pub fn check_resume_matches(dir: &Path, stored: &manifest::Manifest, now: &manifest::Manifest) -> Result<()> {
+    if stored.units != now.units
+        || stored.preprocessing != now.preprocessing
+        || stored.data.fractions != now.data.fractions
+    {
+        return Err(Error::checkpoint(
+            &dir.join(manifest::MODEL_JSON),
+            "--resume: the configuration describes a different model than the one being resumed",
+        ));
+    }
+    Ok(())
+}
