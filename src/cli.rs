@@ -295,9 +295,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::TrainTeacher(a) => train_teacher(&a, &cli.device, !cli.quiet),
         Command::DistillStudent(a) => distill_student(&a, &cli.device, !cli.quiet),
-        Command::Sample(_) => not_implemented("sample"),
-        Command::Merge(_) => not_implemented("merge"),
-        Command::Evaluate(_) => not_implemented("evaluate"),
+        Command::Sample(a) => sample(&a, &cli.device, !cli.quiet),
+        Command::Merge(a) => {
+            let n = crate::sample::merge(&a.inputs, &a.output, !cli.quiet)?;
+            println!("merged {} shards ({n} events) into {}", a.inputs.len(), a.output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evaluate(a) => evaluate(&a, &cli.device, !cli.quiet),
         Command::Bench(a) => bench(&a, &cli.device),
         Command::Demo(_) => not_implemented("demo"),
     }
@@ -388,6 +392,95 @@ fn bench(a: &BenchArgs, device: &str) -> Result<ExitCode> {
     }
     if !a.json {
         print!("{}", bench::render(&all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sample(a: &SampleArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+    use crate::data::split::Part;
+    use crate::sample::{parse_shard, run, Request, Selection};
+    let selection = match a.split {
+        SplitChoice::Auto => Selection::Auto,
+        SplitChoice::All => Selection::All,
+        SplitChoice::Train => Selection::Part(Part::Train),
+        SplitChoice::Val => Selection::Part(Part::Val),
+        SplitChoice::Test => Selection::Part(Part::Test),
+    };
+    let req = Request {
+        model: a.model.clone(),
+        conditions: a.conditions.clone(),
+        events: a.events,
+        selection,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        shard: a.shard.as_deref().map(parse_shard).transpose()?,
+        use_teacher: a.teacher,
+        output: a.output.clone(),
+        show_progress,
+    };
+    let device = crate::device::open(device)?;
+    let r = run(&req, &device)?;
+    println!(
+        "generated {} events in {:.2} s: {:.4} ms/sample ({:.2} s with writing) → {}",
+        r.events,
+        r.generate_s,
+        r.ms_per_sample,
+        r.total_s,
+        r.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn evaluate(a: &EvaluateArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+    use crate::eval::{self, classifier, Request};
+    if a.baseline.is_some() && !(a.tolerance >= 0.0) {
+        return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
+    }
+    let req = Request {
+        reference: a.reference.clone(),
+        generated: a.generated.clone(),
+        output: a.output.clone(),
+        plots: a.plots.clone(),
+        baseline: a.baseline.clone(),
+        tolerance: a.tolerance,
+        classifier: classifier::Settings {
+            epochs: a.classifier_epochs,
+            hidden: a.classifier_hidden,
+            batch_size: 1000,
+            lr: 2e-4,
+            seed: a.seed,
+        },
+        show_progress,
+    };
+    let (metrics, regressions) = eval::run(&req, &crate::device::open(device)?)?;
+    print!("{}", eval::render(&metrics));
+    if let Some(p) = &a.output {
+        println!("metrics: {}", p.display());
+    }
+    if let Some(p) = &a.plots {
+        println!("plots: {}", p.display());
+    }
+    if let Some(b) = &a.baseline {
+        if regressions.is_empty() {
+            println!("gate: no metric worse than {} by more than {:.1} %", b.display(), 100.0 * a.tolerance);
+        } else {
+            for r in &regressions {
+                eprintln!(
+                    "gate: {} got worse: {:.6} → {:.6} ({:+.1} %)",
+                    r.metric,
+                    r.baseline,
+                    r.current,
+                    100.0 * r.worse_by
+                );
+            }
+            eprintln!(
+                "gate: {} metric(s) worse than {} by more than {:.1} %",
+                regressions.len(),
+                b.display(),
+                100.0 * a.tolerance
+            );
+            return Ok(ExitCode::from(2));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::data::calo::{CaloChunk, CaloWriter};
+use crate::data::calo::CaloWriter;
 use crate::data::geometry::CaloGeometry;
 use crate::data::synth;
 use crate::data::zdc::{ZdcConditions, ZdcWriter};
@@ -31,7 +31,7 @@ pub fn calo(dataset: u8, events: usize, seed: u64, output: &Path, show_progress:
     for first in (0..events).step_by(chunk) {
         let n = chunk.min(events - first);
         let c = synth::calo::generate_calo(&g, seed, first, n);
-        writer.write(&CaloChunk { incident_energies: c.incident_energies, showers: c.showers })?;
+        writer.write(&c)?;
         pb.inc(n as u64);
     }
     let rate = events as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -46,8 +46,8 @@ pub fn zdc(events: usize, seed: u64, output: &Path) -> Result<()> {
         return Err(Error::Invalid("--events must be ≥ 1".into()));
     }
     let e = synth::zdc::generate_zdc(seed, events);
-    let mut writer = ZdcWriter::create(output, events, &attrs("zdc", seed))?;
+    let mut writer = ZdcWriter::create(output, events, &attrs("zdc", seed), false)?;
     let photon_sum = e.responses.chunks(crate::data::channels::PIXELS).map(|r| r.iter().sum()).collect();
-    writer.write(&e.responses, &ZdcConditions { particles: e.particles, pdg: e.pdg, photon_sum })?;
+    writer.write(&e.responses, &ZdcConditions { particles: e.particles, pdg: e.pdg, photon_sum }, None)?;
     writer.finish()
 }

@@ -56,7 +56,7 @@ pub struct ZdcSummary {
     pub responses_per_condition: Range,
     pub photon_sum: Range,
     pub particles_by_pdg: BTreeMap<i32, usize>,
-    pub features: BTreeMap<&'static str, Range>,
+    pub features: Vec<(&'static str, Range)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,8 +180,12 @@ pub fn render(s: &Summary) -> String {
             ));
             let p = &z.photon_sum;
             line(format!("  photon sum          {:.0} – {:.0} (mean {:.1})", p.min, p.max, p.mean));
-            let parts: Vec<String> = z.particles_by_pdg.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-            line(format!("  events by PDG code  {}", parts.join(", ")));
+            let parts: Vec<String> = z
+                .particles_by_pdg
+                .iter()
+                .map(|(k, v)| format!("{} ({k}): {v}", crate::data::synth::zdc::particle_name(*k)))
+                .collect();
+            line(format!("  events by particle  {}", parts.join(", ")));
             for (name, r) in &z.features {
                 line(format!("  {name:<8}            {:.4} – {:.4} (mean {:.4})", r.min, r.max, r.mean));
             }

@@ -19,6 +19,8 @@ pub mod flow;
 pub mod generate;
 pub mod inspect;
 pub mod models;
+pub mod nn;
+pub mod sample;
 pub mod train;
 pub mod util;
 

@@ -28,6 +28,24 @@ pub fn inverse_logit(y: f64, alpha: f64) -> f64 {
     ((s - alpha) / (1.0 - 2.0 * alpha)).clamp(0.0, 1.0)
 }
 
+/// [`logit`] on a tensor (element-wise, same formula).
+pub fn logit_tensor(x: &candle_core::Tensor, alpha: f64) -> candle_core::Result<candle_core::Tensor> {
+    let u = x.affine(1.0 - 2.0 * alpha, alpha)?;
+    (&u / u.affine(-1.0, 1.0)?)?.log()
+}
+
+/// [`inverse_logit`] on a tensor (element-wise, same formula, clamped to [0, 1]).
+pub fn inverse_logit_tensor(y: &candle_core::Tensor, alpha: f64) -> candle_core::Result<candle_core::Tensor> {
+    let s = candle_nn::ops::sigmoid(y)?;
+    s.affine(1.0 / (1.0 - 2.0 * alpha), -alpha / (1.0 - 2.0 * alpha))?.clamp(0.0, 1.0)
+}
+
+/// Zeroes the values below `threshold`.
+pub fn threshold_tensor(x: &candle_core::Tensor, threshold: f64) -> candle_core::Result<candle_core::Tensor> {
+    let keep = x.ge(threshold)?;
+    keep.where_cond(x, &x.zeros_like()?)
+}
+
 /// iCaloFlow's constants (energies in MeV).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,6 +257,23 @@ mod tests {
         let total: f32 = back.iter().sum();
         let lit = counts.iter().filter(|&&c| c > 0.0).count() as f32;
         assert!(total <= sum + 1.0 && total >= sum - lit, "{total} vs {sum} ({lit} lit pixels)");
+    }
+
+    #[test]
+    fn tensor_forms_equal_the_scalar_functions() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let xs = [0.0, 1e-7, 0.25, 0.5, 0.999, 1.0];
+        let t = candle_core::Tensor::new(&xs, &dev)?;
+        let l = logit_tensor(&t, 1e-6)?.to_vec1::<f64>()?;
+        let back = inverse_logit_tensor(&candle_core::Tensor::new(l.as_slice(), &dev)?, 1e-6)?.to_vec1::<f64>()?;
+        for (i, &x) in xs.iter().enumerate() {
+            assert!((l[i] - logit(x, 1e-6)).abs() < 1e-12);
+            assert!((back[i] - inverse_logit(l[i], 1e-6)).abs() < 1e-12);
+        }
+        let th =
+            threshold_tensor(&candle_core::Tensor::new(&[0.01f64, 0.015, 0.02], &dev)?, 0.015)?.to_vec1::<f64>()?;
+        assert_eq!(th, vec![0.0, 0.015, 0.02]);
+        Ok(())
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const RESPONSES: &str = "responses";
 pub const PARTICLES: &str = "particles";
 pub const PDG: &str = "pdg";
 pub const PHOTON_SUM: &str = "photon_sum";
+/// Generated files: the row of the conditions file each response was conditioned on.
+pub const SOURCE_INDEX: &str = "source_index";
 pub const FORMAT_ATTR: &str = "format";
 pub const FORMAT_NAME: &str = "zdcflow-zdc";
 /// Particle features per event: energy, px, py, pz, x, y, z, mass, charge.
@@ -62,6 +64,12 @@ impl ZdcConditions {
     }
 }
 
+/// Rows of the conditions file a generated file was conditioned on, with that file's event count.
+pub struct SourceRows {
+    pub index: Vec<usize>,
+    pub source_events: usize,
+}
+
 enum Responses {
     Hdf5 { matrix: Matrix, _file: File },
     InMemory(Vec<f32>),
@@ -72,6 +80,8 @@ pub struct ZdcFile {
     pub path: PathBuf,
     pub events: usize,
     pub conditions: ZdcConditions,
+    /// Set on files written by `sample`.
+    pub source: Option<SourceRows>,
     responses: Responses,
 }
 
@@ -136,7 +146,14 @@ impl ZdcFile {
         };
         let conditions = ZdcConditions { particles, pdg, photon_sum };
         check_conditions(path, &conditions)?;
-        Ok(Self { path: path.to_path_buf(), events: n, conditions, responses: Responses::Hdf5 { matrix, _file: file } })
+        let source = read_source_rows(&file, path, n)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            events: n,
+            conditions,
+            source,
+            responses: Responses::Hdf5 { matrix, _file: file },
+        })
     }
 
     fn open_npz(path: &Path) -> Result<Self> {
@@ -181,7 +198,13 @@ impl ZdcFile {
         };
         let conditions = ZdcConditions { particles, pdg, photon_sum };
         check_conditions(&sibling, &conditions)?;
-        Ok(Self { path: path.to_path_buf(), events: n, conditions, responses: Responses::InMemory(responses) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            events: n,
+            conditions,
+            source: None,
+            responses: Responses::InMemory(responses),
+        })
     }
 
     /// Responses of events `[start, end)` as `n × 1936` photon counts, checked.
@@ -209,6 +232,16 @@ impl ZdcFile {
         }
         Ok(out)
     }
+}
+
+fn read_source_rows(file: &File, path: &Path, n: usize) -> Result<Option<SourceRows>> {
+    if !h5::has_dataset(file, SOURCE_INDEX) {
+        return Ok(None);
+    }
+    let m = Matrix::open(file, path, SOURCE_INDEX, &[1], false)?;
+    let index: Vec<usize> = m.read_rows_i64(0, n)?.into_iter().map(|v| v.max(0) as usize).collect();
+    let source_events = h5::get_attr(file, "source_events").and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(Some(SourceRows { index, source_events }))
 }
 
 fn sums_by_streaming(m: &Matrix, path: &Path) -> Result<Vec<f32>> {
@@ -282,27 +315,31 @@ pub struct ZdcWriter {
     particles: Dataset,
     pdg: Dataset,
     photon_sum: Dataset,
+    source_index: Option<Dataset>,
     events: usize,
     written: usize,
 }
 
 impl ZdcWriter {
-    pub fn create(path: &Path, events: usize, attrs: &[(&str, String)]) -> Result<Self> {
+    /// `with_source_index`: also write which conditions-file row each event came from.
+    pub fn create(path: &Path, events: usize, attrs: &[(&str, String)], with_source_index: bool) -> Result<Self> {
         let out = h5::TempH5::create(path)?;
         let f = out.file();
         let responses = h5::create_f32(f, path, RESPONSES, &[events, super::channels::SIDE, super::channels::SIDE])?;
         let particles = h5::create_f32(f, path, PARTICLES, &[events, FEATURES])?;
         let pdg = h5::create_i32(f, path, PDG, events)?;
         let photon_sum = h5::create_f32(f, path, PHOTON_SUM, &[events])?;
+        let source_index = if with_source_index { Some(h5::create_i32(f, path, SOURCE_INDEX, events)?) } else { None };
         h5::set_attr(f, path, FORMAT_ATTR, FORMAT_NAME)?;
         for (k, v) in attrs {
             h5::set_attr(f, path, k, v)?;
         }
-        Ok(Self { out, responses, particles, pdg, photon_sum, events, written: 0 })
+        Ok(Self { out, responses, particles, pdg, photon_sum, source_index, events, written: 0 })
     }
 
-    /// Appends events: responses `n × 1936`, with their conditions (photon sums computed here).
-    pub fn write(&mut self, responses: &[f32], conditions: &ZdcConditions) -> Result<()> {
+    /// Appends events: responses `n × 1936`, with their conditions (photon sums computed here) and,
+    /// if the file has them, their source rows.
+    pub fn write(&mut self, responses: &[f32], conditions: &ZdcConditions, source: Option<&[usize]>) -> Result<()> {
         let n = conditions.len();
         let path = &self.out.path;
         if responses.len() != n * PIXELS || conditions.particles.len() != n * FEATURES || self.written + n > self.events
@@ -314,6 +351,10 @@ impl ZdcWriter {
         h5::write_rows_f32(&self.particles, path, self.written, &conditions.particles)?;
         h5::write_rows_i32(&self.pdg, path, self.written, &conditions.pdg)?;
         h5::write_rows_f32(&self.photon_sum, path, self.written, &sums)?;
+        if let (Some(ds), Some(src)) = (&self.source_index, source) {
+            let v: Vec<i32> = src.iter().map(|&i| i as i32).collect();
+            h5::write_rows_i32(ds, path, self.written, &v)?;
+        }
         self.written += n;
         Ok(())
     }
@@ -323,7 +364,7 @@ impl ZdcWriter {
             let path = self.out.path.display();
             return Err(Error::Invalid(format!("{path}: {} of {} events written", self.written, self.events)));
         }
-        drop((self.responses, self.particles, self.pdg, self.photon_sum));
+        drop((self.responses, self.particles, self.pdg, self.photon_sum, self.source_index));
         self.out.commit()
     }
 }

@@ -28,7 +28,7 @@ const ENERGY_EPSILON: f64 = 1e-16;
 
 /// High-level features of n showers: one entry per event, per-layer values indexed by layer.
 /// Lengths are in mm, energies in MeV.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CaloFeatures {
     pub e_inc: Vec<f64>,
     /// Sum of all voxels above threshold.
@@ -49,6 +49,24 @@ pub struct CaloFeatures {
 impl CaloFeatures {
     pub fn events(&self) -> usize {
         self.e_inc.len()
+    }
+
+    /// Appends the events of `other` (features computed chunk by chunk).
+    pub fn append(&mut self, other: CaloFeatures) {
+        self.e_inc.extend(other.e_inc);
+        self.e_total.extend(other.e_total);
+        for (mine, theirs) in [
+            (&mut self.layer_energy, other.layer_energy),
+            (&mut self.centre_x, other.centre_x),
+            (&mut self.centre_y, other.centre_y),
+            (&mut self.width_x, other.width_x),
+            (&mut self.width_y, other.width_y),
+            (&mut self.centre_r, other.centre_r),
+            (&mut self.width_r, other.width_r),
+            (&mut self.sparsity, other.sparsity),
+        ] {
+            mine.extend(theirs);
+        }
     }
 }
 

@@ -157,8 +157,18 @@ struct ConditionShape {
 /// absolute differences of the other three. Aggregates are MAE and RMSE over conditions, weighted by
 /// each condition's number of non-empty reference images. NaN when no condition is shared.
 pub fn shape_errors(ref_images: &[f32], ref_group: &[usize], gen_images: &[f32], gen_group: &[usize]) -> ShapeErrors {
-    let reference = shapes_by_group(ref_images, ref_group);
-    let generated = shapes_by_group(gen_images, gen_group);
+    shape_errors_from(&image_shapes(ref_images), ref_group, &image_shapes(gen_images), gen_group)
+}
+
+/// [`shape_errors`] from per-image shapes ([`image_shapes`]), so images can be streamed.
+pub fn shape_errors_from(
+    ref_shapes: &[Option<CentreAndRadius>],
+    ref_group: &[usize],
+    gen_shapes: &[Option<CentreAndRadius>],
+    gen_group: &[usize],
+) -> ShapeErrors {
+    let reference = shapes_by_group(ref_shapes, ref_group);
+    let generated = shapes_by_group(gen_shapes, gen_group);
     let mut errors: Vec<([f64; 4], f64)> = Vec::new();
     for (group, r) in &reference {
         let Some(g) = generated.get(group) else { continue };
@@ -184,16 +194,19 @@ fn weighted_error_pair(errors: impl Iterator<Item = (f64, f64)>) -> ErrorPair {
 }
 
 /// An image's shower centre (row, col) and 90 % radius.
-type CentreAndRadius = ((f64, f64), f64);
+pub type CentreAndRadius = ((f64, f64), f64);
+
+/// The centre and 90 % radius of each image (`n × PIXELS` flat); None for an empty image.
+pub fn image_shapes(images: &[f32]) -> Vec<Option<CentreAndRadius>> {
+    images.par_chunks(PIXELS).map(|img| Some((shower_centre(img)?, radius_90(img)?))).collect()
+}
 
 /// `ConditionShape` of every group with at least one non-empty image.
-fn shapes_by_group(images: &[f32], group: &[usize]) -> BTreeMap<usize, ConditionShape> {
-    assert_eq!(images.len(), group.len() * PIXELS, "images and group ids differ in count");
-    let per_image: Vec<Option<CentreAndRadius>> =
-        images.par_chunks(PIXELS).map(|img| Some((shower_centre(img)?, radius_90(img)?))).collect();
+fn shapes_by_group(per_image: &[Option<CentreAndRadius>], group: &[usize]) -> BTreeMap<usize, ConditionShape> {
+    assert_eq!(per_image.len(), group.len(), "shapes and group ids differ in count");
     let mut members: BTreeMap<usize, Vec<CentreAndRadius>> = BTreeMap::new();
-    for (shape, &g) in per_image.into_iter().zip(group) {
-        if let Some(shape) = shape {
+    for (shape, &g) in per_image.iter().zip(group) {
+        if let Some(shape) = *shape {
             members.entry(g).or_default().push(shape);
         }
     }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 
-use super::params::{load_frozen, SeededInit};
+use super::params::load_frozen_model;
 use super::stack::{Flow, FlowSpec};
 use crate::error::{Error, Result};
 use crate::util::atomic;
@@ -41,18 +41,9 @@ pub fn read_spec(path: &Path) -> Result<FlowSpec> {
     Ok(spec)
 }
 
-/// The variables a stack of this spec has (names and shapes), without loading anything.
-pub fn skeleton(spec: &FlowSpec, prefix: &str, dtype: DType, device: &Device) -> Result<VarMap> {
-    let varmap = VarMap::new();
-    Flow::new(spec, SeededInit::var_builder(&varmap, 0, dtype, device).pp(prefix))?;
-    Ok(varmap)
-}
-
 /// Builds a frozen (inference) stack of `spec` from the tensors under `prefix` in `weights`.
 pub fn load_frozen_flow(spec: &FlowSpec, weights: &Path, prefix: &str, dtype: DType, device: &Device) -> Result<Flow> {
-    let expected = skeleton(spec, prefix, dtype, device)?;
-    let tensors = load_frozen(weights, &expected, dtype, device).map_err(|m| Error::checkpoint(weights, m))?;
-    Ok(Flow::new(spec, VarBuilder::from_tensors(tensors, dtype, device).pp(prefix))?)
+    load_frozen_model(weights, dtype, device, |vb| Flow::new(spec, vb.pp(prefix)))
 }
 
 /// Loads a stack saved by [`save`].

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::flow::made::torch_default_init;
+use crate::nn::{Activation, Mlp};
 use crate::train::{Batch, Objective};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,7 +17,7 @@ pub struct RegressorSpec {
 }
 
 pub struct Regressor {
-    layers: Vec<(Tensor, Tensor)>,
+    mlp: Mlp,
 }
 
 impl Regressor {
@@ -25,28 +25,12 @@ impl Regressor {
         let mut sizes = vec![spec.inputs];
         sizes.extend(&spec.hidden);
         sizes.push(1);
-        let layers = sizes
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| {
-                let vb = vb.pp(i);
-                let init = torch_default_init(w[0]);
-                Ok((vb.get_with_hints((w[1], w[0]), "weight", init)?, vb.get_with_hints(w[1], "bias", init)?))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self { mlp: Mlp::new(&sizes, Activation::Relu, vb)? })
     }
 
     /// `(n, inputs)` → `(n, 1)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            h = h.matmul(&w.t()?)?.broadcast_add(b)?;
-            if i + 1 < self.layers.len() {
-                h = h.relu()?;
-            }
-        }
-        Ok(h)
+        self.mlp.forward(x)
     }
 }
 

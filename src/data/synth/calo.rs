@@ -28,6 +28,8 @@
 //!   above 2 expected crossings a gamma (above 30 a normal) with the same mean and variance
 //!   stands in. Summed over a shower this is a stochastic term of ≈ 12 %/√(E/GeV); an event-wise
 //!   1 % response spread adds a constant term.
+//! * **Layer cap**: like the real data, no layer holds more than 65 GeV: the rare event (≈ 0.5 %,
+//!   near 1 TeV) whose peak layer would exceed 62 GeV is scaled down to that.
 //! * **Readout**: voxels below [`READOUT_THRESHOLD_MEV`] are zeroed. In the (never observed) case
 //!   that an event falls outside [`ENERGY_RATIO_RANGE`], it is rescaled to just inside it.
 //!
@@ -49,6 +51,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp1, Gamma, StandardNormal};
 use rayon::prelude::*;
 
+pub use crate::data::calo::CaloChunk;
 use crate::data::geometry::CaloGeometry;
 
 /// Fraction of the shower energy seen by the silicon; the files store visible energy divided by it.
@@ -88,15 +91,6 @@ const AXIS_OFFSET_MM: f64 = 1.5;
 const AXIS_TILT: f64 = 0.01;
 /// Rescaled events land this far (relatively) inside ENERGY_RATIO_RANGE.
 const RATIO_MARGIN: f64 = 1e-3;
-
-/// A chunk of generated events.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CaloChunk {
-    /// Incident energies in MeV, one per event.
-    pub incident_energies: Vec<f32>,
-    /// Showers, events × voxels, row-major, MeV (file units).
-    pub showers: Vec<f32>,
-}
 
 /// Events `first_event .. first_event + n` of the stream `seed`.
 pub fn generate_calo(geometry: &CaloGeometry, seed: u64, first_event: usize, n: usize) -> CaloChunk {
@@ -147,7 +141,8 @@ fn simulate_event<R: Rng>(grid: &LayerGrid, rng: &mut R, shower: &mut [f32]) -> 
     let energy = f64::from(incident);
     let shape = EventShape::sample(energy, rng);
     let contained = shape.longitudinal.layer_fractions(grid.layers);
-    let layer_energies = share_between_layers(&contained, energy * shape.response, rng);
+    let mut layer_energies = share_between_layers(&contained, energy * shape.response, rng);
+    cap_layer_energies(&mut layer_energies);
     let mut expected = vec![0.0; grid.voxels_per_layer()];
     let mut total = 0.0;
     let per_layer = shower.chunks_mut(grid.voxels_per_layer());
@@ -401,6 +396,20 @@ fn sample_dense_deposit<R: Rng>(mean: f64, rng: &mut R) -> f64 {
     }
     let z: f64 = rng.sample(StandardNormal);
     (mean + (variance_scale * mean).sqrt() * z).max(0.0)
+}
+
+/// No layer of the real datasets holds more than 65 GeV (iCaloFlow chose its 65 GeV layer scale
+/// just above the largest layer energy). Near 1 TeV this homogeneous-medium profile peaks a little
+/// higher (about one event in 200), so such an event's layers are scaled down to this cap; the
+/// voxel sampling noise that follows (≈ 1 % at this energy) keeps it below 65 GeV.
+const MAX_LAYER_MEV: f64 = 62_000.0;
+
+fn cap_layer_energies(layers: &mut [f64]) {
+    let max = layers.iter().copied().fold(0.0, f64::max);
+    if max > MAX_LAYER_MEV {
+        let scale = MAX_LAYER_MEV / max;
+        layers.iter_mut().for_each(|e| *e *= scale);
+    }
 }
 
 /// Zeroes the voxels below the readout threshold.
@@ -814,5 +823,14 @@ mod tests {
         let start = std::time::Instant::now();
         pool.install(|| generate_calo(&g3, 1, 0, 2000));
         println!("DS3: {:.0} showers/s on 2 threads", 2000.0 / start.elapsed().as_secs_f64());
+    }
+
+    #[test]
+    fn no_layer_exceeds_the_real_datas_65_gev() {
+        let g = CaloGeometry::ds2();
+        let c = generate_calo(&g, 3, 0, 3000);
+        let v = g.voxels_per_layer();
+        let max = c.showers.chunks(v).map(|l| l.iter().map(|&x| x as f64).sum::<f64>()).fold(0.0, f64::max);
+        assert!(max < 65_000.0, "a layer holds {max} MeV");
     }
 }

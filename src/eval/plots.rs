@@ -1,0 +1,216 @@
+//! PNG figures (plotters): reference (black) against generated (red) on the same axes.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::stats::{histogram, normalised, shared_edges};
+use crate::error::{Error, Result};
+
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+const REFERENCE: RGBColor = RGBColor(20, 20, 20);
+const GENERATED: RGBColor = RGBColor(210, 40, 40);
+
+/// One histogram panel: reference and generated values of a quantity.
+pub struct HistPanel {
+    pub title: String,
+    pub xlabel: String,
+    pub reference: Vec<f64>,
+    pub generated: Vec<f64>,
+}
+
+/// One profile panel: a quantity against x (e.g. mean energy per layer).
+pub struct ProfilePanel {
+    pub title: String,
+    pub xlabel: String,
+    pub ylabel: String,
+    pub x: Vec<f64>,
+    pub reference: Vec<f64>,
+    pub generated: Vec<f64>,
+    pub log_y: bool,
+}
+
+/// One heat map: `values` row-major, `rows × cols`.
+pub struct HeatPanel {
+    pub title: String,
+    pub values: Vec<f64>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+fn draw_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{}: cannot draw the figure: {e}", path.display()))
+}
+
+fn grid(n: usize) -> (usize, usize) {
+    let cols = (n as f64).sqrt().ceil().max(1.0) as usize;
+    (n.div_ceil(cols), cols)
+}
+
+#[allow(clippy::type_complexity)]
+fn canvas<'a>(
+    path: &'a Path,
+    n: usize,
+    title: &str,
+) -> Result<(DrawingArea<BitMapBackend<'a>, Shift>, Vec<DrawingArea<BitMapBackend<'a>, Shift>>)> {
+    register_font();
+    let (rows, cols) = grid(n);
+    let root = BitMapBackend::new(path, (420 * cols as u32, 320 * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    let body = root.titled(title, ("sans-serif", 22)).map_err(|e| draw_err(path, e))?;
+    let areas = body.split_evenly((rows, cols));
+    Ok((root, areas))
+}
+
+/// Normalised step histograms, one panel per quantity.
+pub fn histograms(path: &Path, title: &str, panels: &[HistPanel]) -> Result<()> {
+    let (root, areas) = canvas(path, panels.len(), title)?;
+    for (p, area) in panels.iter().zip(areas.iter()) {
+        draw_histogram(area, p).map_err(|e| draw_err(path, e))?;
+    }
+    root.present().map_err(|e| draw_err(path, e))
+}
+
+fn steps(edges: &[f64], h: &[f64]) -> Vec<(f64, f64)> {
+    let mut pts = Vec::with_capacity(2 * h.len() + 2);
+    pts.push((edges[0], 0.0));
+    for (i, &v) in h.iter().enumerate() {
+        pts.push((edges[i], v));
+        pts.push((edges[i + 1], v));
+    }
+    pts.push((edges[h.len()], 0.0));
+    pts
+}
+
+fn draw_histogram(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    p: &HistPanel,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let finite = |v: &[f64]| v.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>();
+    let (r, g) = (finite(&p.reference), finite(&p.generated));
+    let edges = shared_edges(&r, &g, 40);
+    let hr = normalised(&histogram(&r, &edges));
+    let hg = normalised(&histogram(&g, &edges));
+    let ymax = hr.iter().chain(&hg).copied().fold(0.0, f64::max).max(1e-9) * 1.15;
+    let (x0, x1) = (edges[0], edges[edges.len() - 1]);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x0..x1, 0.0..ymax)?;
+    chart.configure_mesh().x_desc(&p.xlabel).y_desc("fraction").light_line_style(WHITE).draw()?;
+    chart
+        .draw_series(LineSeries::new(steps(&edges, &hr), REFERENCE.stroke_width(2)))?
+        .label("reference")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], REFERENCE.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(steps(&edges, &hg), GENERATED.stroke_width(2)))?
+        .label("generated")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GENERATED.stroke_width(2)));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    Ok(())
+}
+
+/// Line profiles, one panel per quantity.
+pub fn profiles(path: &Path, title: &str, panels: &[ProfilePanel]) -> Result<()> {
+    let (root, areas) = canvas(path, panels.len(), title)?;
+    for (p, area) in panels.iter().zip(areas.iter()) {
+        draw_profile(area, p).map_err(|e| draw_err(path, e))?;
+    }
+    root.present().map_err(|e| draw_err(path, e))
+}
+
+fn draw_profile(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    p: &ProfilePanel,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let tr = |v: f64| if p.log_y { v.max(1e-12).log10() } else { v };
+    let ys: Vec<f64> = p.reference.iter().chain(&p.generated).map(|&v| tr(v)).filter(|v| v.is_finite()).collect();
+    let (mut lo, mut hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
+        (lo, hi) = (lo.min(0.0) - 0.5, hi.max(0.0) + 0.5);
+    }
+    let pad = 0.08 * (hi - lo);
+    let (x0, x1) = (
+        p.x.first().copied().unwrap_or(0.0),
+        p.x.last().copied().unwrap_or(1.0).max(p.x.first().copied().unwrap_or(0.0) + 1.0),
+    );
+    let ylabel = if p.log_y { format!("log10 {}", p.ylabel) } else { p.ylabel.clone() };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))?;
+    chart.configure_mesh().x_desc(&p.xlabel).y_desc(ylabel).light_line_style(WHITE).draw()?;
+    for (vals, color, label) in [(&p.reference, REFERENCE, "reference"), (&p.generated, GENERATED, "generated")] {
+        let pts: Vec<(f64, f64)> =
+            p.x.iter().zip(vals.iter()).map(|(&x, &y)| (x, tr(y))).filter(|(_, y)| y.is_finite()).collect();
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    Ok(())
+}
+
+/// A white → blue → yellow scale for t in [0, 1].
+fn heat_color(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64, s: f64| (a + (b - a) * s).round() as u8;
+    if t < 0.5 {
+        let s = t / 0.5;
+        RGBColor(lerp(255.0, 40.0, s), lerp(255.0, 70.0, s), lerp(255.0, 160.0, s))
+    } else {
+        let s = (t - 0.5) / 0.5;
+        RGBColor(lerp(40.0, 250.0, s), lerp(70.0, 220.0, s), lerp(160.0, 30.0, s))
+    }
+}
+
+/// Heat maps on a shared log10 colour scale.
+pub fn heatmaps(path: &Path, title: &str, panels: &[HeatPanel]) -> Result<()> {
+    let (root, areas) = canvas(path, panels.len(), title)?;
+    let logs = |v: &[f64]| v.iter().map(|&x| if x > 0.0 { x.log10() } else { f64::NAN }).collect::<Vec<_>>();
+    let all: Vec<f64> = panels.iter().flat_map(|p| logs(&p.values)).filter(|v| v.is_finite()).collect();
+    let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    for (p, area) in panels.iter().zip(areas.iter()) {
+        draw_heatmap(area, p, lo, hi).map_err(|e| draw_err(path, e))?;
+    }
+    root.present().map_err(|e| draw_err(path, e))
+}
+
+fn draw_heatmap(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    p: &HeatPanel,
+    lo: f64,
+    hi: f64,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(36)
+        .build_cartesian_2d(0..p.cols, 0..p.rows)?;
+    chart.configure_mesh().disable_mesh().draw()?;
+    let span = (hi - lo).max(1e-12);
+    chart.draw_series((0..p.rows).flat_map(|r| {
+        (0..p.cols).map(move |c| {
+            let v = p.values[r * p.cols + c];
+            let t = if v > 0.0 { (v.log10() - lo) / span } else { 0.0 };
+            Rectangle::new([(c, p.rows - 1 - r), (c + 1, p.rows - r)], heat_color(t).filled())
+        })
+    }))?;
+    Ok(())
+}

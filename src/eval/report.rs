@@ -1,0 +1,153 @@
+//! The metrics file `evaluate --output` writes, and the regression gate `--baseline` applies.
+//!
+//! Everything under `metrics` is gated: lower is better, except AUCs, where closer to 0.5 is
+//! better (the gate compares |AUC − 0.5|). A metric is worse when its badness exceeds the
+//! baseline's by more than the relative tolerance. Numbers under `details` are informational.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::util::atomic;
+
+pub const FORMAT: &str = "zdcflow-metrics";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub events: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetricsFile {
+    pub format: String,
+    pub zdcflow_version: String,
+    pub commit: String,
+    pub detector: String,
+    pub reference: FileInfo,
+    pub generated: FileInfo,
+    /// Seed of the evaluation's own random draws (classifier, KPD subsets).
+    pub seed: u64,
+    pub metrics: Map<String, Value>,
+    pub details: Value,
+}
+
+impl MetricsFile {
+    pub fn new(detector: &str, reference: FileInfo, generated: FileInfo, seed: u64) -> Self {
+        Self {
+            format: FORMAT.into(),
+            zdcflow_version: env!("CARGO_PKG_VERSION").into(),
+            commit: env!("ZDCFLOW_GIT_COMMIT").into(),
+            detector: detector.into(),
+            reference,
+            generated,
+            seed,
+            metrics: Map::new(),
+            details: Value::Null,
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("metrics serialise");
+        atomic::write_bytes(path, text.as_bytes())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let m: Self =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a zdcflow metrics file: {e}")))?;
+        if m.format != FORMAT {
+            return Err(Error::format(path, format!("format '{}' is not '{FORMAT}'", m.format)));
+        }
+        Ok(m)
+    }
+}
+
+/// Numeric leaves of a JSON object as (dotted path, value); array elements as `name[i]`.
+pub fn flatten(map: &Map<String, Value>) -> Vec<(String, f64)> {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, f64)>) {
+        match v {
+            Value::Number(n) => out.extend(n.as_f64().map(|x| (prefix.to_string(), x))),
+            Value::Object(m) => m.iter().for_each(|(k, v)| walk(&join(prefix, k), v, out)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| walk(&format!("{prefix}[{i}]"), v, out)),
+            _ => {}
+        }
+    }
+    fn join(prefix: &str, k: &str) -> String {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    }
+    let mut out = Vec::new();
+    map.iter().for_each(|(k, v)| walk(k, v, &mut out));
+    out
+}
+
+/// How bad a metric value is (lower is better).
+fn badness(name: &str, v: f64) -> f64 {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    if leaf.starts_with("auc") {
+        (v - 0.5).abs()
+    } else {
+        v.abs()
+    }
+}
+
+/// One metric that got worse.
+#[derive(Clone, Debug, Serialize)]
+pub struct Regression {
+    pub metric: String,
+    pub baseline: f64,
+    pub current: f64,
+    /// Relative worsening of the badness.
+    pub worse_by: f64,
+}
+
+/// Metrics worse than the baseline by more than `tolerance` (relative); a metric of the baseline
+/// that the current run lacks, or that became NaN, counts as worse.
+pub fn compare(current: &MetricsFile, baseline: &MetricsFile, tolerance: f64) -> Vec<Regression> {
+    let now: std::collections::HashMap<String, f64> = flatten(&current.metrics).into_iter().collect();
+    let mut worse = Vec::new();
+    for (name, old) in flatten(&baseline.metrics) {
+        let new = now.get(&name).copied().unwrap_or(f64::NAN);
+        let (b_old, b_new) = (badness(&name, old), badness(&name, new));
+        let limit = b_old * (1.0 + tolerance) + 1e-12;
+        if b_new.is_nan() && !b_old.is_nan() || b_new > limit {
+            let worse_by = if b_old > 0.0 { b_new / b_old - 1.0 } else { f64::INFINITY };
+            worse.push(Regression { metric: name, baseline: old, current: new, worse_by });
+        }
+    }
+    worse
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(metrics: Value) -> MetricsFile {
+        let info = FileInfo { path: "x".into(), events: 1, model: None, seed: None };
+        let mut m = MetricsFile::new("zdc", info.clone(), info, 1);
+        m.metrics = metrics.as_object().unwrap().clone();
+        m
+    }
+
+    #[test]
+    fn gate_passes_on_itself_and_flags_worse_metrics() {
+        let base = file(serde_json::json!({"ws": 2.0, "mae_c": 1.0, "classifier": {"auc": 0.6}, "per": [1.0, 2.0]}));
+        assert!(compare(&base, &base, 0.05).is_empty());
+        let slightly =
+            file(serde_json::json!({"ws": 2.09, "mae_c": 0.5, "classifier": {"auc": 0.4}, "per": [1.0, 2.0]}));
+        assert!(compare(&slightly, &base, 0.05).is_empty(), "within 5 % (and AUC 0.4 is as far from 0.5 as 0.6)");
+        let worse = file(serde_json::json!({"ws": 2.2, "mae_c": 1.0, "classifier": {"auc": 0.7}, "per": [1.0]}));
+        let names: Vec<String> = compare(&worse, &base, 0.05).into_iter().map(|r| r.metric).collect();
+        assert_eq!(names, vec!["classifier.auc", "per[1]", "ws"]);
+    }
+}

@@ -1,0 +1,105 @@
+//! iCaloFlow generation, layer by layer, entirely in tensor ops on the sampling device:
+//! Flow-1 gives the layer energies, Flow-2 layer 1, and Flow-3 each next layer conditioned on the
+//! one it just produced (noised, normalised and logit-ed as in training). Post-processing follows
+//! the published sampler: `clamp((sigmoid(y) − α)/(1 − 2α), 0, 1) · E_i`, voxels below 15 keV set to
+//! zero, no renormalisation; conditions use the thresholded Flow-1 energies without noise.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::noise::BatchNoise;
+use crate::config::FlowName;
+use crate::data::geometry::{CaloGeometry, LAYERS};
+use crate::data::preprocess::{inverse_logit_tensor, logit_tensor, threshold_tensor, CaloPreprocessing};
+use crate::error::{Error, Result};
+use crate::flow::Flow;
+use crate::models::manifest::Manifest;
+use crate::models::student::frozen_flow;
+
+pub struct CaloChain {
+    flows: [Flow; 3],
+    prep: CaloPreprocessing,
+    pub geometry: CaloGeometry,
+    dtype: DType,
+    device: Device,
+}
+
+impl CaloChain {
+    pub fn load(dir: &Path, m: &Manifest, device: &Device) -> Result<Self> {
+        let dataset = m.detector.dataset().ok_or_else(|| Error::checkpoint(dir, "is not a CaloChallenge model"))?;
+        let geometry = CaloGeometry::for_dataset(dataset).expect("dataset 2 or 3");
+        let prep = crate::models::calo::preprocessing(m, dir)?;
+        let dtype = m.dtype.dtype();
+        let load = |f: FlowName| -> Result<Flow> {
+            if !m.units.contains_key(f.as_str()) {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!(
+                        "has no {}: sampling needs Flow-1, Flow-2 and Flow-3 (train them into one directory)",
+                        f.as_str()
+                    ),
+                ));
+            }
+            frozen_flow(dir, m, f.as_str(), dtype, device)
+        };
+        let flows = [load(FlowName::Flow1)?, load(FlowName::Flow2)?, load(FlowName::Flow3)?];
+        Ok(Self { flows, prep, geometry, dtype, device: device.clone() })
+    }
+
+    fn column(t: &Tensor, i: usize) -> candle_core::Result<Tensor> {
+        t.narrow(1, i, 1)
+    }
+
+    /// Layer voxels (MeV) from pattern logits `y` and layer energies `e` (n, 1).
+    fn voxels(&self, y: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
+        let v = inverse_logit_tensor(y, self.prep.alpha)?.broadcast_mul(e)?;
+        threshold_tensor(&v, self.prep.threshold_mev)
+    }
+
+    /// Flow-3's view of a generated layer: noised, normalised to unit sum, logit.
+    fn pattern(&self, layer: &Tensor, noise: &mut BatchNoise) -> candle_core::Result<Tensor> {
+        let noised = (layer + (noise.uniform(layer.dim(1)?)? * self.prep.noise_mev)?)?;
+        let normalised = noised.broadcast_div(&noised.sum_keepdim(1)?)?;
+        logit_tensor(&normalised, self.prep.alpha)
+    }
+
+    /// Showers (n × voxels, MeV, row-major) for incident energies in MeV.
+    pub fn generate(&self, e_inc: &[f32], noise: &mut BatchNoise) -> Result<Vec<f32>> {
+        let n = e_inc.len();
+        let v = self.geometry.voxels_per_layer();
+        let dev = &self.device;
+        let e_pre: Vec<f32> = e_inc.iter().map(|&e| self.prep.e_inc(e)).collect();
+        let e_pre = Tensor::from_vec(e_pre, (n, 1), dev)?.to_dtype(self.dtype)?;
+        let [flow1, flow2, flow3] = &self.flows;
+
+        let x1 = flow1.to_data(&noise.normal(LAYERS)?, Some(&e_pre), None, false)?.output;
+        let energies = threshold_tensor(
+            &(inverse_logit_tensor(&x1, self.prep.alpha)? * self.prep.layer_scale_mev)?,
+            self.prep.threshold_mev,
+        )?;
+        let e_logits = logit_tensor(&(&energies / self.prep.layer_scale_mev)?, self.prep.alpha)?;
+
+        let ctx2 = Tensor::cat(&[&e_pre, &(Self::column(&e_logits, 0)? / self.prep.flow2_e1_divisor)?], 1)?;
+        let y = flow2.to_data(&noise.normal(v)?, Some(&ctx2), None, false)?.output;
+        let mut layer = self.voxels(&y, &Self::column(&energies, 0)?)?;
+        let mut layers = Vec::with_capacity(LAYERS);
+        layers.push(layer.clone());
+        for t in 1..LAYERS {
+            let prev = self.pattern(&layer, noise)?;
+            let mut onehot = vec![0f32; LAYERS - 1];
+            onehot[t - 1] = 1.0;
+            let onehot =
+                Tensor::from_vec(onehot, (1, LAYERS - 1), dev)?.to_dtype(self.dtype)?.broadcast_as((n, LAYERS - 1))?;
+            let ctx3 = Tensor::cat(
+                &[&e_pre, &Self::column(&e_logits, t)?, &Self::column(&e_logits, t - 1)?, &prev, &onehot.contiguous()?],
+                1,
+            )?;
+            let y = flow3.to_data(&noise.normal(v)?, Some(&ctx3), None, false)?.output;
+            layer = self.voxels(&y, &Self::column(&energies, t)?)?;
+            layers.push(layer.clone());
+        }
+        let showers = Tensor::cat(&layers, 1)?.to_dtype(DType::F32)?;
+        Ok(showers.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
