@@ -433,7 +433,7 @@ fn sample(a: &SampleArgs, device: &str, show_progress: bool) -> Result<ExitCode>
 
 fn evaluate(a: &EvaluateArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
     use crate::eval::{self, classifier, Request};
-    if a.baseline.is_some() && !(a.tolerance >= 0.0) {
+    if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
         return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
     }
     let req = Request {
