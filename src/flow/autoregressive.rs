@@ -48,10 +48,8 @@ impl MadeRqs {
         dir: Direction,
         rng: Option<&mut ChaCha8Rng>,
     ) -> candle_core::Result<BlockPass> {
-        let (n, d) = spline_input.dims2()?;
         let made = self.made.forward(made_input, ctx, rng)?;
-        let params = made.reshape((n, d, self.spline.params_per_feature()))?;
-        let (output, ladj) = rqs(spline_input, &params, &self.spline, dir)?;
+        let (output, ladj) = rqs(spline_input, &made, &self.spline, dir)?;
         Ok(BlockPass { output, ladj: ladj.sum(1)?, made })
     }
 

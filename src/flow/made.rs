@@ -93,7 +93,7 @@ impl MaskedLinear {
             Some(w) => w.clone(),
             None => (&self.weight * &self.mask)?,
         };
-        xs.matmul(&w.t()?)?.broadcast_add(&self.bias)
+        crate::nn::add_bias(&xs.matmul(&w.t()?)?, &self.bias)
     }
 }
 
@@ -112,7 +112,7 @@ impl Dense {
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        crate::nn::add_bias(&xs.matmul(&self.weight.t()?)?, &self.bias)
     }
 }
 

@@ -128,7 +128,18 @@ fn softplus<F: Float>(x: F) -> F {
     if x > F::from(SOFTPLUS_THRESHOLD).unwrap() {
         x
     } else {
-        x.exp().ln_1p()
+        log1p(x.exp())
+    }
+}
+
+/// log(1 + e) by Kahan's formulation: a few ulp, but one `ln` instead of glibc's much slower
+/// `log1p` (which dominated the spline's cost in f32).
+fn log1p<F: Float>(e: F) -> F {
+    let u = F::one() + e;
+    if u == F::one() {
+        e
+    } else {
+        u.ln() * e / (u - F::one())
     }
 }
 
@@ -147,8 +158,9 @@ fn softmax<F: Float>(u: &[F], out: &mut [F]) {
         *o = (v - max).exp();
         sum = sum + *o;
     }
+    let inv = F::one() / sum;
     for o in out.iter_mut() {
-        *o = *o / sum;
+        *o = *o * inv;
     }
 }
 
@@ -165,14 +177,20 @@ fn search<F: Float>(knots: &[F], v: F, eps: F) -> usize {
     count.saturating_sub(1).min(last - 1)
 }
 
-/// The knots of one element's spline, built from its raw parameters.
-struct Knots<F> {
+/// The knots of one element's spline, built from its raw parameters in a caller's scratch
+/// buffer ([`scratch_len`] values), so evaluating an element allocates and zeroes nothing.
+struct Knots<'a, F> {
     /// Softmax of the raw widths / heights (kept for the backward pass).
-    soft_w: [F; MAX_BINS],
-    soft_h: [F; MAX_BINS],
+    soft_w: &'a [F],
+    soft_h: &'a [F],
     /// Knot positions, K + 1 each, pinned to ±B at both ends.
-    cum_w: [F; MAX_BINS + 1],
-    cum_h: [F; MAX_BINS + 1],
+    cum_w: &'a [F],
+    cum_h: &'a [F],
+}
+
+/// Scratch values one element needs: the knots (4K + 2) and the backward pass's K.
+fn scratch_len(k: usize) -> usize {
+    5 * k + 2
 }
 
 /// Where an input falls and the bin's local quantities (Durkan et al., eq. 4–5 notation).
@@ -200,20 +218,19 @@ struct LocalGrads<F> {
     l_d1: F,
 }
 
-impl<F: Float> Knots<F> {
-    fn new(c: &Consts<F>, params: &[F]) -> Self {
+impl<'a, F: Float> Knots<'a, F> {
+    /// Builds the knots into `scratch` (its first 4K + 2 values); returns them and the rest.
+    fn new(c: &Consts<F>, params: &[F], scratch: &'a mut [F]) -> (Self, &'a mut [F]) {
         let k = c.k;
-        let mut kn = Knots {
-            soft_w: [F::zero(); MAX_BINS],
-            soft_h: [F::zero(); MAX_BINS],
-            cum_w: [F::zero(); MAX_BINS + 1],
-            cum_h: [F::zero(); MAX_BINS + 1],
-        };
-        softmax(&params[..k], &mut kn.soft_w[..k]);
-        softmax(&params[k..2 * k], &mut kn.soft_h[..k]);
-        Self::cumulate(&kn.soft_w[..k], c.min_w, c.scale_w, c, &mut kn.cum_w[..=k]);
-        Self::cumulate(&kn.soft_h[..k], c.min_h, c.scale_h, c, &mut kn.cum_h[..=k]);
-        kn
+        let (soft_w, rest) = scratch.split_at_mut(k);
+        let (soft_h, rest) = rest.split_at_mut(k);
+        let (cum_w, rest) = rest.split_at_mut(k + 1);
+        let (cum_h, rest) = rest.split_at_mut(k + 1);
+        softmax(&params[..k], soft_w);
+        softmax(&params[k..2 * k], soft_h);
+        Self::cumulate(soft_w, c.min_w, c.scale_w, c, cum_w);
+        Self::cumulate(soft_h, c.min_h, c.scale_h, c, cum_h);
+        (Knots { soft_w, soft_h, cum_w, cum_h }, rest)
     }
 
     /// The derivative at knot `j`: the tails' slope at both ends, min_d + softplus inside. Only
@@ -247,7 +264,7 @@ impl<F: Float> Knots<F> {
 
     /// y = s(x) and log|s'(x)| for an input inside [−B, B].
     fn forward(&self, c: &Consts<F>, params: &[F], x: F) -> (F, F, Bin<F>) {
-        let k = search(&self.cum_w[..=c.k], x, c.search_eps);
+        let k = search(self.cum_w, x, c.search_eps);
         let w = self.cum_w[k + 1] - self.cum_w[k];
         let bin = self.bin(c, params, k, (x - self.cum_w[k]) / w);
         let (t, one) = (bin.theta, F::one());
@@ -260,7 +277,7 @@ impl<F: Float> Knots<F> {
 
     /// x = s⁻¹(y) and log|ds⁻¹/dy| for an input inside [−B, B] (the root formula of nflows).
     fn inverse(&self, c: &Consts<F>, params: &[F], y: F) -> (F, F, Bin<F>) {
-        let k = search(&self.cum_h[..=c.k], y, c.search_eps);
+        let k = search(self.cum_h, y, c.search_eps);
         let w = self.cum_w[k + 1] - self.cum_w[k];
         let h = self.cum_h[k + 1] - self.cum_h[k];
         let delta = h / w;
@@ -280,7 +297,8 @@ impl<F: Float> Knots<F> {
     /// Accumulates the gradient of `gy·y + gl·log|dy/dx|` (the forward spline at `bin`) with
     /// respect to the raw parameters into `grad` (length 3K − 1) and returns its gradient with
     /// respect to the input x.
-    fn backprop(&self, c: &Consts<F>, params: &[F], bin: &Bin<F>, gy: F, gl: F, grad: &mut [F]) -> F {
+    #[allow(clippy::too_many_arguments)]
+    fn backprop(&self, c: &Consts<F>, params: &[F], bin: &Bin<F>, gy: F, gl: F, grad: &mut [F], g_soft: &mut [F]) -> F {
         let kk = c.k;
         let g = local_grads(bin);
         let g_theta = gy * g.y_theta + gl * g.l_theta;
@@ -298,8 +316,8 @@ impl<F: Float> Knots<F> {
         g_cw[1] = g_w;
         g_ch[0] = gy - g_h;
         g_ch[1] = g_h;
-        accumulate_softmax(&self.soft_w[..kk], k, g_cw, c.span * c.scale_w, &mut grad[..kk]);
-        accumulate_softmax(&self.soft_h[..kk], k, g_ch, c.span * c.scale_h, &mut grad[kk..2 * kk]);
+        accumulate_softmax(self.soft_w, k, g_cw, c.span * c.scale_w, &mut grad[..kk], g_soft);
+        accumulate_softmax(self.soft_h, k, g_ch, c.span * c.scale_h, &mut grad[kk..2 * kk], g_soft);
         for (j, g_dj) in [(k, g_d0), (k + 1, g_d1)] {
             if (1..kk).contains(&j) {
                 let idx = 2 * kk + j - 1;
@@ -351,10 +369,11 @@ fn local_grads<F: Float>(b: &Bin<F>) -> LocalGrads<F> {
 
 /// Back-propagates gradients on knots k and k+1 (the pinned ends excluded) through
 /// knot_j = left + span·Σ_{i<j}(min + scale·softmax_i) and the softmax, into the raw parameters.
-fn accumulate_softmax<F: Float>(soft: &[F], k: usize, g_knots: [F; 2], factor: F, grad: &mut [F]) {
+fn accumulate_softmax<F: Float>(soft: &[F], k: usize, g_knots: [F; 2], factor: F, grad: &mut [F], g_soft: &mut [F]) {
     let kk = soft.len();
     // g_soft_i = factor · Σ_{j ∈ {k, k+1}, 1 ≤ j ≤ K−1, j > i} g_knot_j
-    let mut g_soft = [F::zero(); MAX_BINS];
+    let g_soft = &mut g_soft[..kk];
+    g_soft.iter_mut().for_each(|g| *g = F::zero());
     for (offset, &g) in g_knots.iter().enumerate() {
         let j = k + offset;
         if j >= 1 && j < kk {
@@ -363,7 +382,7 @@ fn accumulate_softmax<F: Float>(soft: &[F], k: usize, g_knots: [F; 2], factor: F
             }
         }
     }
-    let dot = soft.iter().zip(&g_soft[..kk]).fold(F::zero(), |acc, (&s, &g)| acc + s * g);
+    let dot = soft.iter().zip(g_soft.iter()).fold(F::zero(), |acc, (&s, &g)| acc + s * g);
     for i in 0..kk {
         grad[i] = grad[i] + soft[i] * (g_soft[i] - dot);
     }
@@ -372,14 +391,14 @@ fn accumulate_softmax<F: Float>(soft: &[F], k: usize, g_knots: [F; 2], factor: F
 /// One element: output and log|det| of the spline in `dir`.
 pub fn rqs_scalar<F: Float>(cfg: &SplineConfig, dir: Direction, input: F, params: &[F]) -> (F, F) {
     let c = Consts::new(cfg);
-    rqs_element(&c, dir, input, params)
+    rqs_element(&c, dir, input, params, &mut vec![F::zero(); scratch_len(cfg.num_bins)])
 }
 
-fn rqs_element<F: Float>(c: &Consts<F>, dir: Direction, input: F, params: &[F]) -> (F, F) {
+fn rqs_element<F: Float>(c: &Consts<F>, dir: Direction, input: F, params: &[F], scratch: &mut [F]) -> (F, F) {
     if !c.inside(input) {
         return (input, F::zero());
     }
-    let kn = Knots::new(c, params);
+    let (kn, _) = Knots::new(c, params, scratch);
     let (out, ladj, _) = match dir {
         Direction::Forward => kn.forward(c, params, input),
         Direction::Inverse => kn.inverse(c, params, input),
@@ -400,9 +419,11 @@ pub fn rqs_scalar_backward<F: Float>(
     grad_params: &mut [F],
 ) -> F {
     let c = Consts::new(cfg);
-    rqs_element_backward(&c, dir, input, params, g_out, g_ladj, grad_params)
+    let mut scratch = vec![F::zero(); scratch_len(cfg.num_bins)];
+    rqs_element_backward(&c, dir, input, params, g_out, g_ladj, grad_params, &mut scratch)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rqs_element_backward<F: Float>(
     c: &Consts<F>,
     dir: Direction,
@@ -411,16 +432,17 @@ fn rqs_element_backward<F: Float>(
     g_out: F,
     g_ladj: F,
     grad_params: &mut [F],
+    scratch: &mut [F],
 ) -> F {
     grad_params.iter_mut().for_each(|g| *g = F::zero());
     if !c.inside(input) {
         return g_out;
     }
-    let kn = Knots::new(c, params);
+    let (kn, g_soft) = Knots::new(c, params, scratch);
     match dir {
         Direction::Forward => {
             let (_, _, bin) = kn.forward(c, params, input);
-            kn.backprop(c, params, &bin, g_out, g_ladj, grad_params)
+            kn.backprop(c, params, &bin, g_out, g_ladj, grad_params, g_soft)
         }
         Direction::Inverse => {
             // x = s⁻¹(y; p), L⁻ = −L(x; p) with L = log s'. With f_x = s'(x) = e^L:
@@ -432,7 +454,7 @@ fn rqs_element_backward<F: Float>(
             let f_x = (-neg_l).exp();
             let l_x = local_grads(&bin).l_theta / bin.width;
             let cy = (-g_out + g_ladj * l_x) / f_x;
-            kn.backprop(c, params, &bin, cy, -g_ladj, grad_params);
+            kn.backprop(c, params, &bin, cy, -g_ladj, grad_params, g_soft);
             -cy
         }
     }
@@ -441,14 +463,15 @@ fn rqs_element_backward<F: Float>(
 // ---------------------------------------------------------------------------------------------
 // candle ops
 
-/// `(inputs (n, d), raw params (n, d, 3K−1))` → `(2, n, d)`: outputs and per-element log|det|.
+/// `(inputs (n, d), raw params (n, d·(3K−1)))` → `(2, n, d)`: outputs and per-element log|det|.
 struct RqsOp {
     cfg: SplineConfig,
     dir: Direction,
 }
 
-/// `(inputs, raw params, upstream gradient (2, n, d))` → `(n, d, 3K)`: the raw-parameter
-/// gradients in `[.., ..3K−1]` and the input gradient in `[.., 3K−1]`.
+/// `(inputs, raw params, upstream gradient (2, n, d))` → one flat tensor: the raw-parameter
+/// gradients (n·d·(3K−1), in the params' layout), then the input gradients (n·d) — both halves
+/// contiguous, so handing them back costs no copy.
 struct RqsBackwardOp {
     cfg: SplineConfig,
     dir: Direction,
@@ -477,13 +500,16 @@ fn rqs_fwd_cpu<F: Float + Send + Sync>(cfg: &SplineConfig, dir: Direction, xs: &
             .zip(ls.par_chunks_mut(d))
             .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|((yr, lr), (xr, pr))| {
-                for i in 0..d {
-                    let (y, l) = rqs_element(&c, dir, xr[i], &pr[i * m..(i + 1) * m]);
-                    yr[i] = y;
-                    lr[i] = l;
-                }
-            })
+            .for_each_init(
+                || vec![F::zero(); scratch_len(cfg.num_bins)],
+                |scratch, ((yr, lr), (xr, pr))| {
+                    for i in 0..d {
+                        let (y, l) = rqs_element(&c, dir, xr[i], &pr[i * m..(i + 1) * m], scratch);
+                        yr[i] = y;
+                        lr[i] = l;
+                    }
+                },
+            )
     });
     out
 }
@@ -501,31 +527,33 @@ fn rqs_bwd_cpu<F: Float + Send + Sync>(
     let nd = xs.len();
     let (g_out, g_ladj) = gs.split_at(nd);
     let mut out = vec![F::zero(); nd * (m + 1)];
+    let (g_params, g_inputs) = out.split_at_mut(nd * m);
     candle_core::utils::with_threadpool(|| {
-        out.par_chunks_mut(d * (m + 1))
+        g_params
+            .par_chunks_mut(d * m)
+            .zip(g_inputs.par_chunks_mut(d))
             .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
             .zip(g_out.par_chunks(d).zip(g_ladj.par_chunks(d)))
             .with_min_len(MIN_ROWS_PER_TASK)
-            .for_each(|((or, (xr, pr)), (gyr, glr))| {
-                for i in 0..d {
-                    let o = &mut or[i * (m + 1)..(i + 1) * (m + 1)];
-                    let (gp, gx) = o.split_at_mut(m);
-                    gx[0] = rqs_element_backward(&c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp);
-                }
-            })
+            .for_each_init(
+                || vec![F::zero(); scratch_len(cfg.num_bins)],
+                |scratch, (((gpr, gxr), (xr, pr)), (gyr, glr))| {
+                    for i in 0..d {
+                        let gp = &mut gpr[i * m..(i + 1) * m];
+                        gxr[i] =
+                            rqs_element_backward(&c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp, scratch);
+                    }
+                },
+            )
     });
     out
 }
 
 fn check_shapes(cfg: &SplineConfig, lx: &Layout, lp: &Layout) -> candle_core::Result<(usize, usize)> {
     let (n, d) = lx.shape().dims2()?;
-    let (pn, pd, pm) = lp.shape().dims3()?;
-    if (pn, pd, pm) != (n, d, cfg.params_per_feature()) {
-        candle_core::bail!(
-            "rqs: params have shape {:?}, expected ({n}, {d}, {})",
-            lp.shape(),
-            cfg.params_per_feature()
-        );
+    let (pn, pdm) = lp.shape().dims2()?;
+    if (pn, pdm) != (n, d * cfg.params_per_feature()) {
+        candle_core::bail!("rqs: params have shape {:?}, expected ({n}, {})", lp.shape(), d * cfg.params_per_feature());
     }
     Ok((n, d))
 }
@@ -578,9 +606,9 @@ impl CustomOp2 for RqsOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let op = RqsBackwardOp { cfg: self.cfg, dir: self.dir };
         let g = xs.apply_op3_no_bwd(params, &grad_res.contiguous()?, &op)?;
-        let m = self.cfg.params_per_feature();
-        let g_params = g.narrow(2, 0, m)?;
-        let g_xs = g.narrow(2, m, 1)?.squeeze(2)?;
+        let (n, pdm) = params.dims2()?;
+        let g_params = g.narrow(0, 0, n * pdm)?.reshape((n, pdm))?;
+        let g_xs = g.narrow(0, n * pdm, xs.elem_count())?.reshape(xs.shape())?;
         Ok((Some(g_xs), Some(g_params)))
     }
 }
@@ -600,7 +628,7 @@ impl CustomOp3 for RqsBackwardOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, d) = check_shapes(&self.cfg, l1, l2)?;
-        let shape = Shape::from((n, d, self.cfg.params_per_feature() + 1));
+        let shape = Shape::from(n * d * (self.cfg.params_per_feature() + 1));
         match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(g)) => {
                 let (x, p, g) = (contiguous_slice(x, l1)?, contiguous_slice(p, l2)?, contiguous_slice(g, l3)?);
@@ -630,8 +658,9 @@ impl CustomOp3 for RqsBackwardOp {
     }
 }
 
-/// The spline on whole tensors: `inputs` (n, d) and raw `params` (n, d, 3K−1) give
-/// `(outputs (n, d), log|det| per element (n, d))`. Differentiable with respect to both inputs.
+/// The spline on whole tensors: `inputs` (n, d) and raw `params` (n, d, 3K−1) — or (n, d·(3K−1)),
+/// feature-major, as a MADE outputs them — give `(outputs (n, d), log|det| per element (n, d))`.
+/// Differentiable with respect to both inputs.
 pub fn rqs(
     inputs: &Tensor,
     params: &Tensor,
@@ -641,7 +670,9 @@ pub fn rqs(
     if !matches!(inputs.dtype(), DType::F32 | DType::F64) {
         candle_core::bail!("rqs: unsupported dtype {:?}", inputs.dtype());
     }
-    let out = inputs.contiguous()?.apply_op2(&params.contiguous()?, RqsOp { cfg: *cfg, dir })?;
+    let n = inputs.dim(0)?;
+    let flat = params.contiguous()?.reshape((n, params.elem_count() / n.max(1)))?;
+    let out = inputs.contiguous()?.apply_op2(&flat, RqsOp { cfg: *cfg, dir })?;
     Ok((out.get(0)?, out.get(1)?))
 }
 
