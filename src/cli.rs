@@ -260,59 +260,83 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-fn not_implemented(what: &str) -> Result<ExitCode> {
-    Err(Error::Invalid(format!("`zdcflow {what}` is not implemented yet")))
+/// Settings every subcommand shares.
+#[derive(Clone, Debug)]
+pub struct Globals {
+    pub device: String,
+    pub show_progress: bool,
+}
+
+/// What a subcommand produced (the demo reads these; `run` turns them into an exit code).
+pub enum Outcome {
+    Done,
+    Trained(Vec<crate::train::Summary>),
+    Sampled(crate::sample::Report),
+    Evaluated(Box<crate::eval::report::MetricsFile>, Vec<crate::eval::report::Regression>),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(n) = cli.threads {
-        // Ignored if the pool already exists (only possible in tests).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        // candle and rayon read this when their pools start (at the first tensor operation).
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    match cli.command {
-        Command::Generate(a) => {
-            match a.what {
-                GenerateWhat::Calo { dataset, events, seed, output } => {
-                    let rate = crate::generate::calo(dataset, events, seed, &output, !cli.quiet)?;
-                    println!("wrote {events} dataset-{dataset} showers to {} ({rate:.0} showers/s)", output.display());
-                }
-                GenerateWhat::Zdc { events, seed, output } => {
-                    crate::generate::zdc(events, seed, &output)?;
-                    println!("wrote {events} ZDC responses to {}", output.display());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    let globals = Globals { device: cli.device.clone(), show_progress: !cli.quiet };
+    match execute(&cli.command, &globals) {
+        Ok(Outcome::Evaluated(_, regressions)) if !regressions.is_empty() => Ok(ExitCode::from(2)),
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(Error::Interrupted) => Ok(ExitCode::from(130)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs one subcommand, printing what it reports.
+pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
+    match command {
+        Command::Generate(a) => generate(a, g),
         Command::Inspect(a) => {
-            let summary = crate::inspect::inspect(&a.file, !cli.quiet)?;
+            let summary = crate::inspect::inspect(&a.file, g.show_progress)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Error::Invalid(e.to_string()))?);
             } else {
                 print!("{}", crate::inspect::render(&summary));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Outcome::Done)
         }
-        Command::TrainTeacher(a) => train_teacher(&a, &cli.device, !cli.quiet),
-        Command::DistillStudent(a) => distill_student(&a, &cli.device, !cli.quiet),
-        Command::Sample(a) => sample(&a, &cli.device, !cli.quiet),
+        Command::TrainTeacher(a) => train_teacher(a, g),
+        Command::DistillStudent(a) => distill_student(a, g),
+        Command::Sample(a) => sample(a, g),
         Command::Merge(a) => {
-            let n = crate::sample::merge(&a.inputs, &a.output, !cli.quiet)?;
+            let n = crate::sample::merge(&a.inputs, &a.output, g.show_progress)?;
             println!("merged {} shards ({n} events) into {}", a.inputs.len(), a.output.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(Outcome::Done)
         }
-        Command::Evaluate(a) => evaluate(&a, &cli.device, !cli.quiet),
-        Command::Bench(a) => bench(&a, &cli.device),
-        Command::Demo(_) => not_implemented("demo"),
+        Command::Evaluate(a) => evaluate(a, g),
+        Command::Bench(a) => bench(a, g),
+        Command::Demo(a) => crate::demo::run(a, g).map(|()| Outcome::Done),
     }
 }
 
-fn train_teacher(a: &TrainArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+fn generate(a: &GenerateArgs, g: &Globals) -> Result<Outcome> {
+    match &a.what {
+        GenerateWhat::Calo { dataset, events, seed, output } => {
+            let rate = crate::generate::calo(*dataset, *events, *seed, output, g.show_progress)?;
+            println!("wrote {events} dataset-{dataset} showers to {} ({rate:.0} showers/s)", output.display());
+        }
+        GenerateWhat::Zdc { events, seed, output } => {
+            crate::generate::zdc(*events, *seed, output)?;
+            println!("wrote {events} ZDC responses to {}", output.display());
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn train_teacher(a: &TrainArgs, g: &Globals) -> Result<Outcome> {
     use crate::config::{default_output_dir, Config, Detector};
     use crate::models::{self, manifest, RunOptions};
     let cfg = Config::load(&a.config, &a.set)?;
     let out = a.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
-    let opts = RunOptions { resume: a.resume, device: crate::device::open(device)?, show_progress };
+    let opts = RunOptions { resume: a.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
     crate::util::interrupt::install();
     eprintln!("train-teacher: {} → {} on {}", a.config.display(), out.display(), crate::device::describe(&opts.device));
     let summaries = match cfg.model.detector {
@@ -325,31 +349,31 @@ fn train_teacher(a: &TrainArgs, device: &str, show_progress: bool) -> Result<Exi
     finish_training(summaries, &out)
 }
 
-/// Prints the summary lines of a training command, mapping an interrupt to exit code 130.
-fn finish_training(summaries: Result<Vec<crate::train::Summary>>, out: &std::path::Path) -> Result<ExitCode> {
+/// Prints the summary lines of a training command (and how to resume after an interrupt).
+fn finish_training(summaries: Result<Vec<crate::train::Summary>>, out: &std::path::Path) -> Result<Outcome> {
     match summaries {
         Ok(s) => {
             for line in s.iter().map(crate::models::summary_line) {
                 println!("{line}");
             }
             println!("model: {}", out.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(Outcome::Trained(s))
         }
         Err(Error::Interrupted) => {
             eprintln!("stopped; resume with the same command plus --resume ({})", out.display());
-            Ok(ExitCode::from(130))
+            Err(Error::Interrupted)
         }
         Err(e) => Err(e),
     }
 }
 
-fn distill_student(a: &DistillArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+fn distill_student(a: &DistillArgs, g: &Globals) -> Result<Outcome> {
     use crate::config::{default_output_dir, Config, Detector};
     use crate::models::{self, manifest, RunOptions};
     let cfg = Config::load(&a.config, &a.set)?;
     let out = a.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
     manifest::check_output_dir(&out, a.resume)?;
-    let opts = RunOptions { resume: a.resume, device: crate::device::open(device)?, show_progress };
+    let opts = RunOptions { resume: a.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
     crate::util::interrupt::install();
     eprintln!(
         "distill-student: {} (teacher {}) → {} on {}",
@@ -365,9 +389,9 @@ fn distill_student(a: &DistillArgs, device: &str, show_progress: bool) -> Result
     finish_training(summaries, &out)
 }
 
-fn bench(a: &BenchArgs, device: &str) -> Result<ExitCode> {
+fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
     use crate::bench::{self, What};
-    let device = crate::device::open(device)?;
+    let device = crate::device::open(&g.device)?;
     let shapes = match (&a.shape, &a.config) {
         (Some(s), _) => vec![bench::shape_by_name(s.to_possible_value().expect("named").get_name())?],
         (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),
@@ -393,10 +417,10 @@ fn bench(a: &BenchArgs, device: &str) -> Result<ExitCode> {
     if !a.json {
         print!("{}", bench::render(&all));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Done)
 }
 
-fn sample(a: &SampleArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+fn sample(a: &SampleArgs, g: &Globals) -> Result<Outcome> {
     use crate::data::split::Part;
     use crate::sample::{parse_shard, run, Request, Selection};
     let selection = match a.split {
@@ -416,10 +440,9 @@ fn sample(a: &SampleArgs, device: &str, show_progress: bool) -> Result<ExitCode>
         shard: a.shard.as_deref().map(parse_shard).transpose()?,
         use_teacher: a.teacher,
         output: a.output.clone(),
-        show_progress,
+        show_progress: g.show_progress,
     };
-    let device = crate::device::open(device)?;
-    let r = run(&req, &device)?;
+    let r = run(&req, &crate::device::open(&g.device)?)?;
     println!(
         "generated {} events in {:.2} s: {:.4} ms/sample ({:.2} s with writing) → {}",
         r.events,
@@ -428,10 +451,10 @@ fn sample(a: &SampleArgs, device: &str, show_progress: bool) -> Result<ExitCode>
         r.total_s,
         r.output.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Sampled(r))
 }
 
-fn evaluate(a: &EvaluateArgs, device: &str, show_progress: bool) -> Result<ExitCode> {
+fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
     use crate::eval::{self, classifier, Request};
     if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
         return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
@@ -450,9 +473,9 @@ fn evaluate(a: &EvaluateArgs, device: &str, show_progress: bool) -> Result<ExitC
             lr: 2e-4,
             seed: a.seed,
         },
-        show_progress,
+        show_progress: g.show_progress,
     };
-    let (metrics, regressions) = eval::run(&req, &crate::device::open(device)?)?;
+    let (metrics, regressions) = eval::run(&req, &crate::device::open(&g.device)?)?;
     print!("{}", eval::render(&metrics));
     if let Some(p) = &a.output {
         println!("metrics: {}", p.display());
@@ -479,8 +502,7 @@ fn evaluate(a: &EvaluateArgs, device: &str, show_progress: bool) -> Result<ExitC
                 b.display(),
                 100.0 * a.tolerance
             );
-            return Ok(ExitCode::from(2));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Evaluated(Box::new(metrics), regressions))
 }

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod distill;
 pub mod error;

@@ -43,6 +43,8 @@ pub struct CaloFile {
     pub events: usize,
     e_inc: Matrix,
     showers: Matrix,
+    /// The whole file, once [`CaloFile::cache_if_at_most`] has read it.
+    cache: Option<CaloChunk>,
     // Keeps the file open for the datasets.
     _file: File,
 }
@@ -81,7 +83,26 @@ impl CaloFile {
         if showers.rows == 0 {
             return Err(Error::data(path, SHOWERS, "holds no events"));
         }
-        Ok(Self { path: path.to_path_buf(), geometry, events: showers.rows, e_inc, showers, _file: file })
+        Ok(Self { path: path.to_path_buf(), geometry, events: showers.rows, e_inc, showers, cache: None, _file: file })
+    }
+
+    /// Reads (and checks) the whole file into memory when its showers take at most `bytes`, so
+    /// that training epochs need not read and decompress it again. Returns whether it did.
+    pub fn cache_if_at_most(&mut self, bytes: usize) -> Result<bool> {
+        if self.cache.is_some() {
+            return Ok(true);
+        }
+        if self.events * self.geometry.voxels() * 4 > bytes {
+            return Ok(false);
+        }
+        let mut all = CaloChunk::default();
+        for chunk in self.chunks(self.default_chunk_events()) {
+            let (_, c) = chunk?;
+            all.incident_energies.extend(c.incident_energies);
+            all.showers.extend(c.showers);
+        }
+        self.cache = Some(all);
+        Ok(true)
     }
 
     /// Events per streaming chunk of about [`CHUNK_BYTES`].
@@ -92,6 +113,13 @@ impl CaloFile {
     /// Events `[start, end)`, checked: finite, energies ≥ 0, incident energies > 0.
     pub fn read(&self, start: usize, end: usize) -> Result<CaloChunk> {
         let end = end.min(self.events);
+        if let Some(c) = &self.cache {
+            let v = self.geometry.voxels();
+            return Ok(CaloChunk {
+                incident_energies: c.incident_energies[start..end].to_vec(),
+                showers: c.showers[start * v..end * v].to_vec(),
+            });
+        }
         let incident_energies = self.e_inc.read_rows_f32(start, end)?;
         let showers = self.showers.read_rows_f32(start, end)?;
         check_incident(&self.path, &incident_energies, start)?;

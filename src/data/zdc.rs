@@ -163,6 +163,9 @@ impl ZdcFile {
                 "a ZDC npz path must name the …responses.npz file (its …particles.npz sibling is read too)",
             )
         })?;
+        if !sibling.exists() {
+            return Err(Error::format(path, format!("its particles file {} is missing", sibling.display())));
+        }
         let (shape, responses) = read_npz_f32(path)?;
         if shape.len() < 2 || shape.iter().skip(1).product::<usize>() != PIXELS {
             return Err(Error::data(path, "arr_0", format!("has shape {shape:?}; expected (N, 44, 44)")));
@@ -205,6 +208,20 @@ impl ZdcFile {
             source: None,
             responses: Responses::InMemory(responses),
         })
+    }
+
+    /// Reads (and checks) every response into memory when they take at most `bytes`, so that
+    /// training epochs need not read and decompress the file again. Returns whether it did.
+    pub fn cache_if_at_most(&mut self, bytes: usize) -> Result<bool> {
+        if matches!(self.responses, Responses::InMemory(_)) {
+            return Ok(true);
+        }
+        if self.events * PIXELS * 4 > bytes {
+            return Ok(false);
+        }
+        let all = self.read_responses(0, self.events)?;
+        self.responses = Responses::InMemory(all);
+        Ok(true)
     }
 
     /// Responses of events `[start, end)` as `n × 1936` photon counts, checked.

@@ -18,8 +18,9 @@ pub struct BlockPass {
     pub output: Tensor,
     /// log|∂output/∂input| per sample, shape (n,).
     pub ladj: Tensor,
-    /// The raw MADE output (n, D·(3K−1)) that parameterised the spline.
-    pub made: Tensor,
+    /// The raw MADE output (n, D·(3K−1)) that parameterised the spline (the D-pass solve
+    /// computes it only when asked to).
+    pub made: Option<Tensor>,
 }
 
 pub struct MadeRqs {
@@ -50,7 +51,7 @@ impl MadeRqs {
     ) -> candle_core::Result<BlockPass> {
         let made = self.made.forward(made_input, ctx, rng)?;
         let (output, ladj) = rqs(spline_input, &made, &self.spline, dir)?;
-        Ok(BlockPass { output, ladj: ladj.sum(1)?, made })
+        Ok(BlockPass { output, ladj: ladj.sum(1)?, made: Some(made) })
     }
 
     /// The one-MADE-pass direction.
@@ -64,16 +65,42 @@ impl MadeRqs {
     }
 
     /// The inverse of [`Self::fast_pass`]: D MADE passes, each fixing one more feature.
-    pub fn slow_pass(&self, target: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<BlockPass> {
-        let d = target.dim(1)?;
+    ///
+    /// Feature t's spline parameters depend only on features < t, so pass t needs only the output
+    /// rows of feature t, the context terms are computed once, and the first layer's
+    /// pre-activation is updated by the new feature's column alone. This is the same solve as D
+    /// full MADE passes, at a fraction of the cost (for the ZDC shapes, ~1/1000 of the output layer).
+    /// `with_made` also returns the full MADE output at the solution (for traces).
+    pub fn slow_pass(&self, target: &Tensor, ctx: Option<&Tensor>, with_made: bool) -> candle_core::Result<BlockPass> {
+        let (n, d) = target.dims2()?;
+        let m = self.spline.params_per_feature();
         let dir = opposite(self.fast);
-        let mut guess = target.zeros_like()?;
-        let mut pass = None;
-        for _ in 0..d {
-            let step = self.spline_step(&guess, target, ctx, dir, None)?;
-            guess = step.output.clone();
-            pass = Some(step);
+        let terms = self.made.context_terms(ctx)?;
+        let w_in = self.made.initial().masked_weight()?;
+        let w_out = self.made.output().masked_weight()?;
+        let b_out = self.made.output().bias();
+        let hidden = w_in.dim(0)?;
+        let mut pre = self.made.initial().bias().unsqueeze(0)?.broadcast_as((n, hidden))?.contiguous()?;
+        let mut columns = Vec::with_capacity(d);
+        let mut ladj: Option<Tensor> = None;
+        for t in 0..d {
+            let h = self.made.trunk(pre.clone(), &terms, None)?;
+            let params =
+                crate::nn::add_bias(&h.matmul(&w_out.narrow(0, t * m, m)?.t()?)?, &b_out.narrow(0, t * m, m)?)?;
+            let (y, l) = rqs(&target.narrow(1, t, 1)?, &params, &self.spline, dir)?;
+            let l = l.squeeze(1)?;
+            ladj = Some(match ladj {
+                None => l,
+                Some(acc) => (acc + l)?,
+            });
+            if t + 1 < d {
+                pre = (pre + y.broadcast_mul(&w_in.narrow(1, t, 1)?.t()?)?)?;
+            }
+            columns.push(y);
         }
-        pass.ok_or_else(|| candle_core::Error::Msg("a block needs at least one feature".into()))
+        let output = Tensor::cat(&columns, 1)?;
+        let made = if with_made { Some(self.made.forward(&output, ctx, None)?) } else { None };
+        let ladj = ladj.ok_or_else(|| candle_core::Error::Msg("a block needs at least one feature".into()))?;
+        Ok(BlockPass { output, ladj, made })
     }
 }

@@ -88,12 +88,20 @@ impl MaskedLinear {
         Ok(Self { weight, bias, mask, frozen })
     }
 
+    /// `weight · mask`.
+    pub fn masked_weight(&self) -> candle_core::Result<Tensor> {
+        match &self.frozen {
+            Some(w) => Ok(w.clone()),
+            None => &self.weight * &self.mask,
+        }
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let w = match &self.frozen {
-            Some(w) => w.clone(),
-            None => (&self.weight * &self.mask)?,
-        };
-        crate::nn::add_bias(&xs.matmul(&w.t()?)?, &self.bias)
+        crate::nn::add_bias(&xs.matmul(&self.masked_weight()?.t()?)?, &self.bias)
     }
 }
 
@@ -119,6 +127,13 @@ impl Dense {
 enum HiddenLayer {
     FeedForward(MaskedLinear),
     Residual { lin0: MaskedLinear, lin1: MaskedLinear, context: Option<Dense> },
+}
+
+/// What the context contributes to a MADE pass. It does not depend on the inputs, so the
+/// sequential (D-pass) solver computes it once.
+pub struct ContextTerms {
+    first: Option<Tensor>,
+    layers: Vec<Option<Tensor>>,
 }
 
 /// A MADE network: `(xs (n, D), ctx (n, C))` → `(n, D·M)`, output `[i·M + j]` depending only on
@@ -186,17 +201,43 @@ impl Made {
         &self,
         xs: &Tensor,
         ctx: Option<&Tensor>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> candle_core::Result<Tensor> {
+        let terms = self.context_terms(ctx)?;
+        self.last.forward(&self.trunk(self.initial.forward(xs)?, &terms, rng)?)
+    }
+
+    pub fn context_terms(&self, ctx: Option<&Tensor>) -> candle_core::Result<ContextTerms> {
+        let first = match (&self.context, ctx) {
+            (Some(layer), Some(c)) => Some(layer.forward(c)?.relu()?),
+            _ => None,
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match (l, ctx) {
+                (HiddenLayer::Residual { context: Some(layer), .. }, Some(c)) => layer.forward(c).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(ContextTerms { first, layers })
+    }
+
+    /// From the first masked layer's output to the last hidden layer's.
+    pub fn trunk(
+        &self,
+        mut h: Tensor,
+        terms: &ContextTerms,
         mut rng: Option<&mut ChaCha8Rng>,
     ) -> candle_core::Result<Tensor> {
-        let mut h = self.initial.forward(xs)?;
-        if let (Some(layer), Some(c)) = (&self.context, ctx) {
-            h = (h + layer.forward(c)?.relu()?)?;
+        if let Some(c) = &terms.first {
+            h = (h + c)?;
         }
         if !self.cfg.residual {
             h = h.relu()?;
         }
         let p = self.cfg.dropout;
-        for layer in &self.layers {
+        for (layer, ctx_term) in self.layers.iter().zip(&terms.layers) {
             h = match layer {
                 HiddenLayer::FeedForward(lin) => {
                     let t = lin.forward(&h)?.relu()?;
@@ -205,10 +246,10 @@ impl Made {
                         _ => t,
                     }
                 }
-                HiddenLayer::Residual { lin0, lin1, context } => {
+                HiddenLayer::Residual { lin0, lin1, .. } => {
                     let mut t = lin0.forward(&h.relu()?)?;
-                    if let (Some(layer), Some(c)) = (context, ctx) {
-                        t = (t + layer.forward(c)?)?;
+                    if let Some(c) = ctx_term {
+                        t = (t + c)?;
                     }
                     t = t.relu()?;
                     if let Some(r) = rng.as_deref_mut().filter(|_| p > 0.0) {
@@ -218,7 +259,17 @@ impl Made {
                 }
             };
         }
-        self.last.forward(&h)
+        Ok(h)
+    }
+
+    /// The first masked layer.
+    pub fn initial(&self) -> &MaskedLinear {
+        &self.initial
+    }
+
+    /// The output layer.
+    pub fn output(&self) -> &MaskedLinear {
+        &self.last
     }
 }
 

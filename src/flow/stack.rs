@@ -150,10 +150,11 @@ impl Flow {
         xs: &Tensor,
         ctx: Option<&Tensor>,
         rng: Option<&mut ChaCha8Rng>,
+        traced: bool,
     ) -> candle_core::Result<BlockPass> {
         match self.spec.kind {
             FlowKind::Maf => self.blocks[i].fast_pass(xs, ctx, rng),
-            FlowKind::Iaf => self.blocks[i].slow_pass(xs, ctx),
+            FlowKind::Iaf => self.blocks[i].slow_pass(xs, ctx, traced),
         }
     }
 
@@ -163,10 +164,11 @@ impl Flow {
         zs: &Tensor,
         ctx: Option<&Tensor>,
         rng: Option<&mut ChaCha8Rng>,
+        traced: bool,
     ) -> candle_core::Result<BlockPass> {
         match self.spec.kind {
             FlowKind::Iaf => self.blocks[i].fast_pass(zs, ctx, rng),
-            FlowKind::Maf => self.blocks[i].slow_pass(zs, ctx),
+            FlowKind::Maf => self.blocks[i].slow_pass(zs, ctx, traced),
         }
     }
 
@@ -190,11 +192,11 @@ impl Flow {
         let mut h = xs.clone();
         let mut ladj: Option<Tensor> = None;
         for i in 0..self.blocks.len() {
-            let pass = self.block_to_latent(i, &h, ctx, rng.as_deref_mut())?;
+            let pass = self.block_to_latent(i, &h, ctx, rng.as_deref_mut(), traced)?;
             if let Some(t) = trace.as_mut() {
                 t.data_side.push(h.clone());
                 t.latent_side.push(pass.output.clone());
-                t.made.push(pass.made.clone());
+                t.made.push(pass.made.clone().expect("traced passes keep the MADE output"));
             }
             ladj = Some(match ladj {
                 None => pass.ladj,
@@ -226,11 +228,11 @@ impl Flow {
             if let Some(p) = self.perms.get(i) {
                 h = p.undo(&h)?;
             }
-            let pass = self.block_to_data(i, &h, ctx, rng.as_deref_mut())?;
+            let pass = self.block_to_data(i, &h, ctx, rng.as_deref_mut(), traced)?;
             if traced {
                 latent_side[i] = Some(h.clone());
                 data_side[i] = Some(pass.output.clone());
-                made[i] = Some(pass.made.clone());
+                made[i] = pass.made.clone();
             }
             ladj = Some(match ladj {
                 None => pass.ladj,

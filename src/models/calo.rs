@@ -101,18 +101,20 @@ pub struct Processed {
     pub voxel_logits: Vec<f32>,
 }
 
-/// Preprocesses a shower (voxels in MeV) with fresh noise. A layer holding more than the
-/// preprocessing's layer scale (65 GeV; the paper chose it above every layer of the real data)
-/// cannot be represented: `Err(layer index, energy in MeV)`.
+/// Preprocesses a shower (voxels in MeV) with fresh noise, the voxels of the first
+/// `voxel_layers` layers only (Flow-1 needs none, Flow-2 one, Flow-3 all). A layer holding more
+/// than the preprocessing's layer scale (65 GeV; the paper chose it above every layer of the real
+/// data) cannot be represented: `Err(layer index, energy in MeV)`.
 pub fn process(
     prep: &CaloPreprocessing,
     g: &CaloGeometry,
     e_inc: f32,
     shower: &[f32],
+    voxel_layers: usize,
     rng: &mut ChaCha8Rng,
 ) -> std::result::Result<Processed, (usize, f64)> {
     let v = g.voxels_per_layer();
-    let mut voxel_logits = vec![0.0; g.voxels()];
+    let mut voxel_logits = vec![0.0; voxel_layers * v];
     let mut layer_logits = Vec::with_capacity(LAYERS);
     for (l, layer) in shower.chunks(v).enumerate() {
         let e: f64 = layer.iter().map(|&x| x as f64).sum::<f64>() + prep.noise(rng);
@@ -120,7 +122,9 @@ pub fn process(
             return Err((l, e));
         }
         layer_logits.push(prep.layer_energy(e));
-        prep.voxels(layer, rng, &mut voxel_logits[l * v..(l + 1) * v]);
+        if l < voxel_layers {
+            prep.voxels(layer, rng, &mut voxel_logits[l * v..(l + 1) * v]);
+        }
     }
     Ok(Processed { e_inc: prep.e_inc(e_inc), layer_logits, voxel_logits })
 }
@@ -180,7 +184,13 @@ impl RowSource for CaloRows<'_> {
         let v = g.voxels_per_layer();
         let mut r = 0;
         for (k, e_inc) in chunk.incident_energies.iter().enumerate() {
-            let p = process(self.prep, g, *e_inc, &chunk.showers[k * g.voxels()..(k + 1) * g.voxels()], rng).map_err(|(l, e)| {
+            let voxel_layers = match self.flow {
+                FlowName::Flow1 => 0,
+                FlowName::Flow2 => 1,
+                FlowName::Flow3 => LAYERS,
+            };
+            let shower = &chunk.showers[k * g.voxels()..(k + 1) * g.voxels()];
+            let p = process(self.prep, g, *e_inc, shower, voxel_layers, rng).map_err(|(l, e)| {
                 Error::data(
                     &self.file.path,
                     crate::data::calo::SHOWERS,
@@ -374,7 +384,7 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
     let data = CaloData::open_like(&cfg.data.path, cfg.model.detector, &teacher.data)?;
     let mut manifest = teacher.clone();
     manifest.role = Role::Student;
-    manifest.teacher = Some(teacher_dir.to_path_buf());
+    manifest.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or_else(|_| teacher_dir.to_path_buf()));
     manifest.distill = Some(distill.clone());
     manifest.config = cfg.to_json();
     let mut jobs = Vec::new();

@@ -315,7 +315,7 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
     let mut manifest = teacher.clone();
     manifest.role = Role::Student;
     manifest.seed = tc.seed;
-    manifest.teacher = Some(teacher_dir.to_path_buf());
+    manifest.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or_else(|_| teacher_dir.to_path_buf()));
     manifest.distill = Some(distill.clone());
     manifest.config = cfg.to_json();
     manifest.units.get_mut(FLOW_UNIT).expect("flow unit").flow = Some(s_spec.clone());

@@ -93,6 +93,10 @@ pub trait RowSource: Sync {
     fn rows(&self, events: &[usize], rng: &mut ChaCha8Rng) -> Result<Rows>;
 }
 
+/// Training data smaller than this is read into memory once (larger files stream every epoch,
+/// keeping memory bounded).
+pub const CACHE_BYTES: usize = 768 << 20;
+
 /// Blocks read and shuffled together.
 const BLOCKS_PER_BUFFER: usize = 4;
 

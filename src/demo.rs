@@ -1,0 +1,297 @@
+//! `zdcflow demo`: the whole chain on small generated data, as a script of real command lines.
+//!
+//! Each step is an ordinary `zdcflow` command line, parsed and run in this process; the same
+//! lines are written to `<dir>/commands.sh`, so any step can be rerun or changed by hand. Every
+//! output stays in the one directory. At the end it prints teacher-versus-student tables.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::cli::{execute, Cli, DemoArgs, Globals, Outcome};
+use crate::error::{Error, Result};
+use crate::eval::report::MetricsFile;
+
+const MARKER: &str = "# zdcflow demo: the commands it ran";
+
+const CONFIGS: [(&str, &str); 4] = [
+    ("demo-zdc.toml", include_str!("../configs/demo-zdc.toml")),
+    ("demo-zdc-student.toml", include_str!("../configs/demo-zdc-student.toml")),
+    ("demo-ds2.toml", include_str!("../configs/demo-ds2.toml")),
+    ("demo-ds2-student.toml", include_str!("../configs/demo-ds2-student.toml")),
+];
+
+/// Makes `dir` fresh: refuses a non-empty directory that an earlier demo did not write.
+fn prepare(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let ours = std::fs::read_to_string(dir.join("commands.sh")).is_ok_and(|s| s.starts_with(MARKER));
+        let empty = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.next().is_none();
+        if !ours && !empty {
+            return Err(Error::format(dir, "exists and is not an earlier zdcflow demo; choose another --output-dir"));
+        }
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::create_dir_all(dir.join("configs")).map_err(|e| Error::io(dir, e))
+}
+
+struct Script {
+    dir: PathBuf,
+    globals: Globals,
+    log: std::fs::File,
+}
+
+impl Script {
+    /// Runs one command line (given without the program name), logging it first.
+    fn step(&mut self, title: &str, args: &[String]) -> Result<Outcome> {
+        let line = std::iter::once("zdcflow".to_string())
+            .chain(std::iter::once(format!("--device {}", self.globals.device)))
+            .chain(args.iter().map(|a| shell_quote(a)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!("\n== {title}\n$ {line}");
+        writeln!(self.log, "\n# {title}\n{line}").map_err(|e| Error::io(&self.dir.join("commands.sh"), e))?;
+        let argv = std::iter::once("zdcflow").chain(args.iter().map(String::as_str));
+        let cli = Cli::try_parse_from(argv).map_err(|e| Error::Invalid(format!("demo step '{title}': {e}")))?;
+        execute(&cli.command, &self.globals)
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.join(rel).display().to_string()
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=+:".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+fn sampled(o: Outcome) -> Result<crate::sample::Report> {
+    match o {
+        Outcome::Sampled(r) => Ok(r),
+        _ => Err(Error::Invalid("demo: expected a sampling step".into())),
+    }
+}
+
+fn evaluated(o: Outcome) -> Result<MetricsFile> {
+    match o {
+        Outcome::Evaluated(m, _) => Ok(*m),
+        _ => Err(Error::Invalid("demo: expected an evaluation step".into())),
+    }
+}
+
+fn metric(m: &MetricsFile, key: &str) -> String {
+    let mut v = serde_json::Value::Object(m.metrics.clone());
+    for k in key.split('.') {
+        v = v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    }
+    v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "—".into())
+}
+
+pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
+    let start = Instant::now();
+    prepare(&a.output_dir)?;
+    let dir = std::fs::canonicalize(&a.output_dir).map_err(|e| Error::io(&a.output_dir, e))?;
+    for (name, text) in CONFIGS {
+        // Data paths in the configs are relative to the demo directory.
+        let text = text.replace("path = \"data/", &format!("path = \"{}/data/", dir.display()));
+        std::fs::write(dir.join("configs").join(name), text).map_err(|e| Error::io(&dir, e))?;
+    }
+    let log = std::fs::File::create(dir.join("commands.sh")).map_err(|e| Error::io(&dir, e))?;
+    let mut s = Script { dir: dir.clone(), globals: Globals { device: g.device.clone(), show_progress: false }, log };
+    writeln!(s.log, "{MARKER} (rerun any line; later steps read earlier steps' files)\nset -e")
+        .map_err(|e| Error::io(&dir, e))?;
+    let seed = a.seed.to_string();
+    let cfg = |name: &str| dir.join("configs").join(name).display().to_string();
+
+    // ZDC: generate → teacher → bs+ch+div student → sample → evaluate.
+    s.step(
+        "ZDC data",
+        &args(&["generate", "zdc", "--events", "12000", "--seed", &seed, "--output", &s.path("data/zdc.h5")]),
+    )?;
+    s.step(
+        "ZDC teacher (MAF + photon-sum regressor)",
+        &args(&["train-teacher", "--config", &cfg("demo-zdc.toml"), "--output-dir", &s.path("zdc/teacher")]),
+    )?;
+    s.step(
+        "ZDC student (IAF, bs+ch+div)",
+        &args(&[
+            "distill-student",
+            "--config",
+            &cfg("demo-zdc-student.toml"),
+            "--teacher",
+            &s.path("zdc/teacher"),
+            "--output-dir",
+            &s.path("zdc/student"),
+        ]),
+    )?;
+    let zdc_sample = |s: &mut Script, model: &str, shard: Option<&str>, out: &str| -> Result<crate::sample::Report> {
+        let mut v = args(&[
+            "sample",
+            "--model",
+            &s.path(model),
+            "--conditions",
+            &s.path("data/zdc.h5"),
+            "--seed",
+            &seed,
+            "--output",
+            &s.path(out),
+        ]);
+        if let Some(sh) = shard {
+            v.extend(args(&["--shard", sh]));
+        }
+        sampled(s.step(&format!("ZDC sampling with {model}"), &v)?)
+    };
+    let zdc_eval = |s: &mut Script, generated: &str, name: &str| -> Result<MetricsFile> {
+        let v = args(&[
+            "evaluate",
+            "--reference",
+            &s.path("data/zdc.h5"),
+            "--generated",
+            &s.path(generated),
+            "--output",
+            &s.path(&format!("zdc/metrics-{name}.json")),
+            "--plots",
+            &s.path(&format!("zdc/plots-{name}")),
+        ]);
+        evaluated(s.step(&format!("ZDC evaluation of {name}"), &v)?)
+    };
+    // The MAF samples one pixel per pass (1936 passes per block), so the teacher gets a slice.
+    let t = zdc_sample(&mut s, "zdc/teacher", Some("1/40"), "zdc/gen-teacher.h5")?;
+    let st = zdc_sample(&mut s, "zdc/student", Some("1/40"), "zdc/gen-student-slice.h5")?;
+    let sa = zdc_sample(&mut s, "zdc/student", None, "zdc/gen-student.h5")?;
+    let mt = zdc_eval(&mut s, "zdc/gen-teacher.h5", "teacher")?;
+    let mst = zdc_eval(&mut s, "zdc/gen-student-slice.h5", "student-slice")?;
+    let msa = zdc_eval(&mut s, "zdc/gen-student.h5", "student")?;
+
+    // CaloChallenge dataset 2: the three flows, students for Flow-2 and Flow-3.
+    s.step(
+        "DS2 data",
+        &args(&[
+            "generate",
+            "calo",
+            "--dataset",
+            "2",
+            "--events",
+            "3000",
+            "--seed",
+            &seed,
+            "--output",
+            &s.path("data/ds2.h5"),
+        ]),
+    )?;
+    let ref_seed = (a.seed + 1000).to_string();
+    s.step(
+        "DS2 reference showers (an independent file, as the challenge's second file)",
+        &args(&[
+            "generate",
+            "calo",
+            "--dataset",
+            "2",
+            "--events",
+            "2000",
+            "--seed",
+            &ref_seed,
+            "--output",
+            &s.path("data/ds2-reference.h5"),
+        ]),
+    )?;
+    s.step(
+        "DS2 teachers (Flow-1, Flow-2, Flow-3)",
+        &args(&["train-teacher", "--config", &cfg("demo-ds2.toml"), "--output-dir", &s.path("ds2/teacher")]),
+    )?;
+    s.step(
+        "DS2 students (Flow-2, Flow-3)",
+        &args(&[
+            "distill-student",
+            "--config",
+            &cfg("demo-ds2-student.toml"),
+            "--teacher",
+            &s.path("ds2/teacher"),
+            "--output-dir",
+            &s.path("ds2/student"),
+        ]),
+    )?;
+    let calo_sample = |s: &mut Script, model: &str, events: &str, out: &str| -> Result<crate::sample::Report> {
+        let v =
+            args(&["sample", "--model", &s.path(model), "--events", events, "--seed", &seed, "--output", &s.path(out)]);
+        sampled(s.step(&format!("DS2 sampling with {model}"), &v)?)
+    };
+    let calo_eval = |s: &mut Script, generated: &str, name: &str| -> Result<MetricsFile> {
+        let v = args(&[
+            "evaluate",
+            "--reference",
+            &s.path("data/ds2-reference.h5"),
+            "--generated",
+            &s.path(generated),
+            "--output",
+            &s.path(&format!("ds2/metrics-{name}.json")),
+            "--plots",
+            &s.path(&format!("ds2/plots-{name}")),
+            "--classifier-epochs",
+            "5",
+            "--classifier-hidden",
+            "128",
+        ]);
+        evaluated(s.step(&format!("DS2 evaluation of {name}"), &v)?)
+    };
+    let ct = calo_sample(&mut s, "ds2/teacher", "100", "ds2/gen-teacher.h5")?;
+    let cs = calo_sample(&mut s, "ds2/student", "1000", "ds2/gen-student.h5")?;
+    let mct = calo_eval(&mut s, "ds2/gen-teacher.h5", "teacher")?;
+    let mcs = calo_eval(&mut s, "ds2/gen-student.h5", "student")?;
+
+    println!(
+        "\n==================== zdcflow demo: results ({:.0} s) ====================",
+        start.elapsed().as_secs_f64()
+    );
+    println!("\nZDC (12 000 generated events, test split; the teacher samples 1/40 of it)");
+    println!(
+        "{:<22} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "model", "events", "ms/sample", "WS", "MAE_c", "MAE_cw", "centre MAE", "radius MAE"
+    );
+    for (name, r, m) in
+        [("teacher (MAF)", &t, &mt), ("student (IAF), same", &st, &mst), ("student (IAF), all", &sa, &msa)]
+    {
+        println!(
+            "{:<22} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            name,
+            r.events,
+            r.ms_per_sample,
+            metric(m, "ws"),
+            metric(m, "mae_c"),
+            metric(m, "mae_cw"),
+            metric(m, "shape.centre.mae"),
+            metric(m, "shape.radius.mae")
+        );
+    }
+    println!("\nCaloChallenge DS2 (reference: 2000 independent showers)");
+    println!(
+        "{:<22} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "model", "showers", "ms/shower", "sep.pow", "AUC high", "AUC low", "FPD", "KPD"
+    );
+    for (name, r, m) in [("teacher (MAF)", &ct, &mct), ("student (IAF)", &cs, &mcs)] {
+        println!(
+            "{:<22} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            name,
+            r.events,
+            r.ms_per_sample,
+            metric(m, "separation_power.mean"),
+            metric(m, "classifier_high.auc"),
+            metric(m, "classifier_low.auc"),
+            metric(m, "fpd"),
+            metric(m, "kpd")
+        );
+    }
+    println!("\nplots:    {0}/zdc/plots-*/  {0}/ds2/plots-*/", dir.display());
+    println!("metrics:  {0}/zdc/metrics-*.json  {0}/ds2/metrics-*.json", dir.display());
+    println!("rerun any step: {}/commands.sh", dir.display());
+    Ok(())
+}

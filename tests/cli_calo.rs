@@ -1,0 +1,96 @@
+//! End to end on generated CaloChallenge dataset-2 data with the smoke configs: the three
+//! iCaloFlow teachers, the Flow-2/Flow-3 students, sampling in the official layout, evaluation.
+
+mod common;
+
+use common::*;
+use zdcflow::data::calo::CaloFile;
+
+#[test]
+fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() {
+    let tmp = tmp();
+    let d = tmp.path();
+    ok(d, &["generate", "calo", "--dataset", "2", "--events", "200", "--seed", "4", "--output", "ds2.h5"]);
+    ok(d, &["generate", "calo", "--dataset", "2", "--events", "100", "--seed", "5", "--output", "ref.h5"]);
+    ok(
+        d,
+        &[
+            "train-teacher",
+            "--config",
+            &config("smoke-ds2.toml"),
+            "--set",
+            "data.path=ds2.h5",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "flow3.train.max_batches=8",
+            "--output-dir",
+            "t",
+        ],
+    );
+    for unit in ["flow1", "flow2", "flow3"] {
+        for f in ["model.json", "best.safetensors", "last.safetensors", "metrics.jsonl"] {
+            assert!(d.join("t").join(unit).join(f).exists(), "{unit}/{f} missing");
+        }
+    }
+    ok(
+        d,
+        &[
+            "distill-student",
+            "--config",
+            &config("smoke-ds2-student.toml"),
+            "--teacher",
+            "t",
+            "--set",
+            "data.path=ds2.h5",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "student.flow3.train.max_batches=4",
+            "--output-dir",
+            "s",
+        ],
+    );
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("s/model.json")).unwrap()).unwrap();
+    assert_eq!(m["units"]["flow1"]["flow"]["kind"], "maf", "Flow-1 stays the teacher's MAF");
+    assert_eq!(m["units"]["flow3"]["flow"]["kind"], "iaf");
+    ok(d, &["sample", "--model", "s", "--events", "30", "--seed", "1", "--batch-size", "16", "--output", "gen.h5"]);
+    ok(d, &["sample", "--model", "s", "--teacher", "--events", "3", "--seed", "1", "--output", "gen-teacher.h5"]);
+    let gen = CaloFile::open(&d.join("gen.h5")).unwrap();
+    assert_eq!((gen.events, gen.geometry.voxels()), (30, 6480));
+    let c = gen.read(0, 30).unwrap();
+    assert!(c.incident_energies.iter().all(|&e| (1e3..=1e6).contains(&e)), "E_inc log-uniform in 1 GeV – 1 TeV");
+    assert!(c.showers.iter().all(|&v| v == 0.0 || v >= 0.015), "generated voxels are 0 or above the 15 keV threshold");
+    ok(
+        d,
+        &[
+            "evaluate",
+            "--reference",
+            "ref.h5",
+            "--generated",
+            "gen.h5",
+            "--output",
+            "m.json",
+            "--plots",
+            "plots",
+            "--classifier-epochs",
+            "1",
+            "--classifier-hidden",
+            "16",
+        ],
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("m.json")).unwrap()).unwrap();
+    for k in ["fpd", "kpd"] {
+        assert!(metrics["metrics"][k].as_f64().is_some_and(f64::is_finite), "{k}: {metrics}");
+    }
+    for k in ["classifier_high", "classifier_low"] {
+        let auc = metrics["metrics"][k]["auc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auc), "{k} AUC {auc}");
+    }
+    assert!(metrics["metrics"]["separation_power"]["mean"].as_f64().unwrap() > 0.0);
+    for png in ["calo_energies.png", "calo_centres_widths.png", "calo_layer_profiles.png", "calo_mean_showers.png"] {
+        assert!(d.join("plots").join(png).exists(), "{png}");
+    }
+    let err = fails(d, &["evaluate", "--reference", "ref.h5", "--generated", "t/model.json"]);
+    assert!(err.contains("t/model.json"), "{err}");
+}

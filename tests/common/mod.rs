@@ -1,0 +1,74 @@
+//! Helpers for the end-to-end tests: run the real `zdcflow` binary in a temporary directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::cargo::cargo_bin_cmd;
+
+pub fn config(name: &str) -> String {
+    format!("{}/configs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `zdcflow --quiet ARGS…` run in `dir`.
+pub fn zdcflow(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = cargo_bin_cmd!("zdcflow");
+    cmd.current_dir(dir).arg("--quiet").args(args);
+    cmd.output().expect("zdcflow runs")
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = zdcflow(dir, args);
+    assert!(
+        out.status.success(),
+        "zdcflow {args:?} failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs and asserts a clean failure: non-zero exit, no panic, one `error:` line. Returns it.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = zdcflow(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "zdcflow {args:?} should fail but succeeded:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "zdcflow {args:?} panicked:\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line for {args:?}, got:\n{stderr}");
+    errors[0].to_string()
+}
+
+pub fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// Values of every `key` in a JSON-lines file.
+pub fn jsonl_values(file: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get(key)?.as_f64())
+        .collect()
+}
+
+/// Every tensor of a safetensors file, as f64 values by name.
+pub fn tensors(file: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
+    candle_core::safetensors::load(file, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| {
+            (k, t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap())
+        })
+        .collect()
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn pathbuf(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

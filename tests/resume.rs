@@ -1,0 +1,125 @@
+//! Killed runs resume to the same weights as uninterrupted ones; Ctrl-C saves first; a
+//! non-finite loss stops the run and keeps the last good checkpoint.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn train_args(out: &str) -> Vec<String> {
+    [
+        "--quiet",
+        "train-teacher",
+        "--config",
+        &config("smoke-zdc.toml"),
+        "--set",
+        "data.path=zdc.h5",
+        "--set",
+        "train.epochs=6",
+        "--set",
+        "train.eval_every=3",
+        "--set",
+        "flow.hidden_features=16",
+        "--set",
+        "flow.dropout=0.1",
+        "--set",
+        "regressor.epochs=3",
+        "--output-dir",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts training, waits for the flow's first checkpoint, then signals the process.
+fn interrupted_run(dir: &Path, out: &str, signal: &str) -> std::process::ExitStatus {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"))
+        .current_dir(dir)
+        .args(train_args(out))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = dir.join(out).join("flow/checkpoint/state.safetensors");
+    let start = Instant::now();
+    while !ckpt.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "training ended before its first checkpoint");
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "training already finished: nothing was interrupted");
+    let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    child.wait().unwrap()
+}
+
+#[test]
+fn killed_and_interrupted_runs_resume_to_the_uninterrupted_weights() {
+    let tmp = tmp();
+    let d = tmp.path();
+    ok(d, &["generate", "zdc", "--events", "3000", "--seed", "2", "--output", "zdc.h5"]);
+    let args = train_args("straight");
+    ok(d, &args[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    let reference = tensors(&d.join("straight/flow/last.safetensors"));
+
+    let killed = interrupted_run(d, "killed", "-KILL");
+    assert!(!killed.success());
+    let mut resume = train_args("killed");
+    resume.push("--resume".into());
+    ok(d, &resume[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(tensors(&d.join("killed/flow/last.safetensors")), reference, "SIGKILL + --resume ≠ uninterrupted");
+    assert_eq!(
+        tensors(&d.join("killed/regressor/last.safetensors")),
+        tensors(&d.join("straight/regressor/last.safetensors"))
+    );
+
+    let interrupted = interrupted_run(d, "ctrl-c", "-INT");
+    assert_eq!(interrupted.code(), Some(130), "Ctrl-C saves, then exits with 130");
+    let mut resume = train_args("ctrl-c");
+    resume.push("--resume".into());
+    ok(d, &resume[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(tensors(&d.join("ctrl-c/flow/last.safetensors")), reference, "Ctrl-C + --resume ≠ uninterrupted");
+
+    let metrics = jsonl_values(&d.join("killed/flow/metrics.jsonl"), "step");
+    assert!(metrics.windows(2).all(|w| w[0] < w[1]), "metrics.jsonl holds each step once after a resume: {metrics:?}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = tmp();
+    let d = tmp.path();
+    ok(d, &["generate", "zdc", "--events", "1500", "--seed", "2", "--output", "zdc.h5"]);
+    let err = fails(
+        d,
+        &[
+            "train-teacher",
+            "--config",
+            &config("smoke-zdc.toml"),
+            "--set",
+            "data.path=zdc.h5",
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.eval_every=1",
+            "--set",
+            "flow.hidden_features=16",
+            "--output-dir",
+            "t",
+        ],
+    );
+    assert!(err.contains("non-finite loss") && err.contains("at step"), "{err}");
+    let step: u64 = err.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(step >= 1, "the first step has a finite loss, so a checkpoint exists");
+    let ckpt = zdcflow::train::checkpoint::load(&d.join("t/flow"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(ckpt.state.step, step, "the kept checkpoint is the last finite step");
+    assert!(ckpt.weights.values().all(|t| t
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite())));
+}
