@@ -250,3 +250,141 @@ pub fn render(ms: &[Measurement]) -> String {
 pub fn shape_by_name(name: &str) -> Result<Shape> {
     paper_shape(name).ok_or_else(|| Error::Invalid(format!("unknown shape '{name}': use ds2-flow3, ds3-flow3 or zdc")))
 }
+
+/// A whole detector: full showers with the papers' architectures and random weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detector {
+    Ds2,
+    Ds3,
+    Zdc,
+}
+
+/// The papers' sizes: (blocks, hidden, hidden layers) of each unit, teacher or student.
+fn paper_units(detector: Detector, student: bool) -> Vec<(&'static str, FlowKind, usize, usize, usize, usize, usize)> {
+    use FlowKind::{Iaf, Maf};
+    let s = if student { Iaf } else { Maf };
+    match detector {
+        // name, kind, features, context, blocks, hidden, hidden layers
+        Detector::Ds2 => vec![
+            ("flow1", Maf, 45, 1, 8, 256, 1),
+            ("flow2", s, 144, 2, 8, 256, 2),
+            ("flow3", s, 144, 191, 8, if student { 384 } else { 256 }, 2),
+        ],
+        Detector::Ds3 => {
+            vec![("flow1", Maf, 45, 1, 8, 256, 1), ("flow2", s, 900, 2, 8, 256, 2), ("flow3", s, 900, 947, 8, 256, 1)]
+        }
+        Detector::Zdc => vec![("flow", s, 44 * 44, 10, 4, 1452, 2)],
+    }
+}
+
+/// Writes a model directory with random weights of the papers' sizes.
+pub fn random_model(
+    detector: Detector,
+    student: bool,
+    dir: &std::path::Path,
+) -> Result<crate::models::manifest::Manifest> {
+    use crate::data::preprocess::{CaloPreprocessing, Standardizer, ZdcPreprocessing};
+    use crate::models::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit, FORMAT};
+    let mut units = std::collections::BTreeMap::new();
+    for (i, (name, kind, features, context, blocks, hidden, layers)) in
+        paper_units(detector, student).into_iter().enumerate()
+    {
+        let shape = Shape { name: name.into(), features, context, blocks, hidden, layers, batches: (0, 0, 0) };
+        let s = spec(&shape, kind);
+        let varmap = VarMap::new();
+        Flow::new(&s, SeededInit::var_builder(&varmap, i as u64, DType::F32, &Device::Cpu).pp(io::PREFIX))?;
+        std::fs::create_dir_all(dir.join(name)).map_err(|e| Error::io(dir, e))?;
+        io::save_varmap(&varmap, &dir.join(name).join("best.safetensors"))?;
+        units.insert(name.to_string(), Unit { dir: name.into(), flow: Some(s), regressor: None });
+    }
+    let zdc = detector == Detector::Zdc;
+    if zdc {
+        let spec = crate::models::regressor::RegressorSpec { inputs: 9, hidden: vec![128, 128] };
+        let varmap = VarMap::new();
+        crate::models::regressor::Regressor::new(
+            &spec,
+            SeededInit::var_builder(&varmap, 9, DType::F32, &Device::Cpu).pp("regressor"),
+        )?;
+        std::fs::create_dir_all(dir.join("regressor")).map_err(|e| Error::io(dir, e))?;
+        io::save_varmap(&varmap, &dir.join("regressor/best.safetensors"))?;
+        units.insert("regressor".into(), Unit { dir: "regressor".into(), flow: None, regressor: Some(spec) });
+    }
+    let unit_scaler = |n: usize, mean: f64| Standardizer { mean: vec![mean; n], std: vec![1.0; n] };
+    let m = Manifest {
+        format: FORMAT.into(),
+        zdcflow_version: env!("CARGO_PKG_VERSION").into(),
+        detector: match detector {
+            Detector::Ds2 => crate::config::Detector::Ds2,
+            Detector::Ds3 => crate::config::Detector::Ds3,
+            Detector::Zdc => crate::config::Detector::Zdc,
+        },
+        role: if student { Role::Student } else { Role::Teacher },
+        seed: 0,
+        dtype: crate::config::Precision::F32,
+        data: DataInfo {
+            path: "random".into(),
+            events: 0,
+            used_events: 0,
+            fractions: [0.7, 0.1, 0.2],
+            split_seed: 0,
+            particles: Default::default(),
+        },
+        preprocessing: if zdc {
+            Preprocessing::Zdc(ZdcPreprocessing::default())
+        } else {
+            Preprocessing::Calo(CaloPreprocessing::default())
+        },
+        conditions: zdc.then(|| unit_scaler(10, 0.0)),
+        photon_sum_target: zdc.then(|| unit_scaler(1, 5.0)),
+        units,
+        teacher: None,
+        distill: None,
+        config: serde_json::Value::Null,
+    };
+    m.save(dir)?;
+    Ok(m)
+}
+
+/// Times full-shower generation (everything `sample` does but writing the file).
+pub fn measure_showers(
+    detector: Detector,
+    student: bool,
+    batch: usize,
+    repeats: usize,
+    device: &Device,
+) -> Result<Measurement> {
+    let tmp = std::env::temp_dir().join(format!("zdcflow-bench-{}-{detector:?}-{student}", std::process::id()));
+    let m = random_model(detector, student, &tmp)?;
+    let secs = match detector {
+        Detector::Zdc => {
+            let sampler = crate::sample::zdc::ZdcSampler::load(&tmp, &m, device)?;
+            let particles: Vec<f32> = (0..batch * 9).map(|i| ((i % 9) as f32 - 4.0) * 0.3).collect();
+            best_of(repeats, device, || {
+                let mut noise = crate::sample::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
+                sampler.generate(&particles, &mut noise)?;
+                Ok(())
+            })?
+        }
+        _ => {
+            let chain = crate::sample::calo::CaloChain::load(&tmp, &m, device)?;
+            let e_inc: Vec<f32> = (0..batch).map(|i| crate::sample::log_uniform_energy(1, i)).collect();
+            best_of(repeats, device, || {
+                let mut noise = crate::sample::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
+                chain.generate(&e_inc, &mut noise)?;
+                Ok(())
+            })?
+        }
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    let name = format!("{}-{}", format!("{detector:?}").to_lowercase(), if student { "student" } else { "teacher" });
+    Ok(Measurement {
+        implementation: "zdcflow",
+        shape: name,
+        what: "sample-shower",
+        batch,
+        ms_per_batch: round(secs * 1e3, 3),
+        ms_per_sample: round(secs * 1e3 / batch as f64, 4),
+        threads: rayon::current_num_threads(),
+        device: crate::device::describe(device),
+    })
+}

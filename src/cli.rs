@@ -61,6 +61,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run the whole chain on small generated data (about 5 minutes on 2 CPU cores).
     Demo(DemoArgs),
+    /// Check this build on the chosen device: the spline against nflows' reference values,
+    /// invertibility of MAF and IAF stacks, and agreement with the CPU (how a GPU node verifies the
+    /// `cuda` build).
+    Selftest,
 }
 
 #[derive(Args, Debug)]
@@ -230,11 +234,25 @@ pub enum BenchWhat {
     All,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchDetector {
+    Ds2,
+    Ds3,
+    Zdc,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A stack shape of the papers (the same shapes as the PyTorch+nflows peer benchmark).
-    #[arg(long, value_enum, conflicts_with = "config")]
+    #[arg(long, value_enum, conflicts_with_all = ["config", "shower"])]
     pub shape: Option<BenchShape>,
+    /// Time whole showers instead: the papers' full models (random weights) for this detector,
+    /// everything `sample` does except writing (`--teacher` for the MAF teachers).
+    #[arg(long, value_enum, conflicts_with = "config")]
+    pub shower: Option<BenchDetector>,
+    /// With --shower: the teachers instead of the students.
+    #[arg(long, requires = "shower")]
+    pub teacher: bool,
     /// Or the flow architecture of a config file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -314,6 +332,22 @@ pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
         Command::Evaluate(a) => evaluate(a, g),
         Command::Bench(a) => bench(a, g),
         Command::Demo(a) => crate::demo::run(a, g).map(|()| Outcome::Done),
+        Command::Selftest => {
+            let device = crate::device::open(&g.device)?;
+            let checks = crate::selftest::run(&device)?;
+            for c in &checks {
+                println!("{} {} — {}", if c.passed { "PASS" } else { "FAIL" }, c.name, c.detail);
+            }
+            let failed = checks.iter().filter(|c| !c.passed).count();
+            if failed > 0 {
+                return Err(Error::Invalid(format!(
+                    "selftest: {failed} check(s) failed on {}",
+                    crate::device::describe(&device)
+                )));
+            }
+            println!("selftest: all {} checks passed on {}", checks.len(), crate::device::describe(&device));
+            Ok(Outcome::Done)
+        }
     }
 }
 
@@ -392,6 +426,20 @@ fn distill_student(a: &DistillArgs, g: &Globals) -> Result<Outcome> {
 fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
     use crate::bench::{self, What};
     let device = crate::device::open(&g.device)?;
+    if let Some(d) = a.shower {
+        let detector = match d {
+            BenchDetector::Ds2 => bench::Detector::Ds2,
+            BenchDetector::Ds3 => bench::Detector::Ds3,
+            BenchDetector::Zdc => bench::Detector::Zdc,
+        };
+        let m = bench::measure_showers(detector, !a.teacher, a.batch_size.unwrap_or(1000), a.repeats, &device)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
+        } else {
+            print!("{}", bench::render(&[m]));
+        }
+        return Ok(Outcome::Done);
+    }
     let shapes = match (&a.shape, &a.config) {
         (Some(s), _) => vec![bench::shape_by_name(s.to_possible_value().expect("named").get_name())?],
         (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),

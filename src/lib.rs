@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod models;
 pub mod nn;
 pub mod sample;
+pub mod selftest;
 pub mod train;
 pub mod util;
 

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::util::progress;
 
 /// Bytes of voxels the low-level classifier may hold (both files together).
-const LOW_LEVEL_BUDGET: usize = 1 << 30;
+const LOW_LEVEL_BUDGET: usize = 512 << 20;
 /// Histogram bins for separation power.
 const BINS: usize = 40;
 

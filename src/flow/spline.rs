@@ -83,23 +83,23 @@ pub enum Direction {
     Inverse,
 }
 
-/// Per-dtype constants derived from a [`SplineConfig`].
+/// Per-dtype constants derived from a [`SplineConfig`] (the GPU kernels take the same values).
 #[derive(Clone, Copy)]
-struct Consts<F> {
-    k: usize,
-    left: F,
-    span: F,
-    min_w: F,
-    min_h: F,
-    min_d: F,
-    scale_w: F,
-    scale_h: F,
-    boundary_derivative: F,
-    search_eps: F,
+pub(super) struct Consts<F> {
+    pub(super) k: usize,
+    pub(super) left: F,
+    pub(super) span: F,
+    pub(super) min_w: F,
+    pub(super) min_h: F,
+    pub(super) min_d: F,
+    pub(super) scale_w: F,
+    pub(super) scale_h: F,
+    pub(super) boundary_derivative: F,
+    pub(super) search_eps: F,
 }
 
 impl<F: Float> Consts<F> {
-    fn new(cfg: &SplineConfig) -> Self {
+    pub(super) fn new(cfg: &SplineConfig) -> Self {
         let c = |v: f64| F::from(v).unwrap();
         let k = cfg.num_bins;
         // nflows pads the inner derivatives with log(exp(1 − min_d) − 1), computed in float64,
