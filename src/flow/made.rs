@@ -62,8 +62,49 @@ pub struct MaskedLinear {
     weight: Tensor,
     bias: Tensor,
     mask: Tensor,
-    /// `weight · mask`, computed once when the weight is frozen (sampling, teachers).
-    frozen: Option<Tensor>,
+    /// Frozen weights (sampling, teachers): the masked weight, and its staircase blocks.
+    frozen: Option<Frozen>,
+}
+
+struct Frozen {
+    masked: Tensor,
+    blocks: Option<Vec<Block>>,
+}
+
+/// `len` consecutive rows of a staircase mask, which read only the first `cols` inputs.
+struct Block {
+    len: usize,
+    cols: usize,
+    /// `masked[rows, ..cols]ᵀ`, contiguous (cols, len).
+    weight_t: Option<Tensor>,
+}
+
+/// Row groups of a staircase-masked layer.
+const BLOCKS: usize = 8;
+/// Below this many rows one dense product is cheaper than the blocks (the D-pass solves).
+const MIN_ROWS_FOR_BLOCKS: usize = 256;
+
+/// If every mask row is a prefix of ones and the prefixes never shrink, the row groups and how
+/// many leading inputs each group reads.
+fn staircase(mask: &[f32], rows: usize, cols: usize) -> Option<Vec<(usize, usize, usize)>> {
+    let mut prefix = Vec::with_capacity(rows);
+    for r in mask.chunks(cols) {
+        let l = r.iter().take_while(|&&v| v != 0.0).count();
+        if r[l..].iter().any(|&v| v != 0.0) || prefix.last().is_some_and(|&p| l < p) {
+            return None;
+        }
+        prefix.push(l);
+    }
+    let per = rows.div_ceil(BLOCKS.min(rows).max(1));
+    Some(
+        (0..rows)
+            .step_by(per.max(1))
+            .map(|start| {
+                let len = per.min(rows - start);
+                (start, len, prefix[start + len - 1])
+            })
+            .collect(),
+    )
 }
 
 /// nflows' `nn.Linear` default initialisation: U(±1/√fan_in) for weight and bias.
@@ -72,26 +113,67 @@ pub fn torch_default_init(fan_in: usize) -> Init {
     Init::Uniform { lo: -bound, up: bound }
 }
 
+/// `t` with its dimension `dim` reordered by `order` (new index → old index), if any.
+fn reorder(t: &Tensor, order: Option<&[usize]>, dim: usize) -> candle_core::Result<Tensor> {
+    match order {
+        None => Ok(t.clone()),
+        Some(o) => t
+            .index_select(&Tensor::new(o.iter().map(|&i| i as u32).collect::<Vec<_>>(), t.device())?, dim)?
+            .contiguous(),
+    }
+}
+
+/// Hidden-unit orders of a frozen MADE: the layer's inputs and outputs in the order used.
+#[derive(Clone, Copy)]
+struct Orders<'a> {
+    inputs: Option<&'a [usize]>,
+    outputs: Option<&'a [usize]>,
+}
+
 impl MaskedLinear {
+    /// `in_deg` / `out_deg` are the degrees in the order used; frozen weights are reordered to it
+    /// (`orders` map a used index to the stored one).
     fn new(
         vb: VarBuilder,
         in_deg: &[usize],
         out_deg: &[usize],
         strict: bool,
         init: Option<Init>,
+        orders: Orders,
     ) -> candle_core::Result<Self> {
         let (i, o) = (in_deg.len(), out_deg.len());
         let weight = vb.get_with_hints((o, i), "weight", init.unwrap_or(torch_default_init(i)))?;
         let bias = vb.get_with_hints(o, "bias", init.unwrap_or(torch_default_init(i)))?;
-        let mask = Tensor::from_vec(mask(out_deg, in_deg, strict), (o, i), vb.device())?.to_dtype(vb.dtype())?;
-        let frozen = if weight.is_variable() { None } else { Some((&weight * &mask)?) };
-        Ok(Self { weight, bias, mask, frozen })
+        let mask_values = mask(out_deg, in_deg, strict);
+        let mask = Tensor::from_vec(mask_values.clone(), (o, i), vb.device())?.to_dtype(vb.dtype())?;
+        if weight.is_variable() {
+            return Ok(Self { weight, bias, mask, frozen: None });
+        }
+        let weight = reorder(&reorder(&weight, orders.outputs, 0)?, orders.inputs, 1)?;
+        let bias = reorder(&bias, orders.outputs, 0)?;
+        let masked = (&weight * &mask)?;
+        let blocks = staircase(&mask_values, o, i)
+            .map(|groups| {
+                groups
+                    .into_iter()
+                    .map(|(start, len, cols)| {
+                        let weight_t = if cols > 0 {
+                            Some(masked.narrow(0, start, len)?.narrow(1, 0, cols)?.t()?.contiguous()?)
+                        } else {
+                            None
+                        };
+                        Ok(Block { len, cols, weight_t })
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()
+            })
+            .transpose()?;
+        Ok(Self { weight, bias, mask, frozen: Some(Frozen { masked, blocks }) })
     }
 
-    /// `weight · mask`.
+    /// `weight · mask` (for a frozen MADE, in its hidden-unit order).
     pub fn masked_weight(&self) -> candle_core::Result<Tensor> {
         match &self.frozen {
-            Some(w) => Ok(w.clone()),
+            Some(f) => Ok(f.masked.clone()),
             None => &self.weight * &self.mask,
         }
     }
@@ -101,7 +183,27 @@ impl MaskedLinear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::add_bias(&xs.matmul(&self.masked_weight()?.t()?)?, &self.bias)
+        let blocks = self
+            .frozen
+            .as_ref()
+            .and_then(|f| f.blocks.as_ref())
+            .filter(|_| xs.dim(0).is_ok_and(|n| n >= MIN_ROWS_FOR_BLOCKS));
+        let ys = match blocks {
+            // Staircase: each row group multiplies only the inputs its mask can see.
+            Some(blocks) => {
+                let n = xs.dim(0)?;
+                let parts = blocks
+                    .iter()
+                    .map(|b| match &b.weight_t {
+                        Some(w) => xs.narrow(1, 0, b.cols)?.matmul(w),
+                        None => Tensor::zeros((n, b.len), xs.dtype(), xs.device()),
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)?
+            }
+            None => xs.matmul(&self.masked_weight()?.t()?)?,
+        };
+        crate::nn::add_bias(&ys, &self.bias)
     }
 }
 
@@ -112,11 +214,13 @@ struct Dense {
 }
 
 impl Dense {
-    fn new(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints((outputs, inputs), "weight", torch_default_init(inputs))?,
-            bias: vb.get_with_hints(outputs, "bias", torch_default_init(inputs))?,
-        })
+    fn new(vb: VarBuilder, inputs: usize, outputs: usize, order: Option<&[usize]>) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints((outputs, inputs), "weight", torch_default_init(inputs))?;
+        let bias = vb.get_with_hints(outputs, "bias", torch_default_init(inputs))?;
+        if weight.is_variable() {
+            return Ok(Self { weight, bias });
+        }
+        Ok(Self { weight: reorder(&weight, order, 0)?, bias: reorder(&bias, order, 0)? })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -157,38 +261,58 @@ fn dropout(xs: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> candle_core::Result<Ten
 }
 
 impl Made {
+    /// A frozen MADE (weights that are not variables) orders its hidden units by degree, an
+    /// equivalent network whose masks are staircases, so its layers multiply by blocks.
     pub fn new(cfg: &MadeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let (d, h) = (cfg.features, cfg.hidden_features);
         let in_deg = input_degrees(d);
-        let hid_deg = hidden_degrees(h, d);
+        let stored_deg = hidden_degrees(h, d);
+        let frozen = !vb.get_with_hints((h, d), "initial.weight", torch_default_init(d))?.is_variable();
+        let order: Option<Vec<usize>> = frozen.then(|| {
+            let mut o: Vec<usize> = (0..h).collect();
+            o.sort_by_key(|&i| stored_deg[i]);
+            o
+        });
+        let hid_deg: Vec<usize> = match &order {
+            Some(o) => o.iter().map(|&i| stored_deg[i]).collect(),
+            None => stored_deg,
+        };
+        let o = order.as_deref();
         let out_deg = output_degrees(d, cfg.output_multiplier);
-        let initial = MaskedLinear::new(vb.pp("initial"), &in_deg, &hid_deg, false, None)?;
-        let context =
-            if cfg.context_features > 0 { Some(Dense::new(vb.pp("context"), cfg.context_features, h)?) } else { None };
+        let initial =
+            MaskedLinear::new(vb.pp("initial"), &in_deg, &hid_deg, false, None, Orders { inputs: None, outputs: o })?;
+        let context = if cfg.context_features > 0 {
+            Some(Dense::new(vb.pp("context"), cfg.context_features, h, o)?)
+        } else {
+            None
+        };
+        let hidden = Orders { inputs: o, outputs: o };
         let mut layers = Vec::with_capacity(cfg.hidden_layers);
         for i in 0..cfg.hidden_layers {
             let vb = vb.pp("layers").pp(i);
             layers.push(if cfg.residual {
                 HiddenLayer::Residual {
-                    lin0: MaskedLinear::new(vb.pp("lin0"), &hid_deg, &hid_deg, false, None)?,
+                    lin0: MaskedLinear::new(vb.pp("lin0"), &hid_deg, &hid_deg, false, None, hidden)?,
                     lin1: MaskedLinear::new(
                         vb.pp("lin1"),
                         &hid_deg,
                         &hid_deg,
                         false,
                         Some(Init::Uniform { lo: -1e-3, up: 1e-3 }),
+                        hidden,
                     )?,
                     context: if cfg.context_features > 0 {
-                        Some(Dense::new(vb.pp("context"), cfg.context_features, h)?)
+                        Some(Dense::new(vb.pp("context"), cfg.context_features, h, o)?)
                     } else {
                         None
                     },
                 }
             } else {
-                HiddenLayer::FeedForward(MaskedLinear::new(vb, &hid_deg, &hid_deg, false, None)?)
+                HiddenLayer::FeedForward(MaskedLinear::new(vb, &hid_deg, &hid_deg, false, None, hidden)?)
             });
         }
-        let last = MaskedLinear::new(vb.pp("final"), &hid_deg, &out_deg, true, None)?;
+        let last =
+            MaskedLinear::new(vb.pp("final"), &hid_deg, &out_deg, true, None, Orders { inputs: o, outputs: None })?;
         Ok(Self { cfg: cfg.clone(), initial, context, layers, last })
     }
 

@@ -16,6 +16,82 @@ use num_traits::Float;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// The spline's arithmetic type. f32 uses polynomial `exp` / `ln` (relative error ~1e-7, like
+/// libm's) that compile to a few vector-friendly instructions instead of library calls; f64 keeps
+/// libm (it is what the float64 reference test checks).
+pub trait Real: Float + Send + Sync {
+    fn fexp(self) -> Self;
+    fn fln(self) -> Self;
+    /// exp(x) for x ≤ 0 (and NaN), branch-free so that a loop of them vectorises.
+    fn fexp_nonpositive(self) -> Self;
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn fexp(self) -> Self {
+        self.exp()
+    }
+    #[inline(always)]
+    fn fexp_nonpositive(self) -> Self {
+        self.exp()
+    }
+    #[inline(always)]
+    fn fln(self) -> Self {
+        self.ln()
+    }
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn fexp(self) -> Self {
+        if !(-87.0..=88.0).contains(&self) {
+            return self.exp();
+        }
+        exp_f32_in_range(self)
+    }
+
+    #[inline(always)]
+    fn fexp_nonpositive(self) -> Self {
+        // Below −87 the result is < 2⁻¹²⁵ ≈ 0 for a softmax term; NaN compares false and passes.
+        exp_f32_in_range(if self < -87.0 { -87.0 } else { self })
+    }
+
+    /// ln(x) = e·ln2 + 2·atanh((m − 1)/(m + 1)) with x = m·2ᵉ, m ∈ [√½, √2).
+    #[inline(always)]
+    fn fln(self) -> Self {
+        if !(f32::MIN_POSITIVE..f32::INFINITY).contains(&self) {
+            return self.ln();
+        }
+        let bits = self.to_bits() as i32;
+        let mut e = ((bits >> 23) & 0xff) - 127;
+        let mut m = f32::from_bits(((bits & 0x007f_ffff) | 0x3f80_0000) as u32);
+        if m > std::f32::consts::SQRT_2 {
+            m *= 0.5;
+            e += 1;
+        }
+        let s = (m - 1.0) / (m + 1.0);
+        let s2 = s * s;
+        let p = 2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (0.2 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 / 11.0)))));
+        p + e as f32 * std::f32::consts::LN_2
+    }
+}
+
+/// exp(x) = 2ⁿ·eʳ for x ∈ [−87, 88]: x = n·ln2 + r, |r| ≤ ln2/2, eʳ by its Taylor series to r⁷
+/// (relative error < 1e-7).
+#[inline(always)]
+fn exp_f32_in_range(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let scale = f32::from_bits((((t.to_bits() as i32).wrapping_sub(0x4B40_0000) + 127) << 23) as u32);
+    p * scale
+}
+
 /// The largest number of bins a spline may have (fixed-size scratch arrays keep the kernel
 /// allocation-free).
 pub const MAX_BINS: usize = 64;
@@ -98,7 +174,7 @@ pub(super) struct Consts<F> {
     pub(super) search_eps: F,
 }
 
-impl<F: Float> Consts<F> {
+impl<F: Real> Consts<F> {
     pub(super) fn new(cfg: &SplineConfig) -> Self {
         let c = |v: f64| F::from(v).unwrap();
         let k = cfg.num_bins;
@@ -119,43 +195,48 @@ impl<F: Float> Consts<F> {
         }
     }
 
+    #[inline(always)]
     fn inside(&self, v: F) -> bool {
         v >= self.left && v <= self.left + self.span
     }
 }
 
-fn softplus<F: Float>(x: F) -> F {
+#[inline(always)]
+fn softplus<F: Real>(x: F) -> F {
     if x > F::from(SOFTPLUS_THRESHOLD).unwrap() {
         x
     } else {
-        log1p(x.exp())
+        log1p(x.fexp())
     }
 }
 
 /// log(1 + e) by Kahan's formulation: a few ulp, but one `ln` instead of glibc's much slower
 /// `log1p` (which dominated the spline's cost in f32).
-fn log1p<F: Float>(e: F) -> F {
+#[inline(always)]
+fn log1p<F: Real>(e: F) -> F {
     let u = F::one() + e;
     if u == F::one() {
         e
     } else {
-        u.ln() * e / (u - F::one())
+        u.fln() * e / (u - F::one())
     }
 }
 
-fn softplus_grad<F: Float>(x: F) -> F {
+#[inline(always)]
+fn softplus_grad<F: Real>(x: F) -> F {
     if x > F::from(SOFTPLUS_THRESHOLD).unwrap() {
         F::one()
     } else {
-        F::one() / (F::one() + (-x).exp())
+        F::one() / (F::one() + (-x).fexp())
     }
 }
 
-fn softmax<F: Float>(u: &[F], out: &mut [F]) {
+#[inline(always)]
+fn softmax<F: Real>(u: &[F], out: &mut [F]) {
     let max = u.iter().copied().fold(F::neg_infinity(), F::max);
     let mut sum = F::zero();
     for (o, &v) in out.iter_mut().zip(u) {
-        *o = (v - max).exp();
+        *o = (v - max).fexp_nonpositive();
         sum = sum + *o;
     }
     let inv = F::one() / sum;
@@ -165,6 +246,7 @@ fn softmax<F: Float>(u: &[F], out: &mut [F]) {
 }
 
 /// nflows' `searchsorted`: the number of knots `≤ v` minus one, the last knot raised by 1e-6.
+#[inline(always)]
 fn search<F: Float>(knots: &[F], v: F, eps: F) -> usize {
     let last = knots.len() - 1;
     let mut count = 0usize;
@@ -218,8 +300,9 @@ struct LocalGrads<F> {
     l_d1: F,
 }
 
-impl<'a, F: Float> Knots<'a, F> {
+impl<'a, F: Real> Knots<'a, F> {
     /// Builds the knots into `scratch` (its first 4K + 2 values); returns them and the rest.
+    #[inline(always)]
     fn new(c: &Consts<F>, params: &[F], scratch: &'a mut [F]) -> (Self, &'a mut [F]) {
         let k = c.k;
         let (soft_w, rest) = scratch.split_at_mut(k);
@@ -235,6 +318,7 @@ impl<'a, F: Float> Knots<'a, F> {
 
     /// The derivative at knot `j`: the tails' slope at both ends, min_d + softplus inside. Only
     /// the two knots of the bin in use are ever needed, so they are computed on demand.
+    #[inline(always)]
     fn deriv(c: &Consts<F>, params: &[F], j: usize) -> F {
         if j == 0 || j == c.k {
             c.boundary_derivative
@@ -244,6 +328,7 @@ impl<'a, F: Float> Knots<'a, F> {
     }
 
     /// min + scale·softmax, cumulative sum padded with 0, mapped to [−B, B], ends pinned.
+    #[inline(always)]
     fn cumulate(soft: &[F], min: F, scale: F, c: &Consts<F>, out: &mut [F]) {
         let k = soft.len();
         let mut acc = F::zero();
@@ -255,6 +340,7 @@ impl<'a, F: Float> Knots<'a, F> {
         out[k] = c.left + c.span;
     }
 
+    #[inline(always)]
     fn bin(&self, c: &Consts<F>, params: &[F], k: usize, theta: F) -> Bin<F> {
         let width = self.cum_w[k + 1] - self.cum_w[k];
         let height = self.cum_h[k + 1] - self.cum_h[k];
@@ -263,6 +349,7 @@ impl<'a, F: Float> Knots<'a, F> {
     }
 
     /// y = s(x) and log|s'(x)| for an input inside [−B, B].
+    #[inline(always)]
     fn forward(&self, c: &Consts<F>, params: &[F], x: F) -> (F, F, Bin<F>) {
         let k = search(self.cum_w, x, c.search_eps);
         let w = self.cum_w[k + 1] - self.cum_w[k];
@@ -276,6 +363,7 @@ impl<'a, F: Float> Knots<'a, F> {
     }
 
     /// x = s⁻¹(y) and log|ds⁻¹/dy| for an input inside [−B, B] (the root formula of nflows).
+    #[inline(always)]
     fn inverse(&self, c: &Consts<F>, params: &[F], y: F) -> (F, F, Bin<F>) {
         let k = search(self.cum_h, y, c.search_eps);
         let w = self.cum_w[k + 1] - self.cum_w[k];
@@ -298,6 +386,7 @@ impl<'a, F: Float> Knots<'a, F> {
     /// respect to the raw parameters into `grad` (length 3K − 1) and returns its gradient with
     /// respect to the input x.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn backprop(&self, c: &Consts<F>, params: &[F], bin: &Bin<F>, gy: F, gl: F, grad: &mut [F], g_soft: &mut [F]) -> F {
         let kk = c.k;
         let g = local_grads(bin);
@@ -328,19 +417,22 @@ impl<'a, F: Float> Knots<'a, F> {
     }
 }
 
+#[inline(always)]
 fn two<F: Float>() -> F {
     F::one() + F::one()
 }
 
 /// log|dy/dx| at a bin's θ: log(δ²·(d1θ² + 2δθ(1−θ) + d0(1−θ)²)) − 2·log(denominator).
-fn log_derivative<F: Float>(b: &Bin<F>) -> F {
+#[inline(always)]
+fn log_derivative<F: Real>(b: &Bin<F>) -> F {
     let (t, one, two) = (b.theta, F::one(), two::<F>());
     let tomt = t * (one - t);
     let denominator = b.delta + (b.d0 + b.d1 - two * b.delta) * tomt;
     let numerator = b.delta * b.delta * (b.d1 * t * t + two * b.delta * tomt + b.d0 * (one - t) * (one - t));
-    numerator.ln() - two * denominator.ln()
+    numerator.fln() - two * denominator.fln()
 }
 
+#[inline(always)]
 fn local_grads<F: Float>(b: &Bin<F>) -> LocalGrads<F> {
     let (t, one, two) = (b.theta, F::one(), two::<F>());
     let tomt = t * (one - t);
@@ -369,6 +461,7 @@ fn local_grads<F: Float>(b: &Bin<F>) -> LocalGrads<F> {
 
 /// Back-propagates gradients on knots k and k+1 (the pinned ends excluded) through
 /// knot_j = left + span·Σ_{i<j}(min + scale·softmax_i) and the softmax, into the raw parameters.
+#[inline(always)]
 fn accumulate_softmax<F: Float>(soft: &[F], k: usize, g_knots: [F; 2], factor: F, grad: &mut [F], g_soft: &mut [F]) {
     let kk = soft.len();
     // g_soft_i = factor · Σ_{j ∈ {k, k+1}, 1 ≤ j ≤ K−1, j > i} g_knot_j
@@ -389,12 +482,13 @@ fn accumulate_softmax<F: Float>(soft: &[F], k: usize, g_knots: [F; 2], factor: F
 }
 
 /// One element: output and log|det| of the spline in `dir`.
-pub fn rqs_scalar<F: Float>(cfg: &SplineConfig, dir: Direction, input: F, params: &[F]) -> (F, F) {
+pub fn rqs_scalar<F: Real>(cfg: &SplineConfig, dir: Direction, input: F, params: &[F]) -> (F, F) {
     let c = Consts::new(cfg);
     rqs_element(&c, dir, input, params, &mut vec![F::zero(); scratch_len(cfg.num_bins)])
 }
 
-fn rqs_element<F: Float>(c: &Consts<F>, dir: Direction, input: F, params: &[F], scratch: &mut [F]) -> (F, F) {
+#[inline(always)]
+fn rqs_element<F: Real>(c: &Consts<F>, dir: Direction, input: F, params: &[F], scratch: &mut [F]) -> (F, F) {
     if !c.inside(input) {
         return (input, F::zero());
     }
@@ -409,7 +503,7 @@ fn rqs_element<F: Float>(c: &Consts<F>, dir: Direction, input: F, params: &[F], 
 /// One element's backward pass: given upstream gradients `g_out` (on the output) and `g_ladj`
 /// (on log|det|), writes the gradient with respect to the raw parameters into `grad_params`
 /// (overwritten) and returns the gradient with respect to the input.
-pub fn rqs_scalar_backward<F: Float>(
+pub fn rqs_scalar_backward<F: Real>(
     cfg: &SplineConfig,
     dir: Direction,
     input: F,
@@ -424,7 +518,8 @@ pub fn rqs_scalar_backward<F: Float>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rqs_element_backward<F: Float>(
+#[inline(always)]
+fn rqs_element_backward<F: Real>(
     c: &Consts<F>,
     dir: Direction,
     input: F,
@@ -451,7 +546,7 @@ fn rqs_element_backward<F: Float>(
             // So grad_p = cy·∂s/∂p + cl·∂L/∂p with cy = (−g_out + g_ladj·L_x)/f_x, cl = −g_ladj,
             // and grad_y = −cy: one forward backprop at the solution x serves both.
             let (_, neg_l, bin) = kn.inverse(c, params, input);
-            let f_x = (-neg_l).exp();
+            let f_x = (-neg_l).fexp();
             let l_x = local_grads(&bin).l_theta / bin.width;
             let cy = (-g_out + g_ladj * l_x) / f_x;
             kn.backprop(c, params, &bin, cy, -g_ladj, grad_params, g_soft);
@@ -488,7 +583,121 @@ fn contiguous_slice<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T
 /// that scheduling costs nothing.
 const MIN_ROWS_PER_TASK: usize = 16;
 
-fn rqs_fwd_cpu<F: Float + Send + Sync>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], d: usize) -> Vec<F> {
+/// One row of the forward kernel.
+#[inline(always)]
+fn row_fwd<F: Real>(c: &Consts<F>, dir: Direction, xr: &[F], pr: &[F], yr: &mut [F], lr: &mut [F], scratch: &mut [F]) {
+    let m = pr.len() / xr.len().max(1);
+    for i in 0..xr.len() {
+        let (y, l) = rqs_element(c, dir, xr[i], &pr[i * m..(i + 1) * m], scratch);
+        yr[i] = y;
+        lr[i] = l;
+    }
+}
+
+/// One row of the backward kernel.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_bwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    gyr: &[F],
+    glr: &[F],
+    gpr: &mut [F],
+    gxr: &mut [F],
+    scratch: &mut [F],
+) {
+    let m = pr.len() / xr.len().max(1);
+    for i in 0..xr.len() {
+        let gp = &mut gpr[i * m..(i + 1) * m];
+        gxr[i] = rqs_element_backward(c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp, scratch);
+    }
+}
+
+/// The same row kernels compiled for AVX2 + FMA, chosen at run time (as the matmul does): the
+/// default build targets baseline x86-64.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    /// # Safety
+    /// Only when [`available`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row_fwd<F: Real>(
+        c: &Consts<F>,
+        dir: Direction,
+        xr: &[F],
+        pr: &[F],
+        yr: &mut [F],
+        lr: &mut [F],
+        scratch: &mut [F],
+    ) {
+        super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
+    }
+
+    /// # Safety
+    /// Only when [`available`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_bwd<F: Real>(
+        c: &Consts<F>,
+        dir: Direction,
+        xr: &[F],
+        pr: &[F],
+        gyr: &[F],
+        glr: &[F],
+        gpr: &mut [F],
+        gxr: &mut [F],
+        scratch: &mut [F],
+    ) {
+        super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
+    }
+}
+
+fn dispatch_fwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    yr: &mut [F],
+    lr: &mut [F],
+    scratch: &mut [F],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::row_fwd(c, dir, xr, pr, yr, lr, scratch) };
+    }
+    row_fwd(c, dir, xr, pr, yr, lr, scratch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch_bwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    gyr: &[F],
+    glr: &[F],
+    gpr: &mut [F],
+    gxr: &mut [F],
+    scratch: &mut [F],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch) };
+    }
+    row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
+}
+
+fn rqs_fwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], d: usize) -> Vec<F> {
     let c = Consts::<F>::new(cfg);
     let m = cfg.params_per_feature();
     let nd = xs.len();
@@ -502,26 +711,13 @@ fn rqs_fwd_cpu<F: Float + Send + Sync>(cfg: &SplineConfig, dir: Direction, xs: &
             .with_min_len(MIN_ROWS_PER_TASK)
             .for_each_init(
                 || vec![F::zero(); scratch_len(cfg.num_bins)],
-                |scratch, ((yr, lr), (xr, pr))| {
-                    for i in 0..d {
-                        let (y, l) = rqs_element(&c, dir, xr[i], &pr[i * m..(i + 1) * m], scratch);
-                        yr[i] = y;
-                        lr[i] = l;
-                    }
-                },
+                |scratch, ((yr, lr), (xr, pr))| dispatch_fwd(&c, dir, xr, pr, yr, lr, scratch),
             )
     });
     out
 }
 
-fn rqs_bwd_cpu<F: Float + Send + Sync>(
-    cfg: &SplineConfig,
-    dir: Direction,
-    xs: &[F],
-    ps: &[F],
-    gs: &[F],
-    d: usize,
-) -> Vec<F> {
+fn rqs_bwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], gs: &[F], d: usize) -> Vec<F> {
     let c = Consts::<F>::new(cfg);
     let m = cfg.params_per_feature();
     let nd = xs.len();
@@ -538,11 +734,7 @@ fn rqs_bwd_cpu<F: Float + Send + Sync>(
             .for_each_init(
                 || vec![F::zero(); scratch_len(cfg.num_bins)],
                 |scratch, (((gpr, gxr), (xr, pr)), (gyr, glr))| {
-                    for i in 0..d {
-                        let gp = &mut gpr[i * m..(i + 1) * m];
-                        gxr[i] =
-                            rqs_element_backward(&c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp, scratch);
-                    }
+                    dispatch_bwd(&c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
                 },
             )
     });

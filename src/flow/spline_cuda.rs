@@ -8,7 +8,6 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CudaStorage, DType, Layout, Shape};
-use num_traits::Float;
 
 use super::spline::{Consts, Direction, SplineConfig};
 
@@ -54,7 +53,7 @@ fn run<T>(
     len: usize,
 ) -> candle_core::Result<CudaStorage>
 where
-    T: Float + DeviceRepr + ValidAsZeroBits + CudaDType,
+    T: super::spline::Real + DeviceRepr + ValidAsZeroBits + CudaDType,
 {
     let dev = &inputs[0].0.device;
     let c = Consts::<T>::new(cfg);
