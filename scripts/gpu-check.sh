@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 Z=${1:-dist-cuda/run.sh}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$Z" --device cuda selftest
-ZDCFLOW=$Z DEVICE=cuda THREADS=${THREADS:-8} bash scripts/bench.sh
+ZDCFLOW=$Z DEVICE=cuda THREADS=${THREADS:-8} bash scripts/bench.sh --rounds 2

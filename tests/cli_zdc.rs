@@ -28,6 +28,7 @@ fn teacher(dir: &std::path::Path) {
 
 /// A copy of `from` with every response tripled: clearly worse channel values.
 fn deliberately_worse(from: &std::path::Path, to: &std::path::Path) {
+    let _hdf5 = hdf5_in_process();
     let f = ZdcFile::open(from).unwrap();
     let responses: Vec<f32> = f.read_responses(0, f.events).unwrap().into_iter().map(|v| 3.0 * v + 5.0).collect();
     let mut w = ZdcWriter::create(

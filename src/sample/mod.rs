@@ -46,6 +46,8 @@ pub struct Request {
     pub shard: Option<(usize, usize)>,
     pub use_teacher: bool,
     pub output: PathBuf,
+    /// gzip level of CaloChallenge outputs (0: uncompressed).
+    pub gzip: u8,
     pub show_progress: bool,
 }
 
@@ -206,7 +208,8 @@ fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<
     }
     let range = shard_range(energies.len(), req.shard);
     let mine = &energies[range.clone()];
-    let mut writer = CaloWriter::create(&req.output, &chain.geometry, mine.len(), &attrs(req, dir, m, source))?;
+    let mut writer =
+        CaloWriter::create(&req.output, &chain.geometry, mine.len(), &attrs(req, dir, m, source), req.gzip)?;
     let pb = progress::bar(mine.len() as u64, "sampling", "showers", req.show_progress);
     let start = Instant::now();
     let mut generating = 0.0;
@@ -274,7 +277,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<u
     attrs.push(("merged_shards", n.to_string()));
     match &files[0] {
         DataFile::Calo(c) => {
-            let mut w = CaloWriter::create(output, &c.geometry, total, &attrs)?;
+            let mut w = CaloWriter::create(output, &c.geometry, total, &attrs, h5::DEFAULT_GZIP)?;
             for f in &files {
                 let DataFile::Calo(f) = f else { return Err(Error::Invalid("shards of different formats".into())) };
                 for chunk in f.chunks(f.default_chunk_events()) {

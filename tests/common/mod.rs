@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use assert_cmd::cargo::cargo_bin_cmd;
 
@@ -10,10 +11,26 @@ pub fn config(name: &str) -> String {
     format!("{}/configs/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A child process inherits the descriptors, and with them HDF5's file locks, of the files the
+/// test process has open when it is spawned; a later open of such a file then fails with "unable
+/// to lock file". Tests that open HDF5 files in-process hold [`hdf5_in_process`], and no child is
+/// spawned meanwhile.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
+pub fn hdf5_in_process() -> RwLockWriteGuard<'static, ()> {
+    SPAWNING.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Held while a child process is spawned.
+pub fn spawning() -> RwLockReadGuard<'static, ()> {
+    SPAWNING.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// `zdcflow --quiet ARGS…` run in `dir`.
 pub fn zdcflow(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = cargo_bin_cmd!("zdcflow");
     cmd.current_dir(dir).arg("--quiet").args(args);
+    let _guard = spawning();
     cmd.output().expect("zdcflow runs")
 }
 
