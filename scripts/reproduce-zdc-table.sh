@@ -4,7 +4,7 @@
 # different seeds and evaluated; prints a markdown table of WS, MAE_c and MAE_cw (mean ± std over
 # the 5 sampling runs), teacher first.
 #
-#   bash scripts/reproduce-zdc-table.sh [WORKDIR]      (≈ 25 min on 2 CPU cores with the defaults)
+#   bash scripts/reproduce-zdc-table.sh [WORKDIR]      (≈ 35–50 min on 2 CPU cores with the defaults)
 # Env: EVENTS (generated responses, default 20000), PARTICLES (all|n|lambda|k0s|sigma+),
 #      TEACHER_EPOCHS (5), STUDENT_BATCHES (60 batches of 256), HIDDEN (48), RUNS (5), DEVICE (cpu).
 # The sizes are the demo's so that it runs on a CPU; for the paper's models use
@@ -33,8 +33,8 @@ for m in teacher $(for s in $SETUPS; do echo "student-$s"; done); do
   for r in $(seq 1 "$RUNS"); do
     out="$W/$m-run$r"
     [ -f "$out.json" ] && continue
-    $Z sample --model "$W/$m" --conditions "$W/zdc.h5" --seed "$r" --output "$out.h5"
-    $Z evaluate --reference "$W/zdc.h5" --generated "$out.h5" --output "$out.json"
+    $Z sample --model "$W/$m" --conditions "$W/zdc.h5" --seed "$r" --output "$out.h5" >>"$W/log.txt"
+    $Z evaluate --reference "$W/zdc.h5" --generated "$out.h5" --output "$out.json" >>"$W/log.txt"
   done
 done
 python3 - "$W" "$RUNS" $SETUPS <<'PY'

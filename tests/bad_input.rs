@@ -9,6 +9,7 @@ use common::*;
 use ndarray::{Array1, Array2, Array3};
 
 fn calo_file(path: &Path, e_inc: Array2<f32>, showers: Array2<f32>) {
+    let _hdf5 = hdf5_in_process();
     let f = hdf5::File::create(path).unwrap();
     f.new_dataset_builder().with_data(&e_inc).create("incident_energies").unwrap();
     f.new_dataset_builder().with_data(&showers).create("showers").unwrap();
@@ -51,18 +52,20 @@ fn missing_empty_junk_and_truncated_files_are_refused() {
 fn calochallenge_layout_errors_name_the_dataset() {
     let t = tmp();
     let d = t.path();
+    let hdf5 = hdf5_in_process();
     let f = hdf5::File::create(d.join("only_einc.h5")).unwrap();
     f.new_dataset_builder().with_data(&e_inc(3)).create("incident_energies").unwrap();
-    drop(f);
+    drop((f, hdf5));
     inspect_fails(d, "only_einc.h5", &["neither a CaloChallenge file", "incident_energies"]);
 
     calo_file(&d.join("shape.h5"), e_inc(3), Array2::zeros((3, 1000)));
     inspect_fails(d, "shape.h5", &["showers", "1000 values per event", "6480"]);
 
+    let hdf5 = hdf5_in_process();
     let f = hdf5::File::create(d.join("dtype.h5")).unwrap();
     f.new_dataset_builder().with_data(&e_inc(3)).create("incident_energies").unwrap();
     f.new_dataset_builder().with_data(&Array2::<i32>::zeros((3, 6480))).create("showers").unwrap();
-    drop(f);
+    drop((f, hdf5));
     inspect_fails(d, "dtype.h5", &["showers", "int32", "float"]);
 
     calo_file(&d.join("count.h5"), e_inc(4), good_showers(5));
@@ -88,6 +91,7 @@ fn calochallenge_layout_errors_name_the_dataset() {
 }
 
 fn zdc_file(path: &Path, responses: Array3<f32>, particles: Array2<f32>, pdg: Array1<i32>) {
+    let _hdf5 = hdf5_in_process();
     let f = hdf5::File::create(path).unwrap();
     f.new_dataset_builder().with_data(&responses).create("responses").unwrap();
     f.new_dataset_builder().with_data(&particles).create("particles").unwrap();
