@@ -7,35 +7,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::flow::permutation::{make_permutations, PermutationScheme};
-use crate::flow::spline::{rqs, Direction, SplineConfig};
+use crate::flow::spline::{rqs, SplineConfig};
+use crate::flow::spline_reference::Reference;
 use crate::flow::{io, Flow, FlowKind, FlowSpec};
 
 const REFERENCE: &str = include_str!("../tests/data/rqs_public.json");
-
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    num_bins: usize,
-    tail_bound: f64,
-    min_bin_width: f64,
-    min_bin_height: f64,
-    min_derivative: f64,
-    inverse: bool,
-    inputs: Vec<f64>,
-    unnormalized_widths: Vec<Vec<f64>>,
-    unnormalized_heights: Vec<Vec<f64>>,
-    unnormalized_derivatives: Vec<Vec<f64>>,
-    outputs: Vec<f64>,
-}
 
 /// One check's outcome.
 pub struct Check {
@@ -58,27 +38,12 @@ fn reference(device: &Device, dtype: DType, limit: f64) -> Result<Check> {
         serde_json::from_str(REFERENCE).map_err(|e| Error::Invalid(format!("embedded reference: {e}")))?;
     let mut worst = 0f64;
     for c in &r.cases {
-        let cfg = SplineConfig {
-            num_bins: c.num_bins,
-            tail_bound: c.tail_bound,
-            min_bin_width: c.min_bin_width,
-            min_bin_height: c.min_bin_height,
-            min_derivative: c.min_derivative,
-        };
+        let cfg = c.config();
         let n = c.inputs.len();
-        let params: Vec<f64> = (0..n)
-            .flat_map(|i| {
-                c.unnormalized_widths[i]
-                    .iter()
-                    .chain(&c.unnormalized_heights[i])
-                    .chain(&c.unnormalized_derivatives[i])
-                    .copied()
-            })
-            .collect();
+        let params: Vec<f64> = (0..n).flat_map(|i| c.params(i)).collect();
         let x = Tensor::from_vec(c.inputs.clone(), (n, 1), device)?.to_dtype(dtype)?;
         let p = Tensor::from_vec(params, (n, 1, cfg.params_per_feature()), device)?.to_dtype(dtype)?;
-        let dir = if c.inverse { Direction::Inverse } else { Direction::Forward };
-        let y = rqs(&x, &p, &cfg, dir)?.0.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let y = rqs(&x, &p, &cfg, c.direction())?.0.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         for (got, want) in y.iter().zip(&c.outputs) {
             worst = worst.max((got - want).abs() / (1.0 + want.abs()));
         }

@@ -12,58 +12,8 @@
 //! not compared: nflows itself is off by up to 2e-2 there for the steepest bins.
 
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
-use zdcflow::flow::spline::{rqs, rqs_scalar, Direction, SplineConfig};
-
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    num_bins: usize,
-    tail_bound: f64,
-    min_bin_width: f64,
-    min_bin_height: f64,
-    min_derivative: f64,
-    inverse: bool,
-    inputs: Vec<f64>,
-    unnormalized_widths: Vec<Vec<f64>>,
-    unnormalized_heights: Vec<Vec<f64>>,
-    unnormalized_derivatives: Vec<Vec<f64>>,
-    outputs: Vec<f64>,
-    logabsdet: Vec<f64>,
-}
-
-impl Case {
-    fn config(&self) -> SplineConfig {
-        SplineConfig {
-            num_bins: self.num_bins,
-            tail_bound: self.tail_bound,
-            min_bin_width: self.min_bin_width,
-            min_bin_height: self.min_bin_height,
-            min_derivative: self.min_derivative,
-        }
-    }
-
-    fn direction(&self) -> Direction {
-        if self.inverse {
-            Direction::Inverse
-        } else {
-            Direction::Forward
-        }
-    }
-
-    /// Raw parameters of point i in our layout: widths, heights, inner derivatives.
-    fn params(&self, i: usize) -> Vec<f64> {
-        [&self.unnormalized_widths[i], &self.unnormalized_heights[i], &self.unnormalized_derivatives[i]]
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect()
-    }
-}
+use zdcflow::flow::spline::{rqs, rqs_scalar};
+use zdcflow::flow::spline_reference::Reference;
 
 fn load() -> Reference {
     let path = std::env::var("ZDCFLOW_RQS_REFERENCE")

@@ -9,6 +9,7 @@ pub mod permutation;
 pub mod spline;
 #[cfg(feature = "cuda")]
 mod spline_cuda;
+pub mod spline_reference;
 pub mod stack;
 
 pub use spline::{Direction, SplineConfig};
