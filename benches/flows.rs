@@ -1,1 +1,56 @@
-fn main() {}
+//! `cargo bench`: the same measurements as `zdcflow bench`, for every paper shape — a MAF training
+//! step (log-prob + backward + Adam), IAF sampling and MAF sampling of random-weight stacks, then
+//! whole student showers (everything `sample` does but writing the file) — printed as one table.
+//!
+//! `cargo bench -- FILTER` keeps the rows whose "shape what" contains FILTER (e.g. `ds2`, `sample-iaf`);
+//! `ZDCFLOW_BENCH_REPEATS=N` sets the timed runs per row (best of N after one warm-up, default 3);
+//! `ZDCFLOW_BENCH_SHOWER_BATCH=B` the batch of the whole-shower rows (default 1000 for DS2 and the ZDC,
+//! a tenth of it for DS3, whose student costs ~10× more per shower).
+//! Compare with `../shared/peer/peer_bench.py` run on the same idle machine; the ratio is the figure.
+
+use candle_core::Device;
+use zdcflow::bench::{self, Detector, Measurement, What};
+
+fn env_usize(name: &str, default: usize) -> zdcflow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.parse().map_err(|_| zdcflow::Error::Invalid(format!("{name}={v}: expected a whole number"))),
+        Err(_) => Ok(default),
+    }
+}
+
+fn main() -> zdcflow::Result<()> {
+    // Cargo passes `--bench`; any other argument is a row filter.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let keep = |label: &str| filter.as_deref().is_none_or(|f| label.contains(f));
+    let repeats = env_usize("ZDCFLOW_BENCH_REPEATS", 3)?;
+    let shower_batch = env_usize("ZDCFLOW_BENCH_SHOWER_BATCH", 1000)?;
+    let device = Device::Cpu;
+    let mut rows: Vec<Measurement> = Vec::new();
+    let mut record = |m: Measurement| {
+        eprintln!("{} {} (batch {}): {:.4} ms/sample", m.shape, m.what, m.batch, m.ms_per_sample);
+        rows.push(m);
+    };
+    for name in ["ds2-flow3", "ds3-flow3", "zdc"] {
+        let shape = bench::shape_by_name(name)?;
+        for what in [What::TrainStep, What::SampleIaf, What::SampleMaf] {
+            if !keep(&format!("{name} {}", what.name())) {
+                continue;
+            }
+            if let Some(m) = bench::measure(&shape, what, None, repeats, &device)? {
+                record(m);
+            }
+        }
+    }
+    for (detector, label, batch) in [
+        (Detector::Ds2, "ds2-student sample-shower", shower_batch),
+        (Detector::Ds3, "ds3-student sample-shower", (shower_batch / 10).max(1)),
+        (Detector::Zdc, "zdc-student sample-shower", shower_batch),
+    ] {
+        if keep(label) {
+            record(bench::measure_showers(detector, true, batch, repeats, &device)?);
+        }
+    }
+    println!("\nzdcflow {} on {}", env!("CARGO_PKG_VERSION"), zdcflow::device::describe(&device));
+    print!("{}", bench::render(&rows));
+    Ok(())
+}
