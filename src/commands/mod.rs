@@ -1,0 +1,6 @@
+//! Subcommands as short library functions that wire the pieces together (the binary only parses
+//! their arguments, see [`crate::cli`]).
+
+pub mod flow;
+pub mod flow_dir;
+pub mod import_nflows;
