@@ -69,6 +69,8 @@ pub enum Command {
     ImportNflows(crate::commands::import_nflows::ImportNflowsArgs),
     /// One flow's raw passes on .npy arrays: log-prob, to-data (z → x), to-latent (x → z).
     Flow(crate::commands::flow::FlowArgs),
+    /// Write a flow's sampling direction (z, context → x) as an ONNX graph for ONNX Runtime (Geant4, O2).
+    ExportOnnx(crate::commands::export_onnx::ExportOnnxArgs),
 }
 
 #[derive(Args, Debug)]
@@ -362,6 +364,11 @@ pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
         Command::Flow(a) => {
             let n = crate::commands::flow::run(a, &crate::device::open(&g.device)?)?;
             eprintln!("flow: {n} rows");
+            Ok(Outcome::Done)
+        }
+        Command::ExportOnnx(a) => {
+            let (unit, bytes) = crate::commands::export_onnx::run(a)?;
+            println!("exported unit '{unit}' to {} ({bytes} bytes)", a.output.display());
             Ok(Outcome::Done)
         }
         Command::Selftest => {

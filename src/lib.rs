@@ -17,6 +17,7 @@ pub mod device;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod flow;
 pub mod generate;
 pub mod inspect;
