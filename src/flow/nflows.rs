@@ -168,45 +168,48 @@ fn read_made(keys: &BTreeMap<String, Tensor>, what: &str) -> Result<Made, String
     let in_deg = input_degrees(features);
     let hid_deg = hidden_degrees(hidden, features);
     let out_deg = output_degrees(features, multiplier);
+    // (stored layer, our layer, mask check: (out degrees, in degrees, strict)) for every layer.
+    type Check<'a> = Option<(&'a [usize], &'a [usize], bool)>;
+    let mut layers: Vec<(String, String, Check)> =
+        vec![("initial_layer".into(), "initial".into(), Some((&hid_deg, &in_deg, false)))];
+    if context > 0 {
+        layers.push(("context_layer".into(), "context".into(), None));
+    }
+    for j in &layer_ids {
+        if residual {
+            for l in 0..2 {
+                layers.push((
+                    format!("blocks.{j}.linear_layers.{l}"),
+                    format!("layers.{j}.lin{l}"),
+                    Some((&hid_deg, &hid_deg, false)),
+                ));
+            }
+            if context > 0 {
+                layers.push((format!("blocks.{j}.context_layer"), format!("layers.{j}.context"), None));
+            }
+        } else {
+            layers.push((format!("blocks.{j}.linear"), format!("layers.{j}"), Some((&hid_deg, &hid_deg, false))));
+        }
+    }
+    layers.push(("final_layer".into(), "final".into(), Some((&out_deg, &hid_deg, true))));
+    let mut known: Vec<String> = layer_ids.iter().map(|j| format!("blocks.{j}.degrees")).collect();
+    for (from, _, _) in &layers {
+        known.extend(["weight", "bias", "mask", "degrees"].iter().map(|p| format!("{from}.{p}")));
+    }
+    let unknown: Vec<String> = keys.keys().filter(|k| !known.contains(k)).map(|k| format!("{what}: {k}")).collect();
+    if !unknown.is_empty() {
+        return Err(format!("unsupported parts (batch norm, other layers) in the state dict: {}", list(&unknown)));
+    }
     let mut tensors = Vec::new();
-    let mut used: Vec<String> = Vec::new();
-    let take = |from: &str, to: &str, tensors: &mut Vec<(String, Tensor)>, used: &mut Vec<String>| {
+    for (from, to, check) in &layers {
         for p in ["weight", "bias"] {
             let k = format!("{from}.{p}");
             let t = keys.get(&k).ok_or_else(|| format!("{what}: no '{k}'"))?;
             tensors.push((format!("made.{to}.{p}"), t.clone()));
-            used.push(k);
         }
-        for b in ["mask", "degrees"] {
-            used.push(format!("{from}.{b}"));
+        if let Some((out_d, in_d, strict)) = check {
+            check_mask(keys, from, out_d, in_d, *strict, what)?;
         }
-        Ok::<(), String>(())
-    };
-    take("initial_layer", "initial", &mut tensors, &mut used)?;
-    check_mask(keys, "initial_layer", &hid_deg, &in_deg, false, what)?;
-    if context > 0 {
-        take("context_layer", "context", &mut tensors, &mut used)?;
-    }
-    for j in &layer_ids {
-        if residual {
-            take(&format!("blocks.{j}.linear_layers.0"), &format!("layers.{j}.lin0"), &mut tensors, &mut used)?;
-            take(&format!("blocks.{j}.linear_layers.1"), &format!("layers.{j}.lin1"), &mut tensors, &mut used)?;
-            check_mask(keys, &format!("blocks.{j}.linear_layers.0"), &hid_deg, &hid_deg, false, what)?;
-            check_mask(keys, &format!("blocks.{j}.linear_layers.1"), &hid_deg, &hid_deg, false, what)?;
-            if context > 0 {
-                take(&format!("blocks.{j}.context_layer"), &format!("layers.{j}.context"), &mut tensors, &mut used)?;
-            }
-            used.push(format!("blocks.{j}.degrees"));
-        } else {
-            take(&format!("blocks.{j}.linear"), &format!("layers.{j}"), &mut tensors, &mut used)?;
-            check_mask(keys, &format!("blocks.{j}.linear"), &hid_deg, &hid_deg, false, what)?;
-        }
-    }
-    take("final_layer", "final", &mut tensors, &mut used)?;
-    check_mask(keys, "final_layer", &out_deg, &hid_deg, true, what)?;
-    let unknown: Vec<String> = keys.keys().filter(|k| !used.contains(k)).map(|k| format!("{what}.{k}")).collect();
-    if !unknown.is_empty() {
-        return Err(format!("unsupported parts (batch norm, other layers) in the state dict: {}", list(&unknown)));
     }
     Ok(Made { features, context, hidden, layers: layer_ids.len(), residual, multiplier, tensors })
 }
@@ -395,4 +398,45 @@ pub fn import(state: Vec<(String, Tensor)>, opts: &ImportOptions) -> Result<Impo
         }
     }
     Ok(Imported { spec, tensors, dtype })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn opts(kind: NflowsKind) -> ImportOptions {
+        ImportOptions { kind, tail_bound: 14.0, min_bin_width: 1e-6, min_bin_height: 1e-6, min_derivative: 1e-6 }
+    }
+
+    fn t(dims: &[usize]) -> Tensor {
+        Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    /// One unconditional block of 3 features, 4 hidden units, no hidden layers, 2 bins (5 params).
+    fn block(prefix: &str) -> Vec<(String, Tensor)> {
+        vec![
+            (format!("{prefix}initial_layer.weight"), t(&[4, 3])),
+            (format!("{prefix}initial_layer.bias"), t(&[4])),
+            (format!("{prefix}final_layer.weight"), t(&[15, 4])),
+            (format!("{prefix}final_layer.bias"), t(&[15])),
+        ]
+    }
+
+    #[test]
+    fn import_infers_the_architecture_and_names_unsupported_keys() {
+        let mut sd = block("_transform._transforms.0.autoregressive_net.");
+        sd.push(("_transform._transforms.1._permutation".into(), Tensor::new(&[2i64, 0, 1], &Device::Cpu).unwrap()));
+        sd.extend(block("_transform._transforms.2.autoregressive_net."));
+        let imp = import(sd.clone(), &opts(NflowsKind::Maf)).unwrap();
+        let s = &imp.spec;
+        assert_eq!((s.features, s.context_features, s.hidden_features, s.hidden_layers, s.blocks), (3, 0, 4, 0, 2));
+        assert_eq!((s.spline.num_bins, s.permutations.clone()), (2, vec![vec![2, 0, 1]]));
+        assert!(imp.tensors.contains_key("1.made.final.weight"));
+        sd.push(("_transform._transforms.0.autoregressive_net.blocks.0.batch_norm.weight".into(), t(&[4])));
+        let e = import(sd, &opts(NflowsKind::Maf)).err().unwrap();
+        assert!(e.contains("batch_norm.weight"), "{e}");
+        let e = import(block("_transform._transforms.0.autoregressive_net."), &opts(NflowsKind::Iaf)).err().unwrap();
+        assert!(e.contains("--kind maf"), "{e}");
+    }
 }
