@@ -83,7 +83,7 @@ fn imported_nflows_checkpoints_reproduce_nflows_log_prob_and_samples() {
         {
             assert_eq!(flow[ours], arch[theirs], "{name}: {ours}");
         }
-        assert_eq!(flow["hidden_layers"].as_u64().unwrap() + 0, arch["layers"].as_u64().unwrap(), "{name}: layers");
+        assert_eq!(flow["hidden_layers"].as_u64().unwrap(), arch["layers"].as_u64().unwrap(), "{name}: layers");
         assert_eq!(flow["spline"]["num_bins"], arch["bins"], "{name}: bins");
         assert_eq!(flow.get("base").is_some(), arch["cond_base"] == true, "{name}: base");
 

@@ -287,12 +287,10 @@ pub fn import(state: Vec<(String, Tensor)>, opts: &ImportOptions) -> Result<Impo
     let wants_inverse = flow_kind == FlowKind::Iaf;
     let mut blocks: Vec<Made> = Vec::new();
     let mut perms: Vec<Option<Vec<usize>>> = Vec::new();
-    let mut expected_next = 0;
-    for (idx, step) in steps {
-        if idx != expected_next {
-            return Err(format!("transform {expected_next} is missing (found {idx} next)"));
+    for (expected, (idx, step)) in steps.into_iter().enumerate() {
+        if idx != expected {
+            return Err(format!("transform {expected} is missing (found {idx} next)"));
         }
-        expected_next += 1;
         match step {
             Step::Permutation(p) => {
                 if blocks.is_empty() {
