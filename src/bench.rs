@@ -127,6 +127,8 @@ fn spec(shape: &Shape, kind: FlowKind) -> FlowSpec {
         dropout: 0.0,
         spline: SplineConfig::default(),
         permutations: make_permutations(PermutationScheme::Alternating, shape.features, shape.blocks, 0),
+        base: Default::default(),
+        fast_spline: None,
     }
 }
 

@@ -65,6 +65,12 @@ pub enum Command {
     /// invertibility of MAF and IAF stacks, and agreement with the CPU (how a GPU node verifies the
     /// `cuda` build).
     Selftest,
+    /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
+    ImportNflows(crate::commands::import_nflows::ImportNflowsArgs),
+    /// One flow's raw passes on .npy arrays: log-prob, to-data (z → x), to-latent (x → z).
+    Flow(crate::commands::flow::FlowArgs),
+    /// Write a flow's sampling direction (z, context → x) as an ONNX graph for ONNX Runtime (Geant4, O2).
+    ExportOnnx(crate::commands::export_onnx::ExportOnnxArgs),
 }
 
 #[derive(Args, Debug)]
@@ -339,6 +345,32 @@ pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
         Command::Evaluate(a) => evaluate(a, g),
         Command::Bench(a) => bench(a, g),
         Command::Demo(a) => crate::demo::run(a, g).map(|()| Outcome::Done),
+        Command::ImportNflows(a) => {
+            let spec = crate::commands::import_nflows::run(a)?;
+            println!(
+                "imported a {:?} of {} blocks ({} features, context {}, {} hidden × {} layers, {} bins, {} parameters) into {}",
+                spec.kind,
+                spec.blocks,
+                spec.features,
+                spec.context_features,
+                spec.hidden_features,
+                spec.hidden_layers + 1,
+                spec.spline.num_bins,
+                spec.parameter_count(),
+                a.output_dir.display()
+            );
+            Ok(Outcome::Done)
+        }
+        Command::Flow(a) => {
+            let n = crate::commands::flow::run(a, &crate::device::open(&g.device)?)?;
+            eprintln!("flow: {n} rows");
+            Ok(Outcome::Done)
+        }
+        Command::ExportOnnx(a) => {
+            let (unit, bytes) = crate::commands::export_onnx::run(a)?;
+            println!("exported unit '{unit}' to {} ({bytes} bytes)", a.output.display());
+            Ok(Outcome::Done)
+        }
         Command::Selftest => {
             let device = crate::device::open(&g.device)?;
             let checks = crate::selftest::run(&device)?;

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod demo;
@@ -16,6 +17,7 @@ pub mod device;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod flow;
 pub mod generate;
 pub mod inspect;

@@ -63,6 +63,8 @@ fn spec(kind: FlowKind) -> FlowSpec {
         dropout: 0.0,
         spline: SplineConfig::default(),
         permutations: make_permutations(PermutationScheme::Alternating, 24, 4, 5),
+        base: Default::default(),
+        fast_spline: None,
     }
 }
 

@@ -36,6 +36,8 @@ fn spec(kind: FlowKind, features: usize, context: usize, blocks: usize, hidden: 
             min_derivative: 1e-3,
         },
         permutations: make_permutations(PermutationScheme::Alternating, features, blocks, 3),
+        base: Default::default(),
+        fast_spline: None,
     }
 }
 

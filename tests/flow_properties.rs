@@ -30,6 +30,8 @@ fn spec(kind: FlowKind, features: usize, context: usize, blocks: usize, residual
         dropout: 0.0,
         spline: spline(3.0),
         permutations: make_permutations(PermutationScheme::Alternating, features, blocks, 11),
+        base: Default::default(),
+        fast_spline: None,
     }
 }
 

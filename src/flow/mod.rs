@@ -2,8 +2,10 @@
 //! stacked into MAF teachers and IAF students.
 
 pub mod autoregressive;
+pub mod base;
 pub mod io;
 pub mod made;
+pub mod nflows;
 pub mod params;
 pub mod permutation;
 pub mod spline;

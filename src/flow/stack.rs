@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::autoregressive::{BlockPass, MadeRqs};
+use super::base::{Base, BaseSpec};
 use super::made::MadeConfig;
 use super::permutation::{is_permutation, Permutation};
 use super::spline::{Direction, SplineConfig};
@@ -41,6 +42,14 @@ pub struct FlowSpec {
     pub spline: SplineConfig,
     /// `blocks − 1` index vectors; permutation i is applied after block i on the way to z.
     pub permutations: Vec<Vec<usize>>,
+    /// The base distribution (absent in model.json: the standard normal).
+    #[serde(default, skip_serializing_if = "BaseSpec::is_standard")]
+    pub base: BaseSpec,
+    /// The spline direction of each block's one-MADE-pass direction, where it differs from the
+    /// kind's own (MAF: forward; IAF: inverse, the CaloFlow/iCaloFlow student). nflows' plain IAF
+    /// (`InverseTransform` of a MAF block) is an IAF with `forward` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_spline: Option<Direction>,
 }
 
 impl FlowSpec {
@@ -75,7 +84,7 @@ impl FlowSpec {
         if let Some(i) = self.permutations.iter().position(|p| !is_permutation(p, self.features)) {
             return Err(format!("permutation {i} is not a permutation of 0..{}", self.features));
         }
-        Ok(())
+        self.base.validate(self.context_features).map_err(|e| format!("base: {e}"))
     }
 
     /// Parameters in the stack.
@@ -84,7 +93,15 @@ impl FlowSpec {
         let out = d * self.spline.params_per_feature();
         let ctx = if c > 0 { c * h + h } else { 0 };
         let hidden = if self.residual { 2 * (h * h + h) + ctx } else { h * h + h };
-        self.blocks * (d * h + h + ctx + self.hidden_layers * hidden + h * out + out)
+        self.blocks * (d * h + h + ctx + self.hidden_layers * hidden + h * out + out) + self.base.parameter_count(d, c)
+    }
+
+    /// The spline direction of the blocks' one-MADE-pass direction.
+    pub fn fast_direction(&self) -> Direction {
+        self.fast_spline.unwrap_or(match self.kind {
+            FlowKind::Maf => Direction::Forward,
+            FlowKind::Iaf => Direction::Inverse,
+        })
     }
 }
 
@@ -110,6 +127,7 @@ pub struct Flow {
     spec: FlowSpec,
     blocks: Vec<MadeRqs>,
     perms: Vec<Permutation>,
+    base: Base,
     device: Device,
     dtype: DType,
 }
@@ -124,10 +142,7 @@ impl Flow {
     /// Builds the stack; parameters come from `vb` under `<prefix>.<i>.made.…`.
     pub fn new(spec: &FlowSpec, vb: VarBuilder) -> candle_core::Result<Self> {
         spec.validate().map_err(candle_core::Error::Msg)?;
-        let fast = match spec.kind {
-            FlowKind::Maf => Direction::Forward,
-            FlowKind::Iaf => Direction::Inverse,
-        };
+        let fast = spec.fast_direction();
         let made = spec.made_config();
         let blocks = (0..spec.blocks)
             .map(|i| MadeRqs::new(&made, &spec.spline, fast, vb.pp(i)))
@@ -137,7 +152,8 @@ impl Flow {
             .iter()
             .map(|p| Permutation::new(p, vb.device()))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { spec: spec.clone(), blocks, perms, device: vb.device().clone(), dtype: vb.dtype() })
+        let base = Base::new(&spec.base, spec.features, spec.context_features, vb.pp("base"))?;
+        Ok(Self { spec: spec.clone(), blocks, perms, base, device: vb.device().clone(), dtype: vb.dtype() })
     }
 
     pub fn spec(&self) -> &FlowSpec {
@@ -248,17 +264,24 @@ impl Flow {
         Ok(Pass { output: h, ladj: ladj.expect("a flow has at least one block"), trace })
     }
 
-    /// log p(x | c) per row.
+    /// log p(x | c) per row (with the base's density, conditional where the base is).
     pub fn log_prob(&self, xs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let pass = self.to_latent(xs, ctx, None, false)?;
-        standard_normal_log_prob(&pass.output)? + pass.ladj
+        self.base.log_prob(&pass.output, ctx)? + pass.ladj
     }
 
-    /// Maps base samples `zs` to data; returns `(xs, log q(xs))`.
-    pub fn sample_from(&self, zs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
-        let pass = self.to_data(zs, ctx, None, false)?;
-        let log_q = (standard_normal_log_prob(zs)? - pass.ladj)?;
+    /// Maps standard-normal noise `eps` through the base (z = μ(c) + σ(c)·ε for a conditional
+    /// base, z = ε otherwise) and the transform to data; returns `(xs, log q(xs))`.
+    pub fn sample_from(&self, eps: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
+        let (zs, ladj_base) = self.base.from_noise(eps, ctx)?;
+        let pass = self.to_data(&zs, ctx, None, false)?;
+        let log_q = ((standard_normal_log_prob(eps)? - ladj_base)? - pass.ladj)?;
         Ok((pass.output, log_q))
+    }
+
+    /// The base distribution.
+    pub fn base(&self) -> &Base {
+        &self.base
     }
 
     pub fn device(&self) -> &Device {

@@ -128,6 +128,8 @@ pub fn teacher_spec(section: &crate::config::FlowSection, features: usize, conte
         dropout: section.dropout,
         spline: section.spline(),
         permutations: crate::flow::permutation::make_permutations(section.permutations, features, section.blocks, seed),
+        base: Default::default(),
+        fast_spline: None,
     }
 }
 

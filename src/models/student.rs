@@ -21,6 +21,9 @@ pub fn student_spec(teacher: &FlowSpec, s: Option<&StudentFlowSection>) -> FlowS
         hidden_layers: s.and_then(|s| s.hidden_layers).unwrap_or(teacher.hidden_layers),
         residual: s.and_then(|s| s.residual).unwrap_or(teacher.residual),
         dropout: s.map(|s| s.dropout).unwrap_or(0.0),
+        // zdcflow's own IAF, standard-normal base (what distillation compares against).
+        base: Default::default(),
+        fast_spline: None,
         ..teacher.clone()
     }
 }

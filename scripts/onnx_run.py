@@ -1,0 +1,26 @@
+#!/usr/bin/env python3
+"""Runs a zdcflow ONNX export with ONNX Runtime:  onnx_run.py MODEL.onnx Z.npy [CONTEXT.npy] OUT.npy
+
+The graph's inputs are `z` (N, D) and, for a conditional flow, `context` (N, C); its output `x`
+(N, D) is written to OUT.npy. Used by tests/onnx_export.rs; needs `pip install onnxruntime numpy`.
+"""
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main():
+    if len(sys.argv) not in (4, 5):
+        sys.exit(__doc__)
+    model, z, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[-1]
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    feeds = {"z": z}
+    if len(sys.argv) == 5:
+        feeds["context"] = np.load(sys.argv[3])
+    (x,) = sess.run(["x"], feeds)
+    np.save(out, x)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+//! `zdcflow flow log-prob|to-data|to-latent`: one flow unit's raw passes on `.npy` arrays.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand};
+use ndarray::{Array1, Array2};
+
+use crate::error::{Error, Result};
+use crate::flow::Flow;
+use crate::util::atomic;
+
+#[derive(Args, Debug)]
+pub struct FlowArgs {
+    #[command(subcommand)]
+    pub pass: FlowPass,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FlowPass {
+    /// log p(x | c) per row (N): the base density (conditional where the flow's base is) plus log|det ∂z/∂x|.
+    LogProb(PassArgs),
+    /// Base-space points z (N, D) → data x (N, D) (the sampling direction, without drawing z).
+    ToData(PassArgs),
+    /// Data x (N, D) → base-space points z (N, D).
+    ToLatent(PassArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PassArgs {
+    /// A model directory (import-nflows, train-teacher or distill-student output).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Which flow unit (default: the only one; e.g. flow1, flow2, flow3 for a CaloChallenge model).
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Input array (N, D), float32 or float64 `.npy`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Conditions (N, C) `.npy`, for a flow with context.
+    #[arg(long)]
+    pub context: Option<PathBuf>,
+    /// Output `.npy`, in the input's dtype: (N) for log-prob, (N, D) otherwise.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_size: usize,
+}
+
+/// An `.npy` array (N, K) in float64, with the dtype the file had.
+pub fn read_npy(path: &Path) -> Result<(Array2<f64>, DType)> {
+    if !path.is_file() {
+        return Err(Error::format(path, "no such file"));
+    }
+    match ndarray_npy::read_npy::<_, Array2<f64>>(path) {
+        Ok(a) => Ok((a, DType::F64)),
+        Err(_) => match ndarray_npy::read_npy::<_, Array2<f32>>(path) {
+            Ok(a) => Ok((a.mapv(f64::from), DType::F32)),
+            Err(e) => Err(Error::format(path, format!("not a 2-D float32/float64 .npy array: {e}"))),
+        },
+    }
+}
+
+fn write_npy2(path: &Path, a: Array2<f64>, dtype: DType) -> Result<()> {
+    atomic::write_with(path, |tmp| {
+        let r = if dtype == DType::F32 {
+            ndarray_npy::write_npy(tmp, &a.mapv(|v| v as f32))
+        } else {
+            ndarray_npy::write_npy(tmp, &a)
+        };
+        r.map_err(|e| Error::format(path, e.to_string()))
+    })
+}
+
+fn write_npy1(path: &Path, a: Array1<f64>, dtype: DType) -> Result<()> {
+    atomic::write_with(path, |tmp| {
+        let r = if dtype == DType::F32 {
+            ndarray_npy::write_npy(tmp, &a.mapv(|v| v as f32))
+        } else {
+            ndarray_npy::write_npy(tmp, &a)
+        };
+        r.map_err(|e| Error::format(path, e.to_string()))
+    })
+}
+
+fn to_tensor(a: &Array2<f64>, rows: std::ops::Range<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
+    let part = a.slice(ndarray::s![rows.clone(), ..]);
+    let v: Vec<f64> = part.iter().copied().collect();
+    Ok(Tensor::from_vec(v, (rows.len(), a.ncols()), device)?.to_dtype(dtype)?)
+}
+
+/// Reads and checks the input and context arrays of a flow pass.
+pub fn inputs(flow: &Flow, a: &PassArgs) -> Result<(Array2<f64>, Option<Array2<f64>>, DType)> {
+    let spec = flow.spec();
+    let (x, dtype) = read_npy(&a.input)?;
+    if x.ncols() != spec.features {
+        return Err(Error::format(
+            &a.input,
+            format!("has {} columns, the flow has {} features", x.ncols(), spec.features),
+        ));
+    }
+    let ctx = match (&a.context, spec.context_features) {
+        (None, 0) => None,
+        (Some(p), 0) => return Err(Error::format(p, "the flow takes no context")),
+        (None, c) => {
+            return Err(Error::config(
+                "--context",
+                format!("the flow takes a context of {c} columns: pass --context C.npy"),
+            ))
+        }
+        (Some(p), c) => {
+            let (ctx, _) = read_npy(p)?;
+            if ctx.ncols() != c || ctx.nrows() != x.nrows() {
+                return Err(Error::format(
+                    p,
+                    format!("has shape ({}, {}), the flow needs ({}, {c})", ctx.nrows(), ctx.ncols(), x.nrows()),
+                ));
+            }
+            Some(ctx)
+        }
+    };
+    Ok((x, ctx, dtype))
+}
+
+/// Runs one pass over all rows in batches: log-prob gives (N, 1), the others (N, D).
+pub fn apply(
+    flow: &Flow,
+    which: &FlowPass,
+    x: &Array2<f64>,
+    ctx: Option<&Array2<f64>>,
+    batch: usize,
+) -> Result<Array2<f64>> {
+    let (n, d) = x.dim();
+    let cols = if matches!(which, FlowPass::LogProb(_)) { 1 } else { d };
+    let mut out = Array2::<f64>::zeros((n, cols));
+    let batch = batch.max(1);
+    for start in (0..n).step_by(batch) {
+        let rows = start..(start + batch).min(n);
+        let xs = to_tensor(x, rows.clone(), flow.dtype(), flow.device())?;
+        let cs = ctx.map(|c| to_tensor(c, rows.clone(), flow.dtype(), flow.device())).transpose()?;
+        let y = match which {
+            FlowPass::LogProb(_) => flow.log_prob(&xs, cs.as_ref())?.unsqueeze(1)?,
+            FlowPass::ToData(_) => flow.to_data(&xs, cs.as_ref(), None, false)?.output,
+            FlowPass::ToLatent(_) => flow.to_latent(&xs, cs.as_ref(), None, false)?.output,
+        };
+        let y = y.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        for (i, row) in y.into_iter().enumerate() {
+            for (j, v) in row.into_iter().enumerate() {
+                out[[start + i, j]] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(a: &FlowArgs, device: &Device) -> Result<usize> {
+    let args = match &a.pass {
+        FlowPass::LogProb(p) | FlowPass::ToData(p) | FlowPass::ToLatent(p) => p,
+    };
+    let units = super::flow_dir::read(&args.model)?;
+    let (_, flow) = units.load(args.unit.as_deref(), None, device)?;
+    let (x, ctx, dtype) = inputs(&flow, args)?;
+    let out = apply(&flow, &a.pass, &x, ctx.as_ref(), args.batch_size)?;
+    if out.iter().any(|v| !v.is_finite()) {
+        eprintln!("warning: {} non-finite values in the output", out.iter().filter(|v| !v.is_finite()).count());
+    }
+    match a.pass {
+        FlowPass::LogProb(_) => write_npy1(&args.output, out.column(0).to_owned(), dtype)?,
+        _ => write_npy2(&args.output, out, dtype)?,
+    }
+    Ok(x.nrows())
+}

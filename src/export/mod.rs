@@ -1,0 +1,3 @@
+//! Taking zdcflow models out: ONNX graphs of a flow's sampling direction.
+
+pub mod onnx;

@@ -1,0 +1,163 @@
+//! `zdcflow export-onnx` writes a graph that computes what `zdcflow flow to-data` computes.
+//!
+//! Imported nflows IAFs (both spline conventions: `icaloflow-iaf` and nflows' own `iaf`) and a
+//! zdcflow IAF are exported; the graph is evaluated in Rust with candle-onnx's evaluator and, where a
+//! Python with `onnxruntime` is found (`ZDCFLOW_PYTHON`, the peer venv `~/.cache/zdcflow-peer`, or
+//! `python3`), with ONNX Runtime through `scripts/onnx_run.py`; both are compared with `flow to-data`
+//! on the same z within 1e-4·(1 + |x|) (float64 agrees to ~1e-13).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fails, ok, path};
+use ndarray::Array2;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nflows");
+
+fn python_with_onnxruntime() -> Option<String> {
+    let mut candidates: Vec<String> = std::env::var("ZDCFLOW_PYTHON").into_iter().collect();
+    if let Ok(home) = std::env::var("HOME") {
+        candidates.push(format!("{home}/.cache/zdcflow-peer/bin/python"));
+    }
+    candidates.push("python3".into());
+    candidates
+        .into_iter()
+        .find(|p| Command::new(p).args(["-c", "import onnxruntime, numpy"]).output().is_ok_and(|o| o.status.success()))
+}
+
+fn read(p: &Path) -> Vec<f64> {
+    match ndarray_npy::read_npy::<_, Array2<f64>>(p) {
+        Ok(a) => a.iter().copied().collect(),
+        Err(_) => ndarray_npy::read_npy::<_, Array2<f32>>(p).unwrap().iter().map(|&v| v as f64).collect(),
+    }
+}
+
+fn worst(ours: &[f64], theirs: &[f64]) -> f64 {
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f64::max)
+}
+
+fn tensor(p: &Path) -> Tensor {
+    match ndarray_npy::read_npy::<_, Array2<f64>>(p) {
+        Ok(a) => Tensor::from_vec(a.iter().copied().collect::<Vec<_>>(), a.dim(), &Device::Cpu).unwrap(),
+        Err(_) => {
+            let a = ndarray_npy::read_npy::<_, Array2<f32>>(p).unwrap();
+            Tensor::from_vec(a.iter().copied().collect::<Vec<_>>(), a.dim(), &Device::Cpu).unwrap()
+        }
+    }
+}
+
+/// Exports `model`, runs `flow to-data` on (z, c) and compares the graph's outputs with it.
+fn check_export(d: &Path, model: &str, z: &Path, c: &Path, python: Option<&str>, name: &str) {
+    let onnx = path(d, &format!("{name}.onnx"));
+    ok(d, &["export-onnx", "--model", model, "--output", &onnx]);
+    let xs = d.join(format!("{name}.xs.npy"));
+    let s = |p: &Path| p.display().to_string();
+    ok(
+        d,
+        &[
+            "--threads",
+            "1",
+            "flow",
+            "to-data",
+            "--model",
+            model,
+            "--input",
+            &s(z),
+            "--context",
+            &s(c),
+            "--output",
+            &s(&xs),
+        ],
+    );
+    let want = read(&xs);
+
+    let graph = candle_onnx::read_file(&onnx).unwrap();
+    let inputs = HashMap::from([("z".to_string(), tensor(z)), ("context".to_string(), tensor(c))]);
+    let out = candle_onnx::simple_eval(&graph, inputs).unwrap();
+    let x = out["x"].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let e = worst(&x, &want);
+    eprintln!("{name}: candle-onnx {e:.2e}");
+    assert!(e <= 1e-4, "{name}: the ONNX graph (candle-onnx) differs from flow to-data by {e:.3e}");
+
+    match python {
+        Some(py) => {
+            let out = d.join(format!("{name}.ort.npy"));
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
+            let r = Command::new(py).args([script, &onnx, &s(z), &s(c), &s(&out)]).output().unwrap();
+            assert!(r.status.success(), "{name}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+            let e = worst(&read(&out), &want);
+            eprintln!("{name}: onnxruntime {e:.2e}");
+            assert!(e <= 1e-4, "{name}: the ONNX graph (onnxruntime) differs from flow to-data by {e:.3e}");
+        }
+        None => eprintln!("{name}: no Python with onnxruntime found, ONNX Runtime not checked (candle-onnx was)"),
+    }
+}
+
+fn save_reference_inputs(d: &Path, json: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let f64_ = r["architecture"]["dtype"] == "f64";
+    let m = |k: &str| {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(r[k].clone()).unwrap();
+        Array2::from_shape_vec((rows.len(), rows[0].len()), rows.into_iter().flatten().collect()).unwrap()
+    };
+    let stem = Path::new(json).file_stem().unwrap().to_string_lossy().to_string();
+    let (zp, cp) = (d.join(format!("{stem}.z.npy")), d.join(format!("{stem}.c.npy")));
+    for (a, p) in [(m("z"), &zp), (m("context"), &cp)] {
+        if f64_ {
+            ndarray_npy::write_npy(p, &a).unwrap();
+        } else {
+            ndarray_npy::write_npy(p, &a.mapv(|v| v as f32)).unwrap();
+        }
+    }
+    (zp, cp)
+}
+
+#[test]
+fn exported_onnx_graphs_of_imported_iafs_match_flow_to_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let python = python_with_onnxruntime();
+    for (name, kind) in [("icaloflow-iaf-small", "icaloflow-iaf"), ("nflows-iaf", "iaf")] {
+        let model = path(d, &format!("m-{name}"));
+        ok(d, &["import-nflows", &format!("{DATA}/{name}.pt"), "--kind", kind, "--output-dir", &model]);
+        let (z, c) = save_reference_inputs(d, &format!("{DATA}/{name}.json"));
+        check_export(d, &model, &z, &c, python.as_deref(), name);
+        // The same flow in float32.
+        let model32 = path(d, &format!("m32-{name}"));
+        ok(
+            d,
+            &[
+                "import-nflows",
+                &format!("{DATA}/{name}.pt"),
+                "--kind",
+                kind,
+                "--dtype",
+                "f32",
+                "--output-dir",
+                &model32,
+            ],
+        );
+        let (z32, c32) = (d.join(format!("{name}.z32.npy")), d.join(format!("{name}.c32.npy")));
+        for (from, to) in [(&z, &z32), (&c, &c32)] {
+            let a = ndarray_npy::read_npy::<_, Array2<f64>>(from).unwrap();
+            ndarray_npy::write_npy(to, &a.mapv(|v| v as f32)).unwrap();
+        }
+        check_export(d, &model32, &z32, &c32, python.as_deref(), &format!("{name}-f32"));
+    }
+}
+
+#[test]
+fn export_onnx_refuses_a_maf_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = path(d, "maf");
+    ok(d, &["import-nflows", &format!("{DATA}/zdc-maf-small.pt"), "--kind", "maf", "--output-dir", &model]);
+    let e = fails(d, &["export-onnx", "--model", &model, "--output", &path(d, "maf.onnx")]);
+    assert!(e.contains("distil a student first"), "{e}");
+    assert!(!d.join("maf.onnx").exists());
+}
