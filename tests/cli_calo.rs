@@ -106,9 +106,12 @@ fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() 
     assert_eq!(metrics["details"]["classifier"]["split_per_class"], serde_json::json!([15, 5, 5]));
     assert!(metrics["metrics"]["separation_power"]["mean"].as_f64().unwrap() > 0.0);
     assert!(metrics["metrics"]["separation_power"]["voxel"].as_f64().is_some());
-    let features = hdf5::File::open(d.join("features.h5")).unwrap();
-    assert_eq!(features.dataset("generated/E_layers").unwrap().shape(), vec![30, 45]);
-    assert_eq!(features.dataset("reference/Einc").unwrap().shape(), vec![100]);
+    {
+        let _guard = hdf5_in_process();
+        let features = hdf5::File::open(d.join("features.h5")).unwrap();
+        assert_eq!(features.dataset("generated/E_layers").unwrap().shape(), vec![30, 45]);
+        assert_eq!(features.dataset("reference/Einc").unwrap().shape(), vec![100]);
+    }
     for png in [
         "calo_energies.png",
         "calo_centres.png",

@@ -275,17 +275,38 @@ pub fn run(reference: &RowStore, generated: &RowStore, s: &Settings, device: &De
     for ((_, var), t) in vars.iter().zip(&snapshot) {
         Var::set(var, t)?;
     }
-    let calibration = Isotonic::fit(&probabilities(&test)?, &test_labels).clip_y(1e-6, 1.0 - 1e-6);
-    let calibrated: Vec<f64> = probabilities(&val)?.iter().map(|&p| calibration.predict(p)).collect();
+    let f = final_evaluation(&probabilities(&test)?, &test_labels, &probabilities(&val)?, &val_labels);
     Ok(Outcome {
-        auc: auc(&calibrated, &val_labels),
-        jsd: jsd_from_bce(bce(&calibrated, &val_labels)),
-        accuracy: accuracy(&calibrated, &val_labels),
+        auc: f.auc,
+        jsd: f.jsd,
+        accuracy: f.accuracy,
         best_epoch,
         showers_per_class: per_class,
         split,
         seed: s.seed,
     })
+}
+
+/// Calibrated AUC, JSD and accuracy on the val part.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Final {
+    pub auc: f64,
+    pub jsd: f64,
+    pub accuracy: f64,
+}
+
+/// `evaluate_cls(final_eval=True)`: isotonic calibration fitted on the test part's probabilities,
+/// applied to the val part's; AUC (`roc_auc_score`), JSD = (ln 2 − BCE) / ln 2 and accuracy
+/// (`np.round`: p > 0.5) of the calibrated val probabilities.
+pub fn final_evaluation(test_p: &[f64], test_labels: &[bool], val_p: &[f64], val_labels: &[bool]) -> Final {
+    let calibration = Isotonic::fit(test_p, test_labels).clip_y(1e-6, 1.0 - 1e-6);
+    let calibrated: Vec<f64> = val_p.iter().map(|&p| calibration.predict(p)).collect();
+    let correct = calibrated.iter().zip(val_labels).filter(|(p, l)| (**p > 0.5) == **l).count();
+    Final {
+        auc: auc(&calibrated, val_labels),
+        jsd: jsd_from_bce(bce(&calibrated, val_labels)),
+        accuracy: correct as f64 / val_labels.len().max(1) as f64,
+    }
 }
 
 /// Mean binary cross-entropy of probabilities `p` for `labels`, each log clamped at −100 as
@@ -454,6 +475,26 @@ mod tests {
         assert!((b - (-(0.8f64.ln() + 0.6f64.ln()) / 2.0)).abs() < 1e-12);
         // log clamped at −100.
         assert_eq!(bce(&[0.0], &[true]), 100.0);
+    }
+
+    #[test]
+    fn final_evaluation_by_hand() {
+        // Separable: calibration maps generated scores (≤ 0.2) to y_min = 1e-6 and reference scores
+        // (≥ 0.8) to y_max = 1 − 1e-6, so AUC = 1, BCE = −ln(1 − 1e-6), JSD = 1 − BCE / ln 2.
+        let (tl, vl) = ([false, false, true, true], [false, true]);
+        let f = final_evaluation(&[0.1, 0.2, 0.8, 0.9], &tl, &[0.15, 0.85], &vl);
+        let bce = -(1.0f64 - 1e-6).ln();
+        assert_eq!(f.auc, 1.0);
+        assert!((f.jsd - (1.0 - bce / std::f64::consts::LN_2)).abs() < 1e-15, "{f:?}");
+        assert_eq!(f.accuracy, 1.0);
+        // Identical: an uninformative classifier (every score 0.5) calibrates to 0.5: AUC ½ (ties),
+        // BCE = ln 2, JSD 0, accuracy ½ (np.round(0.5) = 0).
+        let f = final_evaluation(&[0.5; 4], &tl, &[0.5, 0.5], &vl);
+        assert_eq!((f.auc, f.accuracy), (0.5, 0.5));
+        assert!(f.jsd.abs() < 1e-15, "{f:?}");
+        // Inverted scores: isotonic calibration cannot flip the order; it pools everything to 0.5.
+        let f = final_evaluation(&[0.9, 0.8, 0.2, 0.1], &tl, &[0.9, 0.1], &vl);
+        assert_eq!(f.auc, 0.5);
     }
 
     fn blobs(shift: f32, n: usize, seed: u64) -> Vec<f32> {
