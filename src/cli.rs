@@ -549,7 +549,12 @@ fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
     if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
         return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
     }
-    if a.classifier_hidden == 0 || a.classifier_batch == 0 || a.classifier_runs == 0 || !(a.classifier_lr > 0.0) {
+    if a.classifier_hidden == 0
+        || a.classifier_batch == 0
+        || a.classifier_runs == 0
+        || a.classifier_lr.is_nan()
+        || a.classifier_lr <= 0.0
+    {
         return Err(Error::Invalid(
             "--classifier-hidden, --classifier-batch, --classifier-runs and --classifier-lr must be > 0".into(),
         ));
