@@ -220,14 +220,43 @@ pub struct EvaluateArgs {
     /// Allowed relative worsening per metric for --baseline.
     #[arg(long, default_value_t = 0.05)]
     pub tolerance: f64,
-    /// CaloChallenge classifier test: epochs (0 skips it).
-    #[arg(long, default_value_t = 10)]
+    /// CaloChallenge classifier test: epochs (0 skips it; evaluate.py: 50).
+    #[arg(long, default_value_t = 50)]
     pub classifier_epochs: usize,
-    /// CaloChallenge classifier test: hidden units per layer (the challenge uses 2048).
-    #[arg(long, default_value_t = 256)]
+    /// CaloChallenge classifier test: hidden units per layer (evaluate.py: 2048).
+    #[arg(long, default_value_t = 2048)]
     pub classifier_hidden: usize,
+    /// CaloChallenge classifier test: hidden layers after the input layer (evaluate.py's cls_n_layer: 2).
+    #[arg(long, default_value_t = 2)]
+    pub classifier_layers: usize,
+    /// CaloChallenge classifier test: batch size (evaluate.py: 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub classifier_batch: usize,
+    /// CaloChallenge classifier test: Adam learning rate (evaluate.py: 2e-4).
+    #[arg(long, default_value_t = 2e-4)]
+    pub classifier_lr: f64,
+    /// CaloChallenge classifier tests to run: low (cls-low), low-normed (cls-low-normed), high (cls-high).
+    #[arg(long, value_delimiter = ',', default_values = ["low", "high"])]
+    pub classifiers: Vec<ClassifierChoice>,
+    /// CaloChallenge: independent classifier runs per test; the metrics are their mean (± std in details).
+    #[arg(long, default_value_t = 1)]
+    pub classifier_runs: usize,
+    /// CaloChallenge: use only the first N showers of each file for the classifier (default: all; the
+    /// number used is in the output JSON).
+    #[arg(long)]
+    pub classifier_showers: Option<usize>,
+    /// CaloChallenge: write per-shower high-level features (HighLevelFeatures.py names) to this HDF5 file.
+    #[arg(long)]
+    pub features_out: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClassifierChoice {
+    Low,
+    LowNormed,
+    High,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -552,6 +581,16 @@ fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
     if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
         return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
     }
+    if a.classifier_hidden == 0
+        || a.classifier_batch == 0
+        || a.classifier_runs == 0
+        || a.classifier_lr.is_nan()
+        || a.classifier_lr <= 0.0
+    {
+        return Err(Error::Invalid(
+            "--classifier-hidden, --classifier-batch, --classifier-runs and --classifier-lr must be > 0".into(),
+        ));
+    }
     let req = Request {
         reference: a.reference.clone(),
         generated: a.generated.clone(),
@@ -562,10 +601,29 @@ fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
         classifier: classifier::Settings {
             epochs: a.classifier_epochs,
             hidden: a.classifier_hidden,
-            batch_size: 1000,
-            lr: 2e-4,
+            layers: a.classifier_layers,
+            batch_size: a.classifier_batch,
+            lr: a.classifier_lr,
             seed: a.seed,
         },
+        classifier_inputs: if a.classifier_epochs == 0 {
+            Vec::new()
+        } else {
+            let mut v: Vec<eval::calo::ClassifierInput> = a
+                .classifiers
+                .iter()
+                .map(|c| match c {
+                    ClassifierChoice::Low => eval::calo::ClassifierInput::Low,
+                    ClassifierChoice::LowNormed => eval::calo::ClassifierInput::LowNormed,
+                    ClassifierChoice::High => eval::calo::ClassifierInput::High,
+                })
+                .collect();
+            v.dedup();
+            v
+        },
+        classifier_runs: a.classifier_runs,
+        classifier_showers: a.classifier_showers,
+        features_out: a.features_out.clone(),
         show_progress: g.show_progress,
     };
     let (metrics, regressions) = eval::run(&req, &crate::device::open(&g.device)?)?;

@@ -82,6 +82,10 @@ pub struct ModelSection {
     /// CaloChallenge: the flows this file trains (default: all that have a section).
     #[serde(default)]
     pub flows: Vec<FlowName>,
+    /// CaloChallenge: at generation, scale every layer's voxel pattern to sum 1 before multiplying
+    /// by Flow-1's layer energy (default false, as the published sampler; saved in model.json).
+    #[serde(default)]
+    pub calo_renormalise_layers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -77,18 +77,49 @@ fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() 
             "1",
             "--classifier-hidden",
             "16",
+            "--classifier-layers",
+            "1",
+            "--classifiers",
+            "low,low-normed,high",
+            "--classifier-runs",
+            "2",
+            "--classifier-showers",
+            "25",
+            "--features-out",
+            "features.h5",
         ],
     );
     let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("m.json")).unwrap()).unwrap();
     for k in ["fpd", "kpd"] {
         assert!(metrics["metrics"][k].as_f64().is_some_and(f64::is_finite), "{k}: {metrics}");
     }
-    for k in ["classifier_high", "classifier_low"] {
+    for k in ["classifier_high", "classifier_low", "classifier_low_normed"] {
         let auc = metrics["metrics"][k]["auc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auc), "{k} AUC {auc}");
+        let runs = &metrics["details"]["classifier"][k]["runs"];
+        assert_eq!(runs.as_array().map(Vec::len), Some(2), "{k}: two runs");
+        assert!(metrics["details"]["classifier"][k]["auc_std"].as_f64().is_some(), "{k}: std");
     }
+    // The subset asked for is recorded: 25 of the 30 showers per class, cut 15 / 5 / 5.
+    assert_eq!(metrics["details"]["classifier"]["showers_per_class"], 25);
+    assert_eq!(metrics["details"]["classifier"]["showers_available_per_class"], 30);
+    assert_eq!(metrics["details"]["classifier"]["split_per_class"], serde_json::json!([15, 5, 5]));
     assert!(metrics["metrics"]["separation_power"]["mean"].as_f64().unwrap() > 0.0);
-    for png in ["calo_energies.png", "calo_centres_widths.png", "calo_layer_profiles.png", "calo_mean_showers.png"] {
+    assert!(metrics["metrics"]["separation_power"]["voxel"].as_f64().is_some());
+    {
+        let _guard = hdf5_in_process();
+        let features = hdf5::File::open(d.join("features.h5")).unwrap();
+        assert_eq!(features.dataset("generated/E_layers").unwrap().shape(), vec![30, 45]);
+        assert_eq!(features.dataset("reference/Einc").unwrap().shape(), vec![100]);
+    }
+    for png in [
+        "calo_energies.png",
+        "calo_centres.png",
+        "calo_widths.png",
+        "calo_sparsity_radius.png",
+        "calo_layer_profiles.png",
+        "calo_mean_showers.png",
+    ] {
         assert!(d.join("plots").join(png).exists(), "{png}");
     }
     let err = fails(d, &["evaluate", "--reference", "ref.h5", "--generated", "t/model.json"]);

@@ -61,6 +61,11 @@ pub struct CaloPreprocessing {
     pub flow2_e1_divisor: f64,
     /// Generated voxels below this are set to zero.
     pub threshold_mev: f64,
+    /// Generation: divide each generated layer pattern by its sum before scaling it to the layer
+    /// energy, so every layer holds Flow-1's energy (before the threshold). Off by default, as the
+    /// published sampler; see `[model] calo_renormalise_layers`.
+    #[serde(default)]
+    pub renormalise_layers: bool,
 }
 
 impl Default for CaloPreprocessing {
@@ -72,6 +77,7 @@ impl Default for CaloPreprocessing {
             alpha: 1e-6,
             flow2_e1_divisor: 4.0,
             threshold_mev: 1.5e-2,
+            renormalise_layers: false,
         }
     }
 }

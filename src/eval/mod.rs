@@ -3,6 +3,9 @@
 
 pub mod calo;
 pub mod calo_features;
+pub mod calo_features_out;
+pub mod calo_hist;
+pub mod calo_plots;
 pub mod classifier;
 pub mod plots;
 pub mod report;
@@ -25,6 +28,11 @@ pub struct Request {
     pub baseline: Option<PathBuf>,
     pub tolerance: f64,
     pub classifier: classifier::Settings,
+    /// CaloChallenge: classifier tests to run, runs each, showers per class (None: all), features file.
+    pub classifier_inputs: Vec<calo::ClassifierInput>,
+    pub classifier_runs: usize,
+    pub classifier_showers: Option<usize>,
+    pub features_out: Option<PathBuf>,
     pub show_progress: bool,
 }
 
@@ -62,7 +70,14 @@ pub fn run(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, 
     let (metrics, details) = match (&reference, &generated) {
         (DataFile::Zdc(r), DataFile::Zdc(g)) => zdc::evaluate(r, g, req.plots.as_deref(), req.show_progress)?,
         (DataFile::Calo(r), DataFile::Calo(g)) => {
-            let opts = calo::Options { classifier: req.classifier.clone(), device: device.clone() };
+            let opts = calo::Options {
+                classifier: req.classifier.clone(),
+                inputs: req.classifier_inputs.clone(),
+                runs: req.classifier_runs,
+                showers: req.classifier_showers,
+                features_out: req.features_out.clone(),
+                device: device.clone(),
+            };
             calo::evaluate(r, g, &opts, req.plots.as_deref(), req.show_progress)?
         }
         (r, g) => {

@@ -281,7 +281,10 @@ pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<
         seed: base.seed,
         dtype: cfg.model.dtype,
         data: data_info(cfg, &data, split_seed),
-        preprocessing: Preprocessing::Calo(CaloPreprocessing::default()),
+        preprocessing: Preprocessing::Calo(CaloPreprocessing {
+            renormalise_layers: cfg.model.calo_renormalise_layers,
+            ..CaloPreprocessing::default()
+        }),
         conditions: None,
         photon_sum_target: None,
         units,

@@ -2,7 +2,9 @@
 //! Flow-1 gives the layer energies, Flow-2 layer 1, and Flow-3 each next layer conditioned on the
 //! one it just produced (noised, normalised and logit-ed as in training). Post-processing follows
 //! the published sampler: `clamp((sigmoid(y) − α)/(1 − 2α), 0, 1) · E_i`, voxels below 15 keV set to
-//! zero, no renormalisation; conditions use the thresholded Flow-1 energies without noise.
+//! zero, no renormalisation (unless the model was trained with `[model] calo_renormalise_layers`,
+//! which scales each layer's pattern to sum 1 first); conditions use the thresholded Flow-1
+//! energies without noise.
 
 use std::path::Path;
 
@@ -53,8 +55,7 @@ impl CaloChain {
 
     /// Layer voxels (MeV) from pattern logits `y` and layer energies `e` (n, 1).
     fn voxels(&self, y: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
-        let v = inverse_logit_tensor(y, self.prep.alpha)?.broadcast_mul(e)?;
-        threshold_tensor(&v, self.prep.threshold_mev)
+        layer_voxels(&self.prep, y, e)
     }
 
     /// Flow-3's view of a generated layer: noised, normalised to unit sum, logit.
@@ -101,5 +102,35 @@ impl CaloChain {
         }
         let showers = Tensor::cat(&layers, 1)?.to_dtype(DType::F32)?;
         Ok(showers.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Layer voxels (MeV) from pattern logits `y` (n, voxels) and layer energies `e` (n, 1): the
+/// clamped inverse logit, scaled to sum 1 if `prep.renormalise_layers`, times `e`, thresholded.
+pub fn layer_voxels(prep: &CaloPreprocessing, y: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
+    let mut pattern = inverse_logit_tensor(y, prep.alpha)?;
+    if prep.renormalise_layers {
+        pattern = pattern.broadcast_div(&(pattern.sum_keepdim(1)? + 1e-16)?)?;
+    }
+    threshold_tensor(&pattern.broadcast_mul(e)?, prep.threshold_mev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_voxels_renormalise_only_when_asked() {
+        // Fractions 0.2, 0.2, 0.0001 of a 100 MeV layer: 20, 20, 0.01 → the last is below 15 keV.
+        let logit = |p: f64| crate::data::preprocess::logit(p, 1e-6) as f32;
+        let y = Tensor::from_vec(vec![logit(0.2), logit(0.2), logit(1e-4)], (1, 3), &Device::Cpu).unwrap();
+        let e = Tensor::from_vec(vec![100f32], (1, 1), &Device::Cpu).unwrap();
+        let mut prep = CaloPreprocessing::default();
+        let plain: Vec<f32> = layer_voxels(&prep, &y, &e).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!((plain[0] - 20.0).abs() < 1e-3 && plain[2] == 0.0, "{plain:?}");
+        prep.renormalise_layers = true;
+        let r: Vec<f32> = layer_voxels(&prep, &y, &e).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        // 100 · 0.2 / 0.4001 = 49.99: the layer holds its energy again.
+        assert!((r[0] - 100.0 * 0.2 / 0.4001).abs() < 1e-2 && (r[0] + r[1] + r[2] - 100.0).abs() < 0.05, "{r:?}");
     }
 }
