@@ -207,6 +207,9 @@ pub struct MergeArgs {
 pub struct EvaluateArgs {
     #[arg(long)]
     pub reference: PathBuf,
+    /// ZDC: a second reference file for the noise floor (default: two halves of --reference).
+    #[arg(long)]
+    pub reference2: Option<PathBuf>,
     #[arg(long)]
     pub generated: PathBuf,
     /// Write the metrics as JSON here.
@@ -531,6 +534,7 @@ fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
     }
     let req = Request {
         reference: a.reference.clone(),
+        reference2: a.reference2.clone(),
         generated: a.generated.clone(),
         output: a.output.clone(),
         plots: a.plots.clone(),
