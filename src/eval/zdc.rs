@@ -70,16 +70,23 @@ fn scan(file: &ZdcFile, rows: &[usize], side: &[u8], show_progress: bool, what: 
     Ok(s)
 }
 
-/// Halves A (0) and B (1) of rows with group ids `group`: alternating within each group, so a
-/// condition seen k times gives ⌈k/2⌉ events to A and ⌊k/2⌋ to B.
+/// Halves A (0) and B (1) of rows with group ids `group`: alternating within each group, and each
+/// new group starting on the other side from the previous one, so a condition seen k times gives
+/// ⌈k/2⌉ or ⌊k/2⌋ events to each half and conditions seen once are spread evenly too.
 pub fn halves(group: &[usize]) -> Vec<u8> {
-    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut state: HashMap<usize, u8> = HashMap::new();
+    let mut next_start = 0u8;
     group
         .iter()
         .map(|g| {
-            let k = seen.entry(*g).or_insert(0);
-            *k += 1;
-            ((*k - 1) % 2) as u8
+            let side = state.entry(*g).or_insert_with(|| {
+                let s = next_start;
+                next_start ^= 1;
+                s
+            });
+            let out = *side;
+            *side ^= 1;
+            out
         })
         .collect()
 }
@@ -259,10 +266,11 @@ fn draw(dir: &Path, r: &Scan, g: &Scan) -> Result<()> {
         .collect();
     plots::histograms(&dir.join("zdc_channels.png"), "ZDC channel values", &panels)?;
     let heat = |title: &str, v: &[f64]| HeatPanel { title: title.into(), values: v.to_vec(), rows: SIDE, cols: SIDE };
-    plots::heatmaps(
+    plots::heatmaps_with_colorbar(
         &dir.join("zdc_mean_images.png"),
-        "Mean response (log10 photons)",
+        &format!("Mean response per pixel ({} reference, {} generated events)", r.channels.len(), g.channels.len()),
         &[heat("reference", &r.mean_image), heat("generated", &g.mean_image)],
+        "mean photons (log scale)",
     )?;
     let sums = |s: &Scan| s.channels.iter().map(|c| c.iter().sum::<f64>()).collect::<Vec<f64>>();
     let radius = |s: &Scan| s.shapes.iter().flatten().map(|x| x.1).collect::<Vec<f64>>();
@@ -344,7 +352,8 @@ mod floor_tests {
 
     #[test]
     fn halves_alternate_within_each_condition() {
-        assert_eq!(halves(&[0, 0, 1, 0, 1, 2, 0]), vec![0, 1, 0, 0, 1, 0, 1]);
+        // Group 0 starts in A, group 1 in B, group 2 in A, group 3 in B.
+        assert_eq!(halves(&[0, 0, 1, 0, 1, 2, 0, 3]), vec![0, 1, 1, 0, 0, 0, 1, 1]);
     }
 
     #[test]
