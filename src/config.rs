@@ -138,6 +138,10 @@ pub struct FlowSection {
     pub residual: bool,
     #[serde(default)]
     pub permutations: PermutationScheme,
+    /// ZDC only: standardise every pixel's logit by its training-split mean and std (not in the
+    /// published code; the demo uses it so that its small teacher learns the showers in minutes).
+    #[serde(default)]
+    pub standardise_pixels: bool,
     /// Overrides of `[train]` for this flow.
     #[serde(default)]
     pub train: Option<toml::Table>,
@@ -765,8 +769,9 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
+    /// The one default of `distill.channel_weight` (README "Distillation loss").
     pub fn channel_weight() -> f64 {
-        1.0
+        1000.0
     }
     pub fn diversity_eps() -> f64 {
         1e-3

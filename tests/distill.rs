@@ -93,6 +93,7 @@ fn the_channel_loss_is_zero_for_identical_images_and_weighted_per_sample() {
         matrix: zdcflow::data::channels::channel_matrix(DType::F64, &DEV).unwrap(),
         weight: 1.0,
         weighted: true,
+        pixel_affine: None,
     };
     let x = randn(&mut rng, 3, 1936, DType::F64);
     let zero = zdcflow::distill::objective::channel_loss(&c, &x, &x, None).unwrap().to_scalar::<f64>().unwrap();

@@ -41,6 +41,9 @@ pub struct ChannelLoss {
     pub weight: f64,
     /// Weight it per sample too (bs+ch+div).
     pub weighted: bool,
+    /// (std, mean), each (1, pixels): flow features → logits when the preprocessing standardises
+    /// pixels.
+    pub pixel_affine: Option<(Tensor, Tensor)>,
 }
 
 /// Loss values of one batch, for logs and tests.
@@ -205,7 +208,11 @@ pub fn channel_loss(
     w: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
     let channels = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let img = candle_nn::ops::sigmoid(t)?;
+        let logits = match &c.pixel_affine {
+            Some((std, mean)) => t.broadcast_mul(std)?.broadcast_add(mean)?,
+            None => t.clone(),
+        };
+        let img = candle_nn::ops::sigmoid(&logits)?;
         let img = img.broadcast_div(&img.sum_keepdim(1)?)?;
         img.matmul(&c.matrix)
     };

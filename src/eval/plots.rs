@@ -195,7 +195,7 @@ pub fn heatmaps(path: &Path, title: &str, panels: &[HeatPanel]) -> Result<()> {
 /// (in photons) on the right. Pixels with no photons are white.
 pub fn heatmaps_with_colorbar(path: &Path, title: &str, panels: &[HeatPanel], unit: &str) -> Result<()> {
     register_font();
-    let (w, h) = (400 * panels.len() as u32 + 130, 420);
+    let (w, h) = (400 * panels.len() as u32 + 110, 420);
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
     let body = root.titled(title, ("sans-serif", 22)).map_err(|e| draw_err(path, e))?;
@@ -218,15 +218,18 @@ fn draw_colorbar(
     unit: &str,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut chart = ChartBuilder::on(area)
-        .margin_top(30)
+        .margin_top(34)
         .margin_bottom(36)
-        .margin_right(8)
-        .y_label_area_size(70)
+        .margin_right(50)
+        .y_label_area_size(56)
         .build_cartesian_2d(0f64..1f64, lo..hi)?;
     chart
         .configure_mesh()
         .disable_mesh()
         .disable_x_axis()
+        .y_labels(7)
+        .y_label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 14))
         .y_desc(unit)
         .y_label_formatter(&|v| {
             let p = 10f64.powf(*v);

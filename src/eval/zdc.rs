@@ -270,7 +270,7 @@ fn draw(dir: &Path, r: &Scan, g: &Scan) -> Result<()> {
         &dir.join("zdc_mean_images.png"),
         &format!("Mean response per pixel ({} reference, {} generated events)", r.channels.len(), g.channels.len()),
         &[heat("reference", &r.mean_image), heat("generated", &g.mean_image)],
-        "mean photons (log scale)",
+        "photons",
     )?;
     let sums = |s: &Scan| s.channels.iter().map(|c| c.iter().sum::<f64>()).collect::<Vec<f64>>();
     let radius = |s: &Scan| s.shapes.iter().flatten().map(|x| x.1).collect::<Vec<f64>>();

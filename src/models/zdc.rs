@@ -179,7 +179,11 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
             split_seed,
             particles: cfg.data.particles,
         },
-        preprocessing: Preprocessing::Zdc(ZdcPreprocessing::default()),
+        preprocessing: Preprocessing::Zdc(if section.standardise_pixels {
+            pixel_standardised(data, derive_seed(seed, &[tag::NOISE, 15]))?
+        } else {
+            ZdcPreprocessing::default()
+        }),
         conditions: Some(conditions),
         photon_sum_target: Some(target),
         units,
@@ -187,6 +191,44 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
         distill: None,
         config: cfg.to_json(),
     })
+}
+
+/// The preprocessing with per-pixel logit standardisation fitted on (up to 20 000 of) the training
+/// events, with noise drawn from `seed`.
+fn pixel_standardised(data: &ZdcData, seed: u64) -> Result<ZdcPreprocessing> {
+    let mut prep = ZdcPreprocessing::default();
+    let events: Vec<usize> = data.split.train.iter().copied().take(20_000).collect();
+    let mut rng = crate::util::rng::derive(seed, &[]);
+    let (mut sum, mut sq) = (vec![0f64; PIXELS], vec![0f64; PIXELS]);
+    let mut y = vec![0f32; PIXELS];
+    let mut sorted = events.clone();
+    sorted.sort_unstable();
+    for chunk in sorted.chunks(2048) {
+        let responses = data.file.read_responses_at(chunk)?;
+        for img in responses.chunks(PIXELS) {
+            prep.logits(img, &mut rng, &mut y);
+            for i in 0..PIXELS {
+                sum[i] += y[i] as f64;
+                sq[i] += (y[i] as f64).powi(2);
+            }
+        }
+    }
+    let n = events.len().max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| {
+            let v = (q / n - m * m).max(0.0).sqrt();
+            if v > 1e-6 {
+                v
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    prep.pixels = Some(Standardizer { mean, std });
+    Ok(prep)
 }
 
 /// `train-teacher` for the ZDC: the photon-sum flow (with its test-split report), then the MAF.
@@ -323,6 +365,20 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
             matrix: crate::data::channels::channel_matrix(dtype, &opts.device)?,
             weight: distill.channel_weight,
             weighted: distill.diversity_weights(),
+            pixel_affine: match &preprocessing(&teacher, teacher_dir)?.pixels {
+                Some(p) => {
+                    let row = |v: &[f64]| -> Result<candle_core::Tensor> {
+                        Ok(candle_core::Tensor::from_vec(
+                            v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                            (1, PIXELS),
+                            &opts.device,
+                        )?
+                        .to_dtype(dtype)?)
+                    };
+                    Some((row(&p.std)?, row(&p.mean)?))
+                }
+                None => None,
+            },
         })
     });
     let channel = channel.transpose()?;
