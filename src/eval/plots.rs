@@ -238,7 +238,9 @@ fn draw_colorbar(
             } else if p >= 1.0 {
                 format!("{p:.1}")
             } else {
-                format!("{p:.2}")
+                // Two significant digits below 1.
+                let digits = (-p.log10().floor()) as usize + 1;
+                format!("{p:.digits$}")
             }
         })
         .draw()?;
