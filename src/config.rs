@@ -374,6 +374,15 @@ pub enum Setup {
     ChannelDiversity,
 }
 
+/// Units of the ZDC channel loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelUnits {
+    #[default]
+    Photons,
+    Fractions,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Selection {
@@ -382,6 +391,10 @@ pub enum Selection {
     Kl,
     /// Lowest validation distillation loss.
     ValLoss,
+    /// ZDC: lowest validation KL + the weighted channel loss (diversity-weighted for +div), so that
+    /// +ch setups are selected on what they optimise too.
+    #[serde(rename = "kl+ch")]
+    KlChannel,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -409,9 +422,17 @@ pub struct DistillSection {
     pub diversity_weights: Option<bool>,
     #[serde(default = "defaults::channel_weight")]
     pub channel_weight: f64,
+    /// Units of the channel values in the channel loss: photons (default; mean over the channels of
+    /// the squared error in photons²) or fractions (the paper's eq. 2 on unit-sum images).
+    #[serde(default)]
+    pub channel_units: ChannelUnits,
     /// ε of eq. 3.
     #[serde(default = "defaults::diversity_eps")]
     pub diversity_eps: f64,
+    /// Weight of a condition with f_div = 0 (seen once, or identical responses): "top" (the
+    /// normalised maximum, default) or "eps" (ε only).
+    #[serde(default)]
+    pub zero_diversity: crate::eval::zdc_metrics::ZeroDiversity,
     #[serde(default)]
     pub selection: Selection,
 }
@@ -769,9 +790,11 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
-    /// The one default of `distill.channel_weight` (README "Distillation loss").
+    /// The one default of `distill.channel_weight` (README "Distillation loss"): with the channel
+    /// loss in photons², a mean channel error of 10 photons then costs 1, about the whole PDD loss
+    /// of a student started from its teacher.
     pub fn channel_weight() -> f64 {
-        1000.0
+        0.01
     }
     pub fn diversity_eps() -> f64 {
         1e-3

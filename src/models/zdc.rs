@@ -349,7 +349,14 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
     let dtype = cfg.model.dtype.dtype();
     let teacher_flow = frozen_flow(teacher_dir, &teacher, FLOW_UNIT, dtype, &opts.device)?;
     let weights = if distill.diversity_weights() {
-        let w = diversity::compute(&data.file, &data.split.train, distill.diversity_eps)?;
+        let mut w =
+            diversity::compute_with(&data.file, &data.split.train, distill.diversity_eps, distill.zero_diversity)?;
+        // Validation conditions get their own weights, so that selecting on the validation loss
+        // weighs them as training does (they would be 0 otherwise).
+        let v = diversity::compute_with(&data.file, &data.split.val, distill.diversity_eps, distill.zero_diversity)?;
+        for &e in &data.split.val {
+            w.per_event[e] = v.per_event[e];
+        }
         w.save(&out.join("diversity.json"))?;
         let (lo, hi) = w.weights.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         eprintln!("diversity weights: {} training conditions, weights {lo:.3} – {hi:.3}", w.counts.len());
@@ -379,6 +386,13 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
                 }
                 None => None,
             },
+            photon_sum: match distill.channel_units {
+                crate::config::ChannelUnits::Photons => {
+                    let c = teacher.conditions.as_ref().expect("ZDC manifest has scalers");
+                    Some((FEATURES, c.mean[FEATURES], c.std[FEATURES]))
+                }
+                crate::config::ChannelUnits::Fractions => None,
+            },
         })
     });
     let channel = channel.transpose()?;
@@ -405,6 +419,10 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
         flow: Some(&s_spec),
         regressor: None,
     };
+    if distill.selection == crate::config::Selection::KlChannel {
+        let objective = crate::distill::objective::KlChannelObjective { inner: objective };
+        return Ok(vec![train_unit(&job, &objective, opts)?]);
+    }
     Ok(vec![train_unit(&job, &objective, opts)?])
 }
 
