@@ -8,7 +8,8 @@
 # (reference against reference, from `evaluate`) first, then the teacher, then the setups, each
 # setup's difference from bs in units of the combined spread (|Δ| > 2 is called significant).
 #
-#   bash scripts/reproduce-zdc-table.sh [WORKDIR]      (≈ 35–50 min on 2 CPU cores with the defaults)
+#   bash scripts/reproduce-zdc-table.sh [WORKDIR]      (≈ 35–50 min on 2 CPU cores with the defaults;
+#   EVENTS=6000 TEACHER_EPOCHS=4 STUDENT_BATCHES=20 HIDDEN=32 RUNS=3: 828 s wall, 353 CPU-s)
 # Env: EVENTS (generated responses, default 20000), PARTICLES (all|n|lambda|k0s|sigma+),
 #      TEACHER_EPOCHS (5), STUDENT_BATCHES (60 batches of 256), HIDDEN (48), RUNS (5), DEVICE (cpu),
 #      SOURCES ("data model"), DENOISE (round).
