@@ -301,15 +301,13 @@ pub fn random_model(
     }
     let zdc = detector == Detector::Zdc;
     if zdc {
-        let spec = crate::models::regressor::RegressorSpec { inputs: 9, hidden: vec![128, 128] };
+        use crate::models::photon_sum;
+        let spec = photon_sum::spec(&crate::config::PhotonSumSection::default(), 9);
         let varmap = VarMap::new();
-        crate::models::regressor::Regressor::new(
-            &spec,
-            SeededInit::var_builder(&varmap, 9, DType::F32, &Device::Cpu).pp("regressor"),
-        )?;
-        std::fs::create_dir_all(dir.join("regressor")).map_err(|e| Error::io(dir, e))?;
-        io::save_varmap(&varmap, &dir.join("regressor/best.safetensors"))?;
-        units.insert("regressor".into(), Unit { dir: "regressor".into(), flow: None, regressor: Some(spec) });
+        Flow::new(&spec, SeededInit::var_builder(&varmap, 9, DType::F32, &Device::Cpu).pp(io::PREFIX))?;
+        std::fs::create_dir_all(dir.join(photon_sum::UNIT)).map_err(|e| Error::io(dir, e))?;
+        io::save_varmap(&varmap, &dir.join(photon_sum::UNIT).join("best.safetensors"))?;
+        units.insert(photon_sum::UNIT.into(), Unit { dir: photon_sum::UNIT.into(), flow: Some(spec), regressor: None });
     }
     let unit_scaler = |n: usize, mean: f64| Standardizer { mean: vec![mean; n], std: vec![1.0; n] };
     let m = Manifest {
@@ -363,7 +361,8 @@ pub fn measure_showers(
             let particles: Vec<f32> = (0..batch * 9).map(|i| ((i % 9) as f32 - 4.0) * 0.3).collect();
             best_of(repeats, device, || {
                 let mut noise = crate::sample::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
-                sampler.generate(&particles, &mut noise)?;
+                use crate::sample::{denoise::Denoise, zdc::PhotonSumSource};
+                sampler.generate(&particles, &[], PhotonSumSource::Model, Denoise::default(), &mut noise)?;
                 Ok(())
             })?
         }

@@ -190,6 +190,13 @@ pub struct SampleArgs {
     /// gzip level of a CaloChallenge output, 0 (none, fastest) to 9; the official files use 4.
     #[arg(long, default_value_t = crate::data::h5::DEFAULT_GZIP, value_parser = clap::value_parser!(u8).range(0..=9))]
     pub gzip: u8,
+    /// ZDC: photon sums from the conditions file (data, the published protocol) or drawn from the
+    /// model's photon-sum flow (model).
+    #[arg(long, value_enum, default_value = "model")]
+    pub photon_sum: crate::sample::zdc::PhotonSumSource,
+    /// ZDC: noise removal: round (default), floor, floor-recalc, sub-floor, sub-floor-recalc.
+    #[arg(long, value_enum, default_value = "round")]
+    pub denoise: crate::sample::denoise::Denoise,
 }
 
 #[derive(Args, Debug)]
@@ -206,6 +213,9 @@ pub struct MergeArgs {
 pub struct EvaluateArgs {
     #[arg(long)]
     pub reference: PathBuf,
+    /// ZDC: a second reference file for the noise floor (default: two halves of --reference).
+    #[arg(long)]
+    pub reference2: Option<PathBuf>,
     #[arg(long)]
     pub generated: PathBuf,
     /// Write the metrics as JSON here.
@@ -563,6 +573,8 @@ fn sample(a: &SampleArgs, g: &Globals) -> Result<Outcome> {
         output: a.output.clone(),
         gzip: a.gzip,
         show_progress: g.show_progress,
+        photon_sum: a.photon_sum,
+        denoise: a.denoise,
     };
     let r = run(&req, &crate::device::open(&g.device)?)?;
     println!(
@@ -593,6 +605,7 @@ fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
     }
     let req = Request {
         reference: a.reference.clone(),
+        reference2: a.reference2.clone(),
         generated: a.generated.clone(),
         output: a.output.clone(),
         plots: a.plots.clone(),

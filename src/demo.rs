@@ -96,6 +96,37 @@ fn metric(m: &MetricsFile, key: &str) -> String {
     v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "—".into())
 }
 
+fn json_at(v: &serde_json::Value, key: &str) -> serde_json::Value {
+    let mut v = v.clone();
+    for k in key.split('.') {
+        v = match k.split_once('[') {
+            Some((name, idx)) => {
+                let i: usize = idx.trim_end_matches(']').parse().unwrap_or(usize::MAX);
+                v.get(name).and_then(|a| a.get(i)).cloned().unwrap_or(serde_json::Value::Null)
+            }
+            None => v.get(k).cloned().unwrap_or(serde_json::Value::Null),
+        };
+    }
+    v
+}
+
+/// A number under the metrics file's `details` (the ZDC noise floor, correlations).
+fn detail_f(m: &MetricsFile, key: &str) -> f64 {
+    json_at(&m.details, key).as_f64().unwrap_or(f64::NAN)
+}
+
+fn detail(m: &MetricsFile, key: &str) -> String {
+    let v = json_at(&m.details, key);
+    match v.as_u64() {
+        Some(n) => n.to_string(),
+        None => v.as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "—".into()),
+    }
+}
+
+fn metric_f(m: &MetricsFile, key: &str) -> f64 {
+    json_at(&serde_json::Value::Object(m.metrics.clone()), key).as_f64().unwrap_or(f64::NAN)
+}
+
 pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
     let start = Instant::now();
     prepare(&a.output_dir)?;
@@ -118,7 +149,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         &args(&["generate", "zdc", "--events", "12000", "--seed", &seed, "--output", &s.path("data/zdc.h5")]),
     )?;
     s.step(
-        "ZDC teacher (MAF + photon-sum regressor)",
+        "ZDC teacher (MAF + photon-sum flow)",
         &args(&["train-teacher", "--config", &cfg("demo-zdc.toml"), "--output-dir", &s.path("zdc/teacher")]),
     )?;
     s.step(
@@ -259,14 +290,28 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
     );
     println!("\nZDC (12 000 generated events, test split; the teacher samples 1/40 of it)");
     println!(
-        "{:<22} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "{:<28} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
         "model", "events", "ms/sample", "WS", "MAE_c", "MAE_cw", "centre MAE", "radius MAE"
     );
+    // The noise floor first: reference against reference (halves of the same conditions).
+    for (name, m) in [("noise floor (ref vs ref), 1/40", &mt), ("noise floor (ref vs ref), all", &msa)] {
+        println!(
+            "{:<28} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            name,
+            detail(m, "noise_floor.events[1]"),
+            "—",
+            detail(m, "noise_floor.ws"),
+            detail(m, "noise_floor.mae_c"),
+            detail(m, "noise_floor.mae_cw"),
+            "—",
+            "—"
+        );
+    }
     for (name, r, m) in
         [("teacher (MAF)", &t, &mt), ("student (IAF), same", &st, &mst), ("student (IAF), all", &sa, &msa)]
     {
         println!(
-            "{:<22} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            "{:<28} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>11} {:>11}",
             name,
             r.events,
             r.ms_per_sample,
@@ -277,6 +322,19 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             metric(m, "shape.radius.mae")
         );
     }
+    println!("mean-image Pearson correlation, generated vs reference, next to reference vs reference (floor):");
+    for (name, m) in [("teacher (MAF)", &mt), ("student (IAF), same", &mst), ("student (IAF), all", &msa)] {
+        let (g, f) = (detail_f(m, "same_size.mean_image_corr"), detail_f(m, "noise_floor.mean_image_corr"));
+        println!(
+            "  {name:<22} {g:>7.3} vs floor {f:>6.3} on {} vs {} events: {:.2} of the floor (all events: {:.3})",
+            detail(m, "same_size.events[1]"),
+            detail(m, "same_size.events[0]"),
+            g / f,
+            detail_f(m, "mean_image_corr")
+        );
+    }
+    let (ws_t, ws_s) = (metric_f(&mt, "ws"), metric_f(&mst, "ws"));
+    println!("WS student / teacher on the same events: {:.2} ({ws_s:.3} / {ws_t:.3})", ws_s / ws_t);
     println!("\nCaloChallenge DS2 (reference: 2000 independent showers)");
     println!(
         "(separation power on evaluate.py's binning: E_tot/E_inc, mean over the 45 layer energies, all histograms)"

@@ -55,7 +55,7 @@ fn zdc_chain_runs_and_the_gate_passes_on_itself_and_fails_on_a_worse_file() {
         "flow/best.safetensors",
         "flow/last.safetensors",
         "flow/checkpoint/state.safetensors",
-        "regressor/best.safetensors",
+        "photon_sum/best.safetensors",
     ] {
         assert!(d.join("t").join(f).exists(), "teacher lacks {f}");
     }

@@ -95,6 +95,8 @@ fn the_channel_loss_is_zero_for_identical_images_and_weighted_per_sample() {
         matrix: zdcflow::data::channels::channel_matrix(DType::F64, &DEV).unwrap(),
         weight: 1.0,
         weighted: true,
+        pixel_affine: None,
+        photon_sum: None,
     };
     let x = randn(&mut rng, 3, 1936, DType::F64);
     let zero = zdcflow::distill::objective::channel_loss(&c, &x, &x, None).unwrap().to_scalar::<f64>().unwrap();
@@ -104,6 +106,42 @@ fn the_channel_loss_is_zero_for_identical_images_and_weighted_per_sample() {
     let w = Tensor::new(&[2.0f64, 2.0, 2.0], &DEV).unwrap();
     let weighted = zdcflow::distill::objective::channel_loss(&c, &x, &y, Some(&w)).unwrap().to_scalar::<f64>().unwrap();
     assert!(plain > 0.0 && (weighted - 2.0 * plain).abs() < 1e-12 * plain);
+}
+
+/// In photons the loss is the mean over the 5 channels of (S·Δfraction)²: for two events with
+/// S = 100 and 300 it equals (100²·a + 300²·b) / (2·5), with a, b each event's Σ_c Δfraction²
+/// (the fraction loss of that event alone); and a per-pixel affine map back to logits is applied.
+#[test]
+fn the_channel_loss_in_photons_scales_each_event_by_its_photon_sum() {
+    use zdcflow::distill::objective::{channel_loss, channel_loss_in};
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let c = ChannelLoss {
+        matrix: zdcflow::data::channels::channel_matrix(DType::F64, &DEV).unwrap(),
+        weight: 1.0,
+        weighted: false,
+        pixel_affine: None,
+        photon_sum: None,
+    };
+    let x = randn(&mut rng, 2, 1936, DType::F64);
+    let y = (&x + randn(&mut rng, 2, 1936, DType::F64)).unwrap();
+    let frac = |w: [f64; 2]| {
+        let w = Tensor::new(&w, &DEV).unwrap();
+        channel_loss(&c, &x, &y, Some(&w)).unwrap().to_scalar::<f64>().unwrap()
+    };
+    let (a, b) = (2.0 * frac([1.0, 0.0]), 2.0 * frac([0.0, 1.0]));
+    let s = Tensor::new(&[[100.0f64], [300.0]], &DEV).unwrap();
+    let photons = channel_loss_in(&c, &x, &y, None, Some(&s)).unwrap().to_scalar::<f64>().unwrap();
+    let want = (1e4 * a + 9e4 * b) / 10.0;
+    assert!((photons - want).abs() < 1e-9 * want, "{photons} vs {want}");
+    // Standardised features with (std, mean) per pixel give the loss of the logits x·std + mean.
+    let std = Tensor::full(2.0f64, (1, 1936), &DEV).unwrap();
+    let mean = Tensor::full(-1.0f64, (1, 1936), &DEV).unwrap();
+    let c2 = ChannelLoss { pixel_affine: Some((std.clone(), mean.clone())), ..c.clone() };
+    let xs = ((&x + 1.0).unwrap() / 2.0).unwrap();
+    let ys = ((&y + 1.0).unwrap() / 2.0).unwrap();
+    let on_standardised = channel_loss(&c2, &xs, &ys, None).unwrap().to_scalar::<f64>().unwrap();
+    let on_logits = channel_loss(&c, &x, &y, None).unwrap().to_scalar::<f64>().unwrap();
+    assert!((on_standardised - on_logits).abs() < 1e-12 * on_logits);
 }
 
 /// 2-D "banana" data: x1 ~ N(0, 1), x2 = x1²/2 + N(0, 1/4).

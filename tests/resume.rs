@@ -25,7 +25,7 @@ fn train_args(out: &str) -> Vec<String> {
         "--set",
         "flow.dropout=0.1",
         "--set",
-        "regressor.epochs=3",
+        "photon_sum.epochs=3",
         "--output-dir",
         out,
     ]
@@ -72,8 +72,8 @@ fn killed_and_interrupted_runs_resume_to_the_uninterrupted_weights() {
     ok(d, &resume[1..].iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(tensors(&d.join("killed/flow/last.safetensors")), reference, "SIGKILL + --resume ≠ uninterrupted");
     assert_eq!(
-        tensors(&d.join("killed/regressor/last.safetensors")),
-        tensors(&d.join("straight/regressor/last.safetensors"))
+        tensors(&d.join("killed/photon_sum/last.safetensors")),
+        tensors(&d.join("straight/photon_sum/last.safetensors"))
     );
 
     let interrupted = interrupted_run(d, "ctrl-c", "-INT");

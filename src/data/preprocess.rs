@@ -135,17 +135,22 @@ impl CaloPreprocessing {
 pub struct ZdcPreprocessing {
     pub noise_mul: f64,
     pub alpha: f64,
+    /// Optional per-pixel standardisation of the logits (mean/std over the training split),
+    /// `[flow] standardise_pixels = true`; not in the published code. It gives a small flow the
+    /// pixels' marginal location and scale from the start (the demo's teacher learns in minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<Standardizer>,
 }
 
 impl Default for ZdcPreprocessing {
     fn default() -> Self {
-        Self { noise_mul: 0.5, alpha: 1e-6 }
+        Self { noise_mul: 0.5, alpha: 1e-6, pixels: None }
     }
 }
 
 impl ZdcPreprocessing {
-    /// Photon counts of one response → flow features (logits of the noised, normalised image).
-    pub fn image<R: Rng>(&self, counts: &[f32], rng: &mut R, out: &mut [f32]) {
+    /// Logits of the noised, normalised image (before any per-pixel standardisation).
+    pub fn logits<R: Rng>(&self, counts: &[f32], rng: &mut R, out: &mut [f32]) {
         let noised: Vec<f64> = counts.iter().map(|&c| c as f64 + self.noise_mul * rng.random::<f64>()).collect();
         let sum: f64 = noised.iter().sum::<f64>() + 1e-16;
         for (o, v) in out.iter_mut().zip(&noised) {
@@ -153,10 +158,29 @@ impl ZdcPreprocessing {
         }
     }
 
+    /// Photon counts of one response → flow features (logits of the noised, normalised image,
+    /// standardised per pixel when `pixels` is set).
+    pub fn image<R: Rng>(&self, counts: &[f32], rng: &mut R, out: &mut [f32]) {
+        self.logits(counts, rng, out);
+        if let Some(p) = &self.pixels {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = ((*o as f64 - p.mean[i]) / p.std[i]) as f32;
+            }
+        }
+    }
+
+    /// Flow feature `i` → its logit.
+    pub fn logit_of(&self, i: usize, y: f32) -> f64 {
+        match &self.pixels {
+            Some(p) => y as f64 * p.std[i] + p.mean[i],
+            None => y as f64,
+        }
+    }
+
     /// The normalised image (after sigmoid and the α correction, summing to 1) of flow features;
     /// what the channel loss sees.
     pub fn normalised(&self, y: &[f32]) -> Vec<f64> {
-        let x: Vec<f64> = y.iter().map(|&v| inverse_logit(v as f64, self.alpha)).collect();
+        let x: Vec<f64> = y.iter().enumerate().map(|(i, &v)| inverse_logit(self.logit_of(i, v), self.alpha)).collect();
         let sum: f64 = x.iter().sum::<f64>().max(f64::MIN_POSITIVE);
         x.into_iter().map(|v| v / sum).collect()
     }

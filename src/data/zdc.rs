@@ -363,17 +363,32 @@ impl ZdcWriter {
     /// Appends events: responses `n × 1936`, with their conditions (photon sums computed here) and,
     /// if the file has them, their source rows.
     pub fn write(&mut self, responses: &[f32], conditions: &ZdcConditions, source: Option<&[usize]>) -> Result<()> {
+        let sums: Vec<f32> = responses.chunks(PIXELS).map(|r| r.iter().sum()).collect();
+        self.write_with_sums(responses, conditions, &sums, source)
+    }
+
+    /// Like [`Self::write`], with the `photon_sum` column given: generated files record the sum
+    /// each response was conditioned on (the data's, or the one drawn from the photon-sum flow).
+    pub fn write_with_sums(
+        &mut self,
+        responses: &[f32],
+        conditions: &ZdcConditions,
+        sums: &[f32],
+        source: Option<&[usize]>,
+    ) -> Result<()> {
         let n = conditions.len();
         let path = &self.out.path;
-        if responses.len() != n * PIXELS || conditions.particles.len() != n * FEATURES || self.written + n > self.events
+        if responses.len() != n * PIXELS
+            || conditions.particles.len() != n * FEATURES
+            || sums.len() != n
+            || self.written + n > self.events
         {
             return Err(Error::Invalid(format!("{}: block of {n} events does not fit", path.display())));
         }
-        let sums: Vec<f32> = responses.chunks(PIXELS).map(|r| r.iter().sum()).collect();
         h5::write_rows_f32(&self.responses, path, self.written, responses)?;
         h5::write_rows_f32(&self.particles, path, self.written, &conditions.particles)?;
         h5::write_rows_i32(&self.pdg, path, self.written, &conditions.pdg)?;
-        h5::write_rows_f32(&self.photon_sum, path, self.written, &sums)?;
+        h5::write_rows_f32(&self.photon_sum, path, self.written, sums)?;
         if let (Some(ds), Some(src)) = (&self.source_index, source) {
             let v: Vec<i32> = src.iter().map(|&i| i as i32).collect();
             h5::write_rows_i32(ds, path, self.written, &v)?;

@@ -12,7 +12,7 @@ use crate::data::channels::PIXELS;
 use crate::data::split::group_identical;
 use crate::data::zdc::{ZdcFile, FEATURES};
 use crate::error::Result;
-use crate::eval::zdc_metrics::{diversity, inverse_diversity_weights};
+use crate::eval::zdc_metrics::{diversity, inverse_diversity_weights_with, ZeroDiversity};
 use crate::util::atomic;
 
 /// Responses read per batch of conditions.
@@ -31,6 +31,12 @@ pub struct DiversityWeights {
 }
 
 pub fn compute(file: &ZdcFile, train: &[usize], eps: f64) -> Result<DiversityWeights> {
+    compute_with(file, train, eps, ZeroDiversity::Top)
+}
+
+/// [`compute`] for the events `train` (any split: validation conditions get their own weights the
+/// same way) with the f_div = 0 rule chosen.
+pub fn compute_with(file: &ZdcFile, train: &[usize], eps: f64, zero: ZeroDiversity) -> Result<DiversityWeights> {
     let rows: Vec<f32> = train.iter().flat_map(|&e| file.conditions.row(e).iter().copied()).collect();
     let groups = group_identical(&rows, FEATURES);
     let n_groups = groups.counts.len();
@@ -58,7 +64,7 @@ pub fn compute(file: &ZdcFile, train: &[usize], eps: f64) -> Result<DiversityWei
         f_div[g..end].copy_from_slice(&diversity(&images, &local, end - g));
         g = end;
     }
-    let weights = inverse_diversity_weights(&f_div, &groups.counts, eps);
+    let weights = inverse_diversity_weights_with(&f_div, &groups.counts, eps, zero);
     let mut per_event = vec![0f32; file.events];
     for (k, &grp) in groups.of_row.iter().enumerate() {
         per_event[train[k]] = weights[grp] as f32;

@@ -41,6 +41,14 @@ pub struct ChannelLoss {
     pub weight: f64,
     /// Weight it per sample too (bs+ch+div).
     pub weighted: bool,
+    /// (std, mean), each (1, pixels): flow features → logits when the preprocessing standardises
+    /// pixels.
+    pub pixel_affine: Option<(Tensor, Tensor)>,
+    /// (column, mean, std) of the photon sum in the standardised context: when set the channel
+    /// values are in photons (fraction × the event's photon sum S) and the loss is the mean over
+    /// the 5 channels of their squared error in photons² (README "Distillation loss"); when unset,
+    /// the sum over channels of squared unit-sum fractions (the paper's eq. 2 as written).
+    pub photon_sum: Option<(usize, f64, f64)>,
 }
 
 /// Loss values of one batch, for logs and tests.
@@ -131,7 +139,12 @@ impl Distillation<'_> {
         }
         let channel = match &self.terms.channel {
             Some(c) => {
-                Some(channel_loss(c, &batch.x, &s.output, if c.weighted { batch.weight.as_ref() } else { None })?)
+                let photons = match (c.photon_sum, ctx) {
+                    (Some((col, mean, std)), Some(ctx)) => Some(ctx.narrow(1, col, 1)?.affine(std, mean)?),
+                    _ => None,
+                };
+                let w = if c.weighted { batch.weight.as_ref() } else { None };
+                Some(channel_loss_in(c, &batch.x, &s.output, w, photons.as_ref())?)
             }
             None => None,
         };
@@ -183,6 +196,13 @@ impl Distillation<'_> {
         Ok((loss, parts))
     }
 
+    /// Σ_rows of the weighted channel loss on the data loop (0 without a channel loss).
+    pub fn channel_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
+        let Some(c) = &self.terms.channel else { return Ok(0.0) };
+        let (_, ch) = self.data_loop(batch, rng, false)?;
+        Ok(ch.map_or(0.0, |t| scalar(&t)) * c.weight * batch.n as f64)
+    }
+
     /// KL(student ‖ teacher) estimated on student samples: Σ_rows [log q(x') − log p(x')].
     pub fn kl_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
         let ctx = batch.ctx.as_ref();
@@ -204,12 +224,55 @@ pub fn channel_loss(
     x_student: &Tensor,
     w: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    channel_loss_in(c, x, x_student, w, None)
+}
+
+/// The channel loss with channel values in photons when `photons` (n, 1) gives each event's
+/// photon sum: mean over the 5 channels of (S·(w_c − ŵ_c))², averaged (weighted) over samples.
+pub fn channel_loss_in(
+    c: &ChannelLoss,
+    x: &Tensor,
+    x_student: &Tensor,
+    w: Option<&Tensor>,
+    photons: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
     let channels = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let img = candle_nn::ops::sigmoid(t)?;
+        let logits = match &c.pixel_affine {
+            Some((std, mean)) => t.broadcast_mul(std)?.broadcast_add(mean)?,
+            None => t.clone(),
+        };
+        let img = candle_nn::ops::sigmoid(&logits)?;
         let img = img.broadcast_div(&img.sum_keepdim(1)?)?;
-        img.matmul(&c.matrix)
+        let fractions = img.matmul(&c.matrix)?;
+        match photons {
+            Some(s) => fractions.broadcast_mul(s),
+            None => Ok(fractions),
+        }
     };
-    squared_error(&channels(x)?, &channels(x_student)?, w)
+    let se = squared_error(&channels(x)?, &channels(x_student)?, w)?;
+    match photons {
+        Some(_) => se.affine(1.0 / c.matrix.dim(1)? as f64, 0.0),
+        None => Ok(se),
+    }
+}
+
+/// Checkpoint selection on KL + the weighted channel loss (`selection = "kl+ch"`).
+pub struct KlChannelObjective<'a> {
+    pub inner: DistillObjective<'a>,
+}
+
+impl Objective for KlChannelObjective<'_> {
+    fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<Tensor> {
+        self.inner.loss(batch, rng)
+    }
+
+    fn val_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
+        Ok(self.inner.distillation.kl_sum(batch, rng)? + self.inner.distillation.channel_sum(batch, rng)?)
+    }
+
+    fn metric_name(&self) -> &'static str {
+        "kl+ch"
+    }
 }
 
 /// The trainer's view: the loss, and the validation metric (KL or the loss itself).

@@ -22,6 +22,8 @@ use report::{compare, FileInfo, MetricsFile, Regression};
 
 pub struct Request {
     pub reference: PathBuf,
+    /// ZDC: a second reference file for the noise floor (default: halves of the reference).
+    pub reference2: Option<PathBuf>,
     pub generated: PathBuf,
     pub output: Option<PathBuf>,
     pub plots: Option<PathBuf>,
@@ -68,7 +70,16 @@ pub fn run(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, 
         req.classifier.seed,
     );
     let (metrics, details) = match (&reference, &generated) {
-        (DataFile::Zdc(r), DataFile::Zdc(g)) => zdc::evaluate(r, g, req.plots.as_deref(), req.show_progress)?,
+        (DataFile::Zdc(r), DataFile::Zdc(g)) => {
+            let r2 = match &req.reference2 {
+                Some(p) => match DataFile::open(p)? {
+                    DataFile::Zdc(f) => Some(f),
+                    _ => return Err(Error::format(p, "--reference2 must be a ZDC file like --reference")),
+                },
+                None => None,
+            };
+            zdc::evaluate(r, g, r2.as_ref(), req.plots.as_deref(), req.show_progress)?
+        }
         (DataFile::Calo(r), DataFile::Calo(g)) => {
             let opts = calo::Options {
                 classifier: req.classifier.clone(),
@@ -124,5 +135,6 @@ pub fn render(m: &MetricsFile) -> String {
     for (k, v) in rows {
         s.push_str(&format!("  {k:<width$}  {v:.6}\n"));
     }
+    s.push_str(&zdc::floor_lines(&m.details));
     s
 }

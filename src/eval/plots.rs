@@ -191,6 +191,67 @@ pub fn heatmaps(path: &Path, title: &str, panels: &[HeatPanel]) -> Result<()> {
     root.present().map_err(|e| draw_err(path, e))
 }
 
+/// ZDC mean images: heat maps side by side on one shared log10 colour scale, with a colour bar
+/// (in photons) on the right. Pixels with no photons are white.
+pub fn heatmaps_with_colorbar(path: &Path, title: &str, panels: &[HeatPanel], unit: &str) -> Result<()> {
+    register_font();
+    let (w, h) = (400 * panels.len() as u32 + 110, 420);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    let body = root.titled(title, ("sans-serif", 22)).map_err(|e| draw_err(path, e))?;
+    let (maps, bar) = body.split_horizontally(400 * panels.len() as u32);
+    let logs = |v: &[f64]| v.iter().map(|&x| if x > 0.0 { x.log10() } else { f64::NAN }).collect::<Vec<_>>();
+    let all: Vec<f64> = panels.iter().flat_map(|p| logs(&p.values)).filter(|v| v.is_finite()).collect();
+    let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi.max(lo + 1e-6)) } else { (0.0, 1.0) };
+    for (p, area) in panels.iter().zip(maps.split_evenly((1, panels.len())).iter()) {
+        draw_heatmap(area, p, lo, hi).map_err(|e| draw_err(path, e))?;
+    }
+    draw_colorbar(&bar, lo, hi, unit).map_err(|e| draw_err(path, e))?;
+    root.present().map_err(|e| draw_err(path, e))
+}
+
+fn draw_colorbar(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    lo: f64,
+    hi: f64,
+    unit: &str,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(34)
+        .margin_bottom(36)
+        .margin_right(50)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..1f64, lo..hi)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(7)
+        .y_label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 14))
+        .y_desc(unit)
+        .y_label_formatter(&|v| {
+            let p = 10f64.powf(*v);
+            if p >= 100.0 {
+                format!("{p:.0}")
+            } else if p >= 1.0 {
+                format!("{p:.1}")
+            } else {
+                // Two significant digits below 1.
+                let digits = (-p.log10().floor()) as usize + 1;
+                format!("{p:.digits$}")
+            }
+        })
+        .draw()?;
+    let steps = 100;
+    chart.draw_series((0..steps).map(|i| {
+        let (a, b) = (lo + (hi - lo) * i as f64 / steps as f64, lo + (hi - lo) * (i + 1) as f64 / steps as f64);
+        Rectangle::new([(0.0, a), (1.0, b)], heat_color(i as f64 / (steps - 1) as f64).filled())
+    }))?;
+    Ok(())
+}
+
 fn draw_heatmap(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
     p: &HeatPanel,

@@ -272,9 +272,26 @@ fn pixel_std_sum<'a>(images: impl Iterator<Item = &'a [f32]> + Clone) -> f64 {
 }
 
 /// The paper's eq. 3: w_c = [1/f_div(c)]_norm · |X_c| + ε, with [·]_norm min–max normalisation of
-/// 1/f_div to [0, 1] over the conditions. A condition with f_div = 0 (no diversity) takes the largest
-/// finite 1/f_div; if all values are equal the normalised value is 1.
+/// 1/f_div to [0, 1] over the conditions. A condition with f_div = 0 (no diversity, e.g. seen once)
+/// takes the largest finite 1/f_div (normalised value 1, `distill.zero_diversity = "top"`); if all
+/// values are equal the normalised value is 1.
 pub fn inverse_diversity_weights(f_div: &[f64], counts: &[usize], eps: f64) -> Vec<f64> {
+    inverse_diversity_weights_with(f_div, counts, eps, ZeroDiversity::Top)
+}
+
+/// What a condition with f_div = 0 gets (the paper does not say; 1/0 is infinite).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZeroDiversity {
+    /// The top normalised value, 1 (its weight |X_c| + ε): the limit of 1/f_div → ∞, clipped.
+    #[default]
+    Top,
+    /// Weight ε only: such conditions (a response seen once has no spread to learn) barely count.
+    Eps,
+}
+
+/// [`inverse_diversity_weights`] with the f_div = 0 rule chosen.
+pub fn inverse_diversity_weights_with(f_div: &[f64], counts: &[usize], eps: f64, zero: ZeroDiversity) -> Vec<f64> {
     assert_eq!(f_div.len(), counts.len(), "f_div and counts differ in length");
     let inverse: Vec<Option<f64>> = f_div.iter().map(|&f| (f > 0.0).then(|| 1.0 / f)).collect();
     let finite = inverse.iter().flatten();
@@ -286,7 +303,9 @@ pub fn inverse_diversity_weights(f_div: &[f64], counts: &[usize], eps: f64) -> V
         .map(|(inv, &count)| {
             let normalised = match inv {
                 Some(inv) if max > min => (inv - min) / (max - min),
-                _ => 1.0,
+                Some(_) => 1.0,
+                None if zero == ZeroDiversity::Eps => 0.0,
+                None => 1.0,
             };
             normalised * count as f64 + eps
         })
@@ -425,5 +444,10 @@ mod tests {
         assert_eq!(inverse_diversity_weights(&[0.0, 1.0, 2.0], &[2, 4, 6], 0.0), vec![2.0, 4.0, 0.0]);
         // All equal → normalised 1: weights are the counts plus ε.
         assert_eq!(inverse_diversity_weights(&[3.0, 3.0], &[2, 5], 0.5), vec![2.5, 5.5]);
+        // f_div = 0 with the "eps" rule: weight ε only.
+        assert_eq!(
+            inverse_diversity_weights_with(&[0.0, 1.0, 2.0], &[2, 4, 6], 0.5, ZeroDiversity::Eps),
+            vec![0.5, 4.5, 0.5]
+        );
     }
 }

@@ -72,7 +72,7 @@ pub struct Manifest {
     /// ZDC: standardisation of the 9 particle features and the photon sum (10 columns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Standardizer>,
-    /// ZDC: standardisation of log(1 + photon sum), the regressor's target.
+    /// ZDC: standardisation of log(1 + photon sum), the photon-sum flow's variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub photon_sum_target: Option<Standardizer>,
     pub units: BTreeMap<String, Unit>,

@@ -3,6 +3,7 @@
 
 pub mod calo;
 pub mod manifest;
+pub mod photon_sum;
 pub mod regressor;
 pub mod student;
 pub mod zdc;

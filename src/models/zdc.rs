@@ -1,7 +1,7 @@
 //! The ZDC model (Majerz et al.): one conditional flow on preprocessed 44×44 responses
 //! (1936 features) with 10 conditions — the 9 standardised particle features and the
-//! standardised photon sum — and a photon-sum regressor that supplies the 10th condition at
-//! inference.
+//! standardised photon sum — and a photon-sum flow (`photon_sum.rs`) from which the 10th
+//! condition is drawn at inference (or taken from the conditions file, `sample --photon-sum data`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,9 +10,9 @@ use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 
 use super::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit};
-use super::regressor::{Regressor, RegressorObjective, RegressorSpec};
+use super::photon_sum::{self, PhotonSumModel, PhotonSumRows};
 use super::{check_resume_matches, teacher_spec, train_unit, NllObjective, RunOptions, UnitJob};
-use crate::config::{Config, RegressorSection};
+use crate::config::Config;
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{Standardizer, ZdcPreprocessing};
 use crate::data::split::{split, Particles, Split};
@@ -26,7 +26,7 @@ use crate::util::rng::{derive_seed, tag};
 /// Flow conditions: 9 particle features + photon sum.
 pub const CONTEXT: usize = FEATURES + 1;
 pub const FLOW_UNIT: &str = "flow";
-pub const REGRESSOR_UNIT: &str = "regressor";
+pub const PHOTON_SUM_UNIT: &str = photon_sum::UNIT;
 
 /// The data file with the configured particle group, event cap and split.
 pub struct ZdcData {
@@ -94,7 +94,7 @@ fn raw_condition(file: &ZdcFile, i: usize) -> [f32; CONTEXT] {
     c
 }
 
-/// Fits the condition and regressor-target scalers on the training events.
+/// Fits the condition and photon-sum (log(1 + S)) scalers on the training events.
 pub fn fit_scalers(data: &ZdcData) -> (Standardizer, Standardizer) {
     let rows: Vec<f32> = data.split.train.iter().flat_map(|&i| data.raw_condition(i)).collect();
     let targets: Vec<f32> = data.split.train.iter().map(|&i| data.file.conditions.photon_sum[i].ln_1p()).collect();
@@ -142,48 +142,10 @@ impl RowSource for FlowRows<'_> {
     }
 }
 
-/// Rows for the regressor: standardised particle features → standardised log(1 + photon sum)
-/// (carried as the single context column).
-pub struct RegressorRows<'a> {
-    pub file: &'a ZdcFile,
-    pub conditions: &'a Standardizer,
-    pub target: &'a Standardizer,
-}
-
-impl RowSource for RegressorRows<'_> {
-    fn x_dim(&self) -> usize {
-        FEATURES
-    }
-
-    fn ctx_dim(&self) -> usize {
-        1
-    }
-
-    fn rows_per_event(&self) -> usize {
-        1
-    }
-
-    fn block_events(&self) -> usize {
-        1 << 16
-    }
-
-    fn rows(&self, events: &[usize], _rng: &mut ChaCha8Rng) -> Result<Rows> {
-        let n = events.len();
-        let mut rows = Rows { x: vec![0.0; n * FEATURES], ctx: vec![0.0; n], weight: Vec::new(), n };
-        let mut full = [0f32; CONTEXT];
-        for (k, &e) in events.iter().enumerate() {
-            self.conditions.apply(&raw_condition(self.file, e), &mut full);
-            rows.x[k * FEATURES..(k + 1) * FEATURES].copy_from_slice(&full[..FEATURES]);
-            self.target.apply(&[self.file.conditions.photon_sum[e].ln_1p()], &mut rows.ctx[k..k + 1]);
-        }
-        Ok(rows)
-    }
-}
-
 /// The manifest of a ZDC teacher trained with `cfg`.
 fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) -> Result<Manifest> {
     let section = cfg.flow.as_ref().ok_or_else(|| Error::config("flow", "missing: the teacher's architecture"))?;
-    let regressor = cfg.regressor.clone().unwrap_or_default();
+    let ps = cfg.photon_sum.clone().unwrap_or_default();
     let (conditions, target) = fit_scalers(data);
     let mut units = BTreeMap::new();
     units.insert(
@@ -195,11 +157,11 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
         },
     );
     units.insert(
-        REGRESSOR_UNIT.to_string(),
+        PHOTON_SUM_UNIT.to_string(),
         Unit {
-            dir: REGRESSOR_UNIT.into(),
-            flow: None,
-            regressor: Some(RegressorSpec { inputs: FEATURES, hidden: regressor.hidden }),
+            dir: PHOTON_SUM_UNIT.into(),
+            flow: Some(photon_sum::spec(&ps, derive_seed(seed, &[tag::INIT, 4]))),
+            regressor: None,
         },
     );
     Ok(Manifest {
@@ -217,7 +179,11 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
             split_seed,
             particles: cfg.data.particles,
         },
-        preprocessing: Preprocessing::Zdc(ZdcPreprocessing::default()),
+        preprocessing: Preprocessing::Zdc(if section.standardise_pixels {
+            pixel_standardised(data, derive_seed(seed, &[tag::NOISE, 15]))?
+        } else {
+            ZdcPreprocessing::default()
+        }),
         conditions: Some(conditions),
         photon_sum_target: Some(target),
         units,
@@ -227,7 +193,45 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
     })
 }
 
-/// `train-teacher` for the ZDC: the photon-sum regressor, then the MAF.
+/// The preprocessing with per-pixel logit standardisation fitted on (up to 20 000 of) the training
+/// events, with noise drawn from `seed`.
+fn pixel_standardised(data: &ZdcData, seed: u64) -> Result<ZdcPreprocessing> {
+    let mut prep = ZdcPreprocessing::default();
+    let events: Vec<usize> = data.split.train.iter().copied().take(20_000).collect();
+    let mut rng = crate::util::rng::derive(seed, &[]);
+    let (mut sum, mut sq) = (vec![0f64; PIXELS], vec![0f64; PIXELS]);
+    let mut y = vec![0f32; PIXELS];
+    let mut sorted = events.clone();
+    sorted.sort_unstable();
+    for chunk in sorted.chunks(2048) {
+        let responses = data.file.read_responses_at(chunk)?;
+        for img in responses.chunks(PIXELS) {
+            prep.logits(img, &mut rng, &mut y);
+            for i in 0..PIXELS {
+                sum[i] += y[i] as f64;
+                sq[i] += (y[i] as f64).powi(2);
+            }
+        }
+    }
+    let n = events.len().max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| {
+            let v = (q / n - m * m).max(0.0).sqrt();
+            if v > 1e-6 {
+                v
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    prep.pixels = Some(Standardizer { mean, std });
+    Ok(prep)
+}
+
+/// `train-teacher` for the ZDC: the photon-sum flow (with its test-split report), then the MAF.
 pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summary>> {
     let section = cfg.flow.as_ref().ok_or_else(|| Error::config("flow", "missing: the teacher's architecture"))?;
     let flow_train = cfg.train_config(section.train.as_ref(), "flow.train")?;
@@ -250,26 +254,41 @@ pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<
     let target = manifest.photon_sum_target.as_ref().expect("ZDC manifest has scalers");
     let mut summaries = Vec::new();
 
-    // The regressor.
-    let reg_spec = manifest.units[REGRESSOR_UNIT].regressor.clone().expect("regressor unit");
-    let reg_cfg = regressor_train_config(cfg.regressor.as_ref().cloned().unwrap_or_default(), seed);
+    // The photon-sum flow.
+    let ps_spec = manifest.units[PHOTON_SUM_UNIT].flow.clone().expect("photon-sum unit");
+    let ps_cfg = cfg.photon_sum.clone().unwrap_or_default().train_config(seed);
     let varmap = VarMap::new();
     let vb = SeededInit::var_builder(&varmap, derive_seed(seed, &[tag::INIT, 1]), dtype, &opts.device);
-    let model = Regressor::new(&reg_spec, vb.pp(REGRESSOR_UNIT))?;
-    let source = RegressorRows { file: &data.file, conditions, target };
+    let ps_flow = Flow::new(&ps_spec, vb.pp(io::PREFIX))?;
+    let c = &data.file.conditions;
+    let source = PhotonSumRows { particles: &c.particles, sums: &c.photon_sum, conditions, target };
+    let ps_dir = out.join(PHOTON_SUM_UNIT);
     let job = UnitJob {
-        name: REGRESSOR_UNIT,
-        dir: &out.join(REGRESSOR_UNIT),
-        cfg: reg_cfg,
+        name: PHOTON_SUM_UNIT,
+        dir: &ps_dir,
+        cfg: ps_cfg,
         source: &source,
         train_events: &data.split.train,
         val_events: &data.split.val,
         varmap: &varmap,
         dtype,
-        flow: None,
-        regressor: Some(&reg_spec),
+        flow: Some(&ps_spec),
+        regressor: None,
     };
-    summaries.push(train_unit(&job, &RegressorObjective { model: &model }, opts)?);
+    summaries.push(train_unit(&job, &NllObjective { flow: &ps_flow }, opts)?);
+    // The test split's figures come from the kept (best) weights.
+    let best = super::student::frozen_flow(out, &manifest, PHOTON_SUM_UNIT, dtype, &opts.device)?;
+    let model = PhotonSumModel {
+        flow: best,
+        conditions: conditions.clone(),
+        target: target.clone(),
+        dtype,
+        device: opts.device.clone(),
+    };
+    let test: &[usize] = if data.split.test.is_empty() { &data.split.val } else { &data.split.test };
+    let report = photon_sum::test_report(&model, &source, test, seed)?;
+    eprintln!("{}", report.line());
+    photon_sum::save_report(&ps_dir, &report)?;
 
     // The flow.
     let spec = manifest.units[FLOW_UNIT].flow.clone().expect("flow unit");
@@ -294,14 +313,8 @@ pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<
     Ok(summaries)
 }
 
-/// The regressor's optimisation settings from its config section.
-pub fn regressor_train_config(r: RegressorSection, seed: u64) -> crate::config::TrainConfig {
-    let text = format!("epochs = {}\nbatch_size = {}\nlr = {:e}\nseed = {seed}", r.epochs, r.batch_size, r.lr);
-    toml::from_str(&text).expect("regressor settings form a valid train config")
-}
-
 /// `distill-student` for the ZDC: an IAF student of the teacher's flow, with the setup's channel
-/// loss and diversity weights; the regressor is copied from the teacher.
+/// loss and diversity weights; the photon-sum flow is copied from the teacher.
 pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions) -> Result<Vec<Summary>> {
     use super::student::{copy_unit, frozen_flow, load_teacher, new_student, student_spec, terms};
     use crate::distill::{diversity, ChannelLoss, DistillObjective, Distillation};
@@ -323,12 +336,27 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
     }
     manifest.save(out)?;
-    copy_unit(&teacher_dir.join(REGRESSOR_UNIT), &out.join(REGRESSOR_UNIT))?;
+    let ps_dir = &teacher.unit(PHOTON_SUM_UNIT, teacher_dir)?.dir;
+    copy_unit(&teacher_dir.join(ps_dir), &out.join(ps_dir))?;
+    if teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON).exists() {
+        std::fs::copy(
+            teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON),
+            out.join(ps_dir).join(photon_sum::TEST_JSON),
+        )
+        .map_err(|e| Error::io(&out.join(ps_dir), e))?;
+    }
 
     let dtype = cfg.model.dtype.dtype();
     let teacher_flow = frozen_flow(teacher_dir, &teacher, FLOW_UNIT, dtype, &opts.device)?;
     let weights = if distill.diversity_weights() {
-        let w = diversity::compute(&data.file, &data.split.train, distill.diversity_eps)?;
+        let mut w =
+            diversity::compute_with(&data.file, &data.split.train, distill.diversity_eps, distill.zero_diversity)?;
+        // Validation conditions get their own weights, so that selecting on the validation loss
+        // weighs them as training does (they would be 0 otherwise).
+        let v = diversity::compute_with(&data.file, &data.split.val, distill.diversity_eps, distill.zero_diversity)?;
+        for &e in &data.split.val {
+            w.per_event[e] = v.per_event[e];
+        }
         w.save(&out.join("diversity.json"))?;
         let (lo, hi) = w.weights.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         eprintln!("diversity weights: {} training conditions, weights {lo:.3} – {hi:.3}", w.counts.len());
@@ -344,6 +372,27 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
             matrix: crate::data::channels::channel_matrix(dtype, &opts.device)?,
             weight: distill.channel_weight,
             weighted: distill.diversity_weights(),
+            pixel_affine: match &preprocessing(&teacher, teacher_dir)?.pixels {
+                Some(p) => {
+                    let row = |v: &[f64]| -> Result<candle_core::Tensor> {
+                        Ok(candle_core::Tensor::from_vec(
+                            v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                            (1, PIXELS),
+                            &opts.device,
+                        )?
+                        .to_dtype(dtype)?)
+                    };
+                    Some((row(&p.std)?, row(&p.mean)?))
+                }
+                None => None,
+            },
+            photon_sum: match distill.channel_units {
+                crate::config::ChannelUnits::Photons => {
+                    let c = teacher.conditions.as_ref().expect("ZDC manifest has scalers");
+                    Some((FEATURES, c.mean[FEATURES], c.std[FEATURES]))
+                }
+                crate::config::ChannelUnits::Fractions => None,
+            },
         })
     });
     let channel = channel.transpose()?;
@@ -370,6 +419,10 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
         flow: Some(&s_spec),
         regressor: None,
     };
+    if distill.selection == crate::config::Selection::KlChannel {
+        let objective = crate::distill::objective::KlChannelObjective { inner: objective };
+        return Ok(vec![train_unit(&job, &objective, opts)?]);
+    }
     Ok(vec![train_unit(&job, &objective, opts)?])
 }
 

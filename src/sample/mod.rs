@@ -2,6 +2,7 @@
 //! the number of events), deterministic shards for job arrays, and joining the shards.
 
 pub mod calo;
+pub mod denoise;
 pub mod noise;
 pub mod zdc;
 
@@ -49,6 +50,10 @@ pub struct Request {
     /// gzip level of CaloChallenge outputs (0: uncompressed).
     pub gzip: u8,
     pub show_progress: bool,
+    /// ZDC: where the conditioning photon sums come from.
+    pub photon_sum: zdc::PhotonSumSource,
+    /// ZDC: how the noise is removed from generated images.
+    pub denoise: denoise::Denoise,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +103,10 @@ fn attrs(req: &Request, dir: &Path, m: &Manifest, source: Option<(&Path, usize)>
         ("seed", req.seed.to_string()),
         ("selection", format!("{:?}", req.selection).to_lowercase()),
     ];
+    if m.detector == Detector::Zdc {
+        a.push(("photon_sum_source", format!("{:?}", req.photon_sum).to_lowercase()));
+        a.push(("denoise", req.denoise.name().to_string()));
+    }
     if let Some((i, n)) = req.shard {
         a.push(("shard", format!("{i}/{n}")));
     }
@@ -175,9 +184,10 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
         let t = Instant::now();
         let mut noise =
             BatchNoise::new(req.seed, range.start + b * req.batch_size, batch.len(), m.dtype.dtype(), device)?;
-        let responses = sampler.generate(&cond.particles, &mut noise)?;
+        let (responses, sums) =
+            sampler.generate(&cond.particles, &cond.photon_sum, req.photon_sum, req.denoise, &mut noise)?;
         generating += t.elapsed().as_secs_f64();
-        writer.write(&responses, &cond, Some(batch))?;
+        writer.write_with_sums(&responses, &cond, &sums, Some(batch))?;
         pb.inc(batch.len() as u64);
     }
     pb.finish_and_clear();
@@ -269,7 +279,17 @@ pub fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<u
     let pb = progress::bar(total as u64, "merging", "events", show_progress);
     let first = h5::open(&shards[0].3)?;
     let mut attrs: Vec<(&str, String)> = Vec::new();
-    for k in ["generator", "model", "model_role", "seed", "selection", "source_file", "source_events"] {
+    for k in [
+        "generator",
+        "model",
+        "model_role",
+        "seed",
+        "selection",
+        "source_file",
+        "source_events",
+        "photon_sum_source",
+        "denoise",
+    ] {
         if let Some(v) = h5::get_attr(&first, k) {
             attrs.push((k, v));
         }
@@ -298,7 +318,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<u
                     let rows: Vec<usize> = (s..e).collect();
                     let cond: ZdcConditions = f.conditions.select(&rows);
                     let src: Option<Vec<usize>> = f.source.as_ref().map(|src| src.index[s..e].to_vec());
-                    w.write(&f.read_responses(s, e)?, &cond, src.as_deref())?;
+                    w.write_with_sums(&f.read_responses(s, e)?, &cond, &cond.photon_sum, src.as_deref())?;
                     pb.inc((e - s) as u64);
                 }
             }

@@ -1,30 +1,42 @@
-//! ZDC generation: the photon-sum regressor predicts each response's photon count from the 9
-//! particle features, the flow generates the normalised image conditioned on all 10, and the
-//! ZDC post-processing turns it back into photon counts.
+//! ZDC generation: each response's photon sum comes from the conditions file (`--photon-sum
+//! data`, the published protocol) or is drawn from the photon-sum flow (`--photon-sum model`),
+//! the image flow generates the normalised image conditioned on the 9 features and that sum, and
+//! the chosen noise removal (`--denoise`, [`super::denoise`]) turns it back into photon counts.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
+use serde::Serialize;
 
+use super::denoise::{self, Denoise};
 use super::noise::BatchNoise;
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{Standardizer, ZdcPreprocessing};
 use crate::data::zdc::FEATURES;
 use crate::error::{Error, Result};
-use crate::flow::params::load_frozen_model;
 use crate::flow::Flow;
 use crate::models::manifest::Manifest;
-use crate::models::regressor::Regressor;
+use crate::models::photon_sum::PhotonSumModel;
 use crate::models::student::frozen_flow;
-use crate::models::zdc::{CONTEXT, FLOW_UNIT, REGRESSOR_UNIT};
+use crate::models::zdc::{CONTEXT, FLOW_UNIT, PHOTON_SUM_UNIT};
+
+/// Where the photon sums that condition generation come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PhotonSumSource {
+    /// The conditions file's `photon_sum` (the published evaluation protocol).
+    Data,
+    /// Drawn per response from the model's photon-sum flow (what a user without sums has).
+    #[default]
+    Model,
+}
 
 pub struct ZdcSampler {
     flow: Flow,
-    regressor: Regressor,
+    photon_sum: PhotonSumModel,
     prep: ZdcPreprocessing,
     conditions: Standardizer,
-    target: Standardizer,
     dtype: DType,
     device: Device,
 }
@@ -37,32 +49,36 @@ impl ZdcSampler {
         let conditions = m.conditions.clone().ok_or_else(|| missing("condition scaler"))?;
         let target = m.photon_sum_target.clone().ok_or_else(|| missing("photon-sum scaler"))?;
         let flow = frozen_flow(dir, m, FLOW_UNIT, dtype, device)?;
-        let spec = m.unit(REGRESSOR_UNIT, dir)?.regressor.clone().ok_or_else(|| missing("regressor"))?;
-        let weights = m.weights(dir, REGRESSOR_UNIT)?;
-        let regressor = load_frozen_model(&weights, dtype, device, |vb| Regressor::new(&spec, vb.pp(REGRESSOR_UNIT)))?;
-        Ok(Self { flow, regressor, prep, conditions, target, dtype, device: device.clone() })
-    }
-
-    /// Predicted photon sums for `particles` (n × 9).
-    pub fn photon_sums(&self, particles: &[f32]) -> Result<Vec<f32>> {
-        let n = particles.len() / FEATURES;
-        let mut x = vec![0f32; n * FEATURES];
-        let mut full = [0f32; CONTEXT];
-        for (row, out) in particles.chunks(FEATURES).zip(x.chunks_mut(FEATURES)) {
-            full[..FEATURES].copy_from_slice(row);
-            let mut std = [0f32; CONTEXT];
-            self.conditions.apply(&full, &mut std);
-            out.copy_from_slice(&std[..FEATURES]);
+        if !m.units.contains_key(PHOTON_SUM_UNIT) && m.units.contains_key("regressor") {
+            return Err(Error::checkpoint(
+                dir,
+                "was trained with the former photon-sum point regressor; retrain it (train-teacher now trains a \
+                 photon-sum flow)",
+            ));
         }
-        let x = Tensor::from_vec(x, (n, FEATURES), &self.device)?.to_dtype(self.dtype)?;
-        let t = self.regressor.forward(&x)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(t.into_iter().map(|v| self.target.invert(0, v).exp_m1().max(0.0)).collect())
+        let ps_flow = frozen_flow(dir, m, PHOTON_SUM_UNIT, dtype, device)?;
+        let photon_sum =
+            PhotonSumModel { flow: ps_flow, conditions: conditions.clone(), target, dtype, device: device.clone() };
+        Ok(Self { flow, photon_sum, prep, conditions, dtype, device: device.clone() })
     }
 
-    /// Responses (n × 1936 photon counts) for `particles` (n × 9).
-    pub fn generate(&self, particles: &[f32], noise: &mut BatchNoise) -> Result<Vec<f32>> {
+    /// Responses (n × 1936 photon counts) and the photon sums used, for `particles` (n × 9);
+    /// `file_sums` are the conditions file's sums (used with [`PhotonSumSource::Data`]).
+    pub fn generate(
+        &self,
+        particles: &[f32],
+        file_sums: &[f32],
+        source: PhotonSumSource,
+        variant: Denoise,
+        noise: &mut BatchNoise,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = particles.len() / FEATURES;
-        let sums = self.photon_sums(particles)?;
+        // Drawn whatever the source, so that both sources use the same image latents.
+        let z_sum = noise.normal(1)?;
+        let sums = match source {
+            PhotonSumSource::Model => self.photon_sum.sample(particles, &z_sum)?,
+            PhotonSumSource::Data => file_sums.iter().map(|&s| s.max(0.0)).collect(),
+        };
         let mut ctx = vec![0f32; n * CONTEXT];
         for (k, out) in ctx.chunks_mut(CONTEXT).enumerate() {
             let mut raw = [0f32; CONTEXT];
@@ -75,8 +91,8 @@ impl ZdcSampler {
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; n * PIXELS];
         out.par_chunks_mut(PIXELS).zip(y.par_chunks(PIXELS)).zip(sums.par_iter()).for_each(|((o, y), &s)| {
-            self.prep.image_inverse(y, s, o);
+            denoise::image_inverse(&self.prep, variant, y, s, o);
         });
-        Ok(out)
+        Ok((out, sums))
     }
 }
