@@ -39,6 +39,8 @@ pub fn spec(section: &PhotonSumSection, seed: u64) -> FlowSpec {
         dropout: 0.0,
         spline: SplineConfig { num_bins: section.bins, tail_bound: section.tail_bound, ..SplineConfig::default() },
         permutations: make_permutations(PermutationScheme::None, 1, section.blocks, seed),
+        base: Default::default(),
+        fast_spline: None,
     }
 }
 
