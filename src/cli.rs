@@ -22,15 +22,20 @@ use crate::error::{Error, Result};
         zdcflow train-teacher --config configs/smoke-zdc.toml --set data.path=zdc.h5 --output-dir runs/teacher\n  \
         zdcflow distill-student --config configs/smoke-zdc-student.toml --teacher runs/teacher --set data.path=zdc.h5 --output-dir runs/student\n  \
         zdcflow sample --model runs/student --conditions zdc.h5 --output gen.h5\n  \
-        zdcflow evaluate --reference zdc.h5 --generated gen.h5 --output metrics.json --plots plots/"
+        zdcflow evaluate --reference zdc.h5 --generated gen.h5 --output metrics.json --plots plots/",
+    after_help = "Exit codes: 0 done; 1 error (bad input, a limit exceeded, an unusable baseline); \
+        2 usage error (unknown flag, missing argument); 3 regression (evaluate --baseline: a metric got worse); \
+        130 interrupted (SIGINT/SIGTERM; training saves a checkpoint first).\n\
+        Memory: sizes from files, configs and flags are checked against 80 % of physical memory before \
+        anything is allocated; ZDCFLOW_MEMORY_LIMIT=SIZE (e.g. 200G) sets another limit."
 )]
 pub struct Cli {
     /// Where tensors live: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
 
-    /// CPU threads for tensor work (default: all cores).
-    #[arg(long, global = true)]
+    /// CPU threads for tensor work, 1–1024 (default: all cores).
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::util::limits::MAX_THREADS as u64))]
     pub threads: Option<usize>,
 
     /// No progress bars (logs and summaries are still printed).
@@ -208,7 +213,8 @@ pub struct EvaluateArgs {
     /// Draw PNG figures into this directory.
     #[arg(long)]
     pub plots: Option<PathBuf>,
-    /// An earlier metrics JSON: exit non-zero if any metric got worse by more than --tolerance.
+    /// An earlier metrics JSON: exit with 3 if any metric got worse by more than --tolerance
+    /// (1 if the baseline is empty, malformed, or names a metric this run lacks).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Allowed relative worsening per metric for --baseline.
@@ -217,8 +223,8 @@ pub struct EvaluateArgs {
     /// CaloChallenge classifier test: epochs (0 skips it).
     #[arg(long, default_value_t = 10)]
     pub classifier_epochs: usize,
-    /// CaloChallenge classifier test: hidden units per layer (the challenge uses 2048).
-    #[arg(long, default_value_t = 256)]
+    /// CaloChallenge classifier test: hidden units per layer, 1–65536 (the challenge uses 2048).
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub classifier_hidden: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -300,15 +306,20 @@ pub enum Outcome {
     Evaluated(Box<crate::eval::report::MetricsFile>, Vec<crate::eval::report::Regression>),
 }
 
+/// Exit code of `evaluate --baseline` when a metric got worse (2 is clap's usage error, 1 any
+/// other error).
+pub const REGRESSION: u8 = 3;
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::util::interrupt::install_cleanup();
     if let Some(n) = cli.threads {
         // candle and rayon read this when their pools start (at the first tensor operation).
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let globals = Globals { device: cli.device.clone(), show_progress: !cli.quiet };
     match execute(&cli.command, &globals) {
-        Ok(Outcome::Evaluated(_, regressions)) if !regressions.is_empty() => Ok(ExitCode::from(2)),
+        Ok(Outcome::Evaluated(_, regressions)) if !regressions.is_empty() => Ok(ExitCode::from(REGRESSION)),
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(Error::Interrupted) => Ok(ExitCode::from(130)),
         Err(e) => Err(e),

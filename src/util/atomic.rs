@@ -64,7 +64,31 @@ pub fn write_with<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
-    let tmp = temp_path(path);
+    write_via(path, temp_path(path), write)
+}
+
+/// Like [`write_with`], with a temporary name that keeps the extension (`.plot.tmp-PID.png`),
+/// for writers that choose the format by the extension (PNG figures).
+pub fn write_keeping_extension<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
+    let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let tmp = temp_path(&path.with_file_name(&stem));
+    let tmp = tmp.with_file_name(format!("{}{ext}", tmp.file_name().unwrap_or_default().to_string_lossy()));
+    if let Ok(mut live) = LIVE_TEMPS.lock() {
+        if !live.contains(&tmp) {
+            live.push(tmp.clone());
+        }
+    }
+    write_via(path, tmp, write)
+}
+
+fn write_via<F>(path: &Path, tmp: PathBuf, write: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
     let result = write(&tmp).and_then(|()| {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -72,7 +96,21 @@ where
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| retarget(e, &tmp, path))
+}
+
+/// An error about the temporary file, told about the target the user named.
+fn retarget(e: Error, tmp: &Path, path: &Path) -> Error {
+    let swap = |p: PathBuf| if p == tmp { path.to_path_buf() } else { p };
+    match e {
+        Error::Io { path: p, err } => Error::Io { path: swap(p), err },
+        Error::Hdf5 { path: p, msg } => Error::Hdf5 { path: swap(p), msg },
+        Error::Format { path: p, msg } => Error::Format { path: swap(p), msg },
+        Error::Checkpoint { path: p, msg } => Error::Checkpoint { path: swap(p), msg },
+        Error::Data { path: p, dataset, msg } => Error::Data { path: swap(p), dataset, msg },
+        Error::Invalid(m) => Error::Invalid(m.replace(&tmp.display().to_string(), &path.display().to_string())),
+        other => other,
+    }
 }
 
 /// Atomically writes `bytes` to `path`.
