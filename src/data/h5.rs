@@ -101,6 +101,7 @@ impl Matrix {
         }
         let rows = shape.first().copied().unwrap_or(0);
         let cols = shape.iter().skip(1).product::<usize>().max(1);
+        check_stored(&dataset, path, name, &shape)?;
         Ok(Self { path: path.to_path_buf(), name: name.to_string(), dataset, rows, cols, shape })
     }
 
@@ -129,6 +130,38 @@ impl Matrix {
         self.dataset.read_slice_1d::<i64, _>(s![start..end]).map(|a| a.into_raw_vec_and_offset().0).map_err(|e| {
             Error::data(&self.path, &self.name, format!("cannot read rows {start}..{end}: {}", first_line(&e)))
         })
+    }
+}
+
+/// A dataset's declared extent must be backed by data in the file: a contiguous dataset by as
+/// many bytes, a chunked one by every chunk its extent needs (unwritten chunks read as zeros, so a
+/// 6 KB file could otherwise pass for billions of empty events and be read for hours).
+fn check_stored(dataset: &Dataset, path: &Path, name: &str, shape: &[usize]) -> Result<()> {
+    let elements: f64 = shape.iter().map(|&d| d as f64).product();
+    if elements == 0.0 {
+        return Ok(());
+    }
+    let elem = dataset.dtype().map(|t| t.size()).unwrap_or(1).max(1);
+    let stored = dataset.storage_size();
+    let what = format!("dataset '{name}' of shape {shape:?}");
+    match dataset.chunk() {
+        None => crate::util::limits::check_declared(path, &what, elements, elem, stored),
+        Some(chunk) => {
+            let needed: f64 =
+                shape.iter().zip(&chunk).map(|(&d, &c)| (d as f64 / c.max(1) as f64).ceil()).product();
+            let have = dataset.num_chunks().map(|n| n as f64);
+            match have {
+                Some(have) if have < needed => Err(Error::data(
+                    path,
+                    name,
+                    format!(
+                        "declares shape {shape:?} ({needed} chunks) but the file stores only {have} of them \
+                         (a sparse or truncated file)"
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        }
     }
 }
 
