@@ -448,6 +448,12 @@ fn distill_student(a: &DistillArgs, g: &Globals) -> Result<Outcome> {
 
 fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
     use crate::bench::{self, What};
+    if a.batch_size == Some(0) {
+        return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
+    }
+    if a.repeats == 0 {
+        return Err(Error::Invalid("--repeats must be ≥ 1".into()));
+    }
     let device = crate::device::open(&g.device)?;
     if let Some(d) = a.shower {
         let detector = match d {
@@ -468,6 +474,17 @@ fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
         (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),
         (None, None) => vec![bench::shape_by_name("ds2-flow3")?],
     };
+    if shapes.is_empty() {
+        let path = a.config.as_deref().unwrap_or(std::path::Path::new("--config"));
+        return Err(Error::format(path, "has no teacher flow section to time (a student config? use its teacher's)"));
+    }
+    if let Some(b) = a.batch_size {
+        for s in &shapes {
+            // Activations of every hidden layer of every block, kept for the backward pass.
+            let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features) as f64;
+            crate::util::limits::check_memory(&format!("--batch-size {b} on {}", s.name), 4.0 * 4.0 * b as f64 * per_row)?;
+        }
+    }
     let whats = match a.what {
         BenchWhat::TrainStep => vec![What::TrainStep],
         BenchWhat::SampleIaf => vec![What::SampleIaf],
@@ -484,6 +501,9 @@ fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
                 all.push(m);
             }
         }
+    }
+    if all.is_empty() {
+        return Err(Error::Invalid("bench: nothing was measured (no batch size for this measurement)".into()));
     }
     if !a.json {
         print!("{}", bench::render(&all));

@@ -122,6 +122,11 @@ impl Manifest {
         for (name, unit) in &m.units {
             if let Some(f) = &unit.flow {
                 f.validate().map_err(|e| Error::checkpoint(&path, format!("unit {name}: {e}")))?;
+                // The model is built before its weights are read: its size is checked first.
+                let (h, d, c) = (f.hidden_features as f64, f.features as f64, f.context_features as f64);
+                let params = f.blocks as f64
+                    * (f.hidden_layers as f64 * 2.0 * (h * h + h) + h * (d + c) + h * d * f.spline.params_per_feature() as f64);
+                crate::util::limits::check_memory_for(&path, &format!("unit {name} ({params:.3e} parameters)"), 8.0 * params)?;
             }
         }
         Ok(m)
@@ -137,8 +142,16 @@ impl Manifest {
     pub fn weights(&self, dir: &Path, name: &str) -> Result<PathBuf> {
         let unit = self.unit(name, dir)?;
         let d = dir.join(&unit.dir);
+        if !d.is_dir() {
+            return Err(Error::checkpoint(
+                &d,
+                format!("unit '{name}' is missing: the model directory has no {}/ (moved or deleted?)", unit.dir),
+            ));
+        }
         for f in ["best.safetensors", "last.safetensors"] {
             if d.join(f).exists() {
+                let role = format!("{:?}", self.role).to_lowercase();
+                crate::flow::io::check_identity(&d.join(f), name, &role)?;
                 return Ok(d.join(f));
             }
         }
