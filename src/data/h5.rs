@@ -22,6 +22,9 @@ pub fn open(path: &Path) -> Result<File> {
     if !path.exists() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
+    if path.is_dir() {
+        return Err(Error::format(path, "is a directory, not a data file"));
+    }
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len == 0 {
         return Err(Error::format(path, "the file is empty"));
@@ -32,8 +35,17 @@ pub fn open(path: &Path) -> Result<File> {
     })
 }
 
+/// HDF5's error stack on one line: its first message (without the "time = …" dump of the
+/// open flags) and, where the system gave one, the errno's message (disk full, is a directory).
 fn first_line(e: &hdf5::Error) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    let first = first.split(", time =").next().unwrap_or(first).split(": time =").next().unwrap_or(first);
+    let first = first.split(", name =").next().unwrap_or(first).trim_end_matches([',', ' ']);
+    match full.split_once("error message = '").and_then(|(_, r)| r.split('\'').next()) {
+        Some(sys) if !sys.is_empty() && !first.contains(sys) => format!("{first} ({sys})"),
+        _ => first.to_string(),
+    }
 }
 
 /// Whether `file` has a dataset called `name`.
@@ -78,6 +90,9 @@ fn is_numeric(t: &TypeDescriptor) -> bool {
 impl Matrix {
     /// Opens dataset `name` and checks that it is numeric with `rank` dimensions, at least one.
     pub fn open(file: &File, path: &Path, name: &str, ranks: &[usize], floats_only: bool) -> Result<Self> {
+        if file.link_exists(name) && file.group(name).is_ok() {
+            return Err(Error::data(path, name, "is a group, expected a dataset"));
+        }
         if !has_dataset(file, name) {
             return Err(Error::data(path, name, "missing"));
         }

@@ -125,6 +125,7 @@ fn non_numeric(map: &Map<String, Value>) -> Vec<(String, &'static str)> {
             Value::Array(_) => out.push((prefix, "an empty list")),
             Value::String(_) => out.push((prefix, "a string")),
             Value::Bool(_) => out.push((prefix, "a boolean")),
+            // NaN is written as null: a metric that could not be computed.
             Value::Null => out.push((prefix, "null")),
         }
     }
@@ -133,13 +134,14 @@ fn non_numeric(map: &Map<String, Value>) -> Vec<(String, &'static str)> {
     out
 }
 
-/// A baseline the gate can use: at least one metric, every metric a number (a gate over nothing,
-/// or over values it would skip, would pass whatever the run produced).
+/// A baseline the gate can use: at least one numeric metric, and every metric a number or null
+/// (NaN: not computable on that data; the current run must still have it). A gate over nothing,
+/// or over strings it would skip, would pass whatever the run produced.
 pub fn check_baseline(baseline: &MetricsFile, path: &Path) -> Result<()> {
     if flatten(&baseline.metrics).is_empty() {
         return Err(Error::format(path, "the baseline has no metrics: a gate against it would always pass"));
     }
-    if let Some((name, what)) = non_numeric(&baseline.metrics).into_iter().next() {
+    if let Some((name, what)) = non_numeric(&baseline.metrics).into_iter().find(|(_, w)| *w != "null") {
         return Err(Error::format(path, format!("baseline metric '{name}' is {what}, not a number")));
     }
     Ok(())
@@ -152,6 +154,12 @@ pub fn compare(current: &MetricsFile, baseline: &MetricsFile, tolerance: f64) ->
     let mut now: std::collections::HashMap<String, f64> = flatten(&current.metrics).into_iter().collect();
     now.extend(non_numeric(&current.metrics).into_iter().filter(|(_, w)| *w == "null").map(|(k, _)| (k, f64::NAN)));
     let mut worse = Vec::new();
+    for (name, _) in non_numeric(&baseline.metrics).into_iter().filter(|(_, w)| *w == "null") {
+        if !now.contains_key(&name) {
+            return Err(format!("baseline metric '{name}' is missing from this run (other settings or another zdcflow version?)"));
+        }
+        eprintln!("gate: {name} is NaN (null) in the baseline: not gated");
+    }
     for (name, old) in flatten(&baseline.metrics) {
         let new = *now.get(&name).ok_or_else(|| {
             format!("baseline metric '{name}' is missing from this run (other settings or another zdcflow version?)")
@@ -204,6 +212,9 @@ mod tests {
         let e = check_baseline(&file(serde_json::json!({"ws": 1.0, "mae": "0.3"})), p).unwrap_err().to_string();
         assert!(e.contains("'mae'") && e.contains("a string"), "{e}");
         let e = check_baseline(&file(serde_json::json!({"a": {"b": null}})), p).unwrap_err().to_string();
-        assert!(e.contains("'a.b'") && e.contains("null"), "{e}");
+        assert!(e.contains("no metrics"), "a baseline of NaNs only gates nothing: {e}");
+        assert!(check_baseline(&file(serde_json::json!({"a": {"b": null}, "c": 1.0})), p).is_ok());
+        let e = check_baseline(&file(serde_json::json!({"a": [], "c": 1.0})), p).unwrap_err().to_string();
+        assert!(e.contains("'a'") && e.contains("empty list"), "{e}");
     }
 }

@@ -129,11 +129,11 @@ pub fn check_identity(path: &Path, unit: &str, role: &str) -> Result<()> {
     if let Some(r) = id.role.as_deref().filter(|r| *r != role) {
         return Err(Error::checkpoint(
             path,
-            format!("holds the weights of a {r}'s unit, but this model is a {role} (files swapped between model directories?)"),
+            format!("holds the weights of a {r}'s unit, but this model is a {role} (files swapped between model directories, a checkpoint of another model?)"),
         ));
     }
     if let Some(u) = id.unit.as_deref().filter(|u| *u != unit) {
-        return Err(Error::checkpoint(path, format!("holds the weights of unit '{u}', not of '{unit}' (files swapped?)")));
+        return Err(Error::checkpoint(path, format!("holds the weights of unit '{u}', not of '{unit}' (files swapped, a checkpoint of another model?)")));
     }
     Ok(())
 }

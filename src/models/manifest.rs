@@ -171,6 +171,9 @@ pub fn save_unit_file(dir: &Path, file: &UnitFile) -> Result<()> {
 
 /// Refuses to start over in a directory that already holds a model, unless resuming.
 pub fn check_output_dir(dir: &Path, resume: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::checkpoint(dir, "--output-dir is a file, not a directory"));
+    }
     let exists = dir.join(MODEL_JSON).exists();
     if resume && !exists {
         return Err(Error::checkpoint(dir, "--resume: no model to resume here (no model.json)"));

@@ -36,14 +36,9 @@ pub trait Objective {
     fn val_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64>;
     /// The metric's name in logs ("nll", "kl", "mse").
     fn metric_name(&self) -> &'static str;
-    /// The role of the model being trained, recorded in its weights files: students minimise
-    /// the distillation KL, everything else belongs to a teacher.
+    /// The role of the model being trained ("teacher", "student"), recorded in its weights files.
     fn role(&self) -> &'static str {
-        if self.metric_name() == "kl" {
-            "student"
-        } else {
-            "teacher"
-        }
+        "teacher"
     }
 }
 
