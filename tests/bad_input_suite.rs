@@ -333,7 +333,7 @@ fn the_gate_cannot_be_fooled() {
     gate("junk.json", 1, &["junk.json", "not a zdcflow metrics file"]);
     gate("absent.json", 1, &["absent.json"]);
     let (r, g) = (f("zdc.h5"), f("gen.h5"));
-    let neg = ["evaluate", "--reference", &r, "--generated", &g, "--baseline", "better.json", "--tolerance", "-1"];
+    let neg = ["evaluate", "--reference", &r, "--generated", &g, "--baseline", "better.json", "--tolerance=-1"];
     case(&c, &neg, &[], 1, &["--tolerance"], &[]);
 }
 
