@@ -482,7 +482,10 @@ fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
         for s in &shapes {
             // Activations of every hidden layer of every block, kept for the backward pass.
             let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features) as f64;
-            crate::util::limits::check_memory(&format!("--batch-size {b} on {}", s.name), 4.0 * 4.0 * b as f64 * per_row)?;
+            crate::util::limits::check_memory(
+                &format!("--batch-size {b} on {}", s.name),
+                4.0 * 4.0 * b as f64 * per_row,
+            )?;
         }
     }
     let whats = match a.what {

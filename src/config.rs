@@ -166,7 +166,8 @@ impl FlowSection {
         // and Adam's moments of blocks × (layers + 1) square matrices.
         let h = self.hidden_features as f64;
         let bytes = 16.0 * self.blocks as f64 * (self.hidden_layers as f64 + 1.0) * h * h;
-        if let Err(e) = crate::util::limits::check_memory(&format!("hidden_features = {}", self.hidden_features), bytes) {
+        if let Err(e) = crate::util::limits::check_memory(&format!("hidden_features = {}", self.hidden_features), bytes)
+        {
             return bad("hidden_features", e.to_string());
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -451,7 +452,10 @@ impl Config {
     pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         if text.trim().is_empty() {
-            return Err(Error::format(path, "the config file is empty (it needs [model], [data], [train] and a flow section)"));
+            return Err(Error::format(
+                path,
+                "the config file is empty (it needs [model], [data], [train] and a flow section)",
+            ));
         }
         let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| Error::format(path, format!("not valid TOML: {}", e.message())))?;
@@ -606,8 +610,11 @@ impl Config {
                     }
                     if let Some(h) = sec.hidden_features {
                         let layers = sec.hidden_layers.unwrap_or(1) as f64 + 1.0;
-                        crate::util::limits::check_memory(&format!("hidden_features = {h}"), 16.0 * layers * (h as f64).powi(2))
-                            .map_err(|e| Error::config(format!("{key}.hidden_features"), e.to_string()))?;
+                        crate::util::limits::check_memory(
+                            &format!("hidden_features = {h}"),
+                            16.0 * layers * (h as f64).powi(2),
+                        )
+                        .map_err(|e| Error::config(format!("{key}.hidden_features"), e.to_string()))?;
                     }
                     self.train_config(sec.train.as_ref(), &format!("{key}.train"))?;
                 }

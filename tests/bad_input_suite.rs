@@ -202,11 +202,32 @@ fn huge_counts_and_sizes_are_refused_before_allocating() {
     case(d, &["bench", "--config", &student_cfg], &[], 1, &["smoke-zdc-student.toml", "no teacher flow"], &[]);
     // The memory limit can be set (both ways), and a bad setting is named.
     let tiny = [("ZDCFLOW_MEMORY_LIMIT", "1K")];
-    case(d, &["generate", "zdc", "--events", "100", "--output", "x.h5"], &tiny, 1, &["1.0 KB", "ZDCFLOW_MEMORY_LIMIT=1K"], &[]);
+    case(
+        d,
+        &["generate", "zdc", "--events", "100", "--output", "x.h5"],
+        &tiny,
+        1,
+        &["1.0 KB", "ZDCFLOW_MEMORY_LIMIT=1K"],
+        &[],
+    );
     let bad = [("ZDCFLOW_MEMORY_LIMIT", "lots")];
-    case(d, &["generate", "zdc", "--events", "100", "--output", "x.h5"], &bad, 1, &["ZDCFLOW_MEMORY_LIMIT='lots'"], &[]);
+    case(
+        d,
+        &["generate", "zdc", "--events", "100", "--output", "x.h5"],
+        &bad,
+        1,
+        &["ZDCFLOW_MEMORY_LIMIT='lots'"],
+        &[],
+    );
     let c = case_dir("memlimit");
-    case(&c, &["generate", "zdc", "--events", "20", "--output", "z.h5"], &[("ZDCFLOW_MEMORY_LIMIT", "64G")], 0, &[], &[]);
+    case(
+        &c,
+        &["generate", "zdc", "--events", "20", "--output", "z.h5"],
+        &[("ZDCFLOW_MEMORY_LIMIT", "64G")],
+        0,
+        &[],
+        &[],
+    );
 }
 
 #[test]
@@ -218,7 +239,14 @@ fn model_json_sizes_and_weights_are_checked_before_use() {
     let text = std::fs::read_to_string(&mj).unwrap().replace("\"hidden_features\": 8", "\"hidden_features\": 5000000");
     std::fs::write(&mj, text).unwrap();
     let zdc = f("zdc.h5");
-    case(&c, &["sample", "--model", "huge", "--conditions", &zdc, "--output", "g.h5"], &[], 1, &["model.json", "unit flow", "memory"], &[]);
+    case(
+        &c,
+        &["sample", "--model", "huge", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["model.json", "unit flow", "memory"],
+        &[],
+    );
     // NaN weights: refused, not sampled into all-zero showers.
     copy_dir(&fixture().join("t"), &c.join("nan"));
     let w = c.join("nan/flow/best.safetensors");
@@ -227,7 +255,14 @@ fn model_json_sizes_and_weights_are_checked_before_use() {
         *t = (t.ones_like().unwrap() * f64::NAN).unwrap();
     }
     candle_core::safetensors::save(&tensors, &w).unwrap();
-    case(&c, &["sample", "--model", "nan", "--conditions", &zdc, "--output", "g.h5"], &[], 1, &["best.safetensors", "non-finite"], &[]);
+    case(
+        &c,
+        &["sample", "--model", "nan", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["best.safetensors", "non-finite"],
+        &[],
+    );
     assert!(!c.join("g.h5").exists());
     // Weights written before identities existed (no metadata) still load.
     copy_dir(&fixture().join("t"), &c.join("old"));
@@ -240,7 +275,14 @@ fn model_json_sizes_and_weights_are_checked_before_use() {
     let mj = c.join("swap/model.json");
     let text = std::fs::read_to_string(&mj).unwrap().replace("\"role\": \"teacher\"", "\"role\": \"student\"");
     std::fs::write(&mj, text).unwrap();
-    case(&c, &["sample", "--model", "swap", "--conditions", &zdc, "--output", "g.h5"], &[], 1, &["teacher's unit", "student"], &[]);
+    case(
+        &c,
+        &["sample", "--model", "swap", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["teacher's unit", "student"],
+        &[],
+    );
     // One unit's weights in another unit's place.
     copy_dir(&fixture().join("t"), &c.join("unit"));
     let reg = c.join("unit/regressor/best.safetensors");
@@ -251,18 +293,47 @@ fn model_json_sizes_and_weights_are_checked_before_use() {
         "zdcflow_identity".to_string(),
         r#"{"role":"teacher","unit":"flow","architecture":"x"}"#.to_string(),
     )]);
-    safetensors::tensor::serialize_to_file(meta_tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta), &reg).unwrap();
-    case(&c, &["sample", "--model", "unit", "--conditions", &zdc, "--output", "g.h5"], &[], 1, &["unit 'flow'", "'regressor'"], &[]);
+    safetensors::tensor::serialize_to_file(meta_tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta), &reg)
+        .unwrap();
+    case(
+        &c,
+        &["sample", "--model", "unit", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["unit 'flow'", "'regressor'"],
+        &[],
+    );
     // A unit directory that is gone is named as missing, not as "no weights yet".
     copy_dir(&fixture().join("t"), &c.join("gone"));
     std::fs::remove_dir_all(c.join("gone/regressor")).unwrap();
-    case(&c, &["sample", "--model", "gone", "--conditions", &zdc, "--output", "g.h5"], &[], 1, &["regressor", "missing"], &["no weights yet"]);
-    case(&c, &["sample", "--model", "nowhere", "--events", "3", "--output", "g.h5"], &[], 1, &["nowhere", "not a model directory"], &[]);
+    case(
+        &c,
+        &["sample", "--model", "gone", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["regressor", "missing"],
+        &["no weights yet"],
+    );
+    case(
+        &c,
+        &["sample", "--model", "nowhere", "--events", "3", "--output", "g.h5"],
+        &[],
+        1,
+        &["nowhere", "not a model directory"],
+        &[],
+    );
     let mj = c.join("broken.json");
     std::fs::create_dir_all(c.join("broken")).unwrap();
     std::fs::write(&mj, "{").unwrap();
     std::fs::copy(&mj, c.join("broken/model.json")).unwrap();
-    case(&c, &["sample", "--model", "broken", "--events", "3", "--output", "g.h5"], &[], 1, &["broken/model.json", "unreadable"], &[]);
+    case(
+        &c,
+        &["sample", "--model", "broken", "--events", "3", "--output", "g.h5"],
+        &[],
+        1,
+        &["broken/model.json", "unreadable"],
+        &[],
+    );
 }
 
 #[test]
@@ -270,17 +341,26 @@ fn outputs_never_replace_inputs() {
     let d = fixture();
     let sample = |out: &str| ["sample", "--model", "t", "--conditions", "zdc.h5", "--output", out].map(str::to_string);
     let s = sample("zdc.h5");
-    case(d, &s.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--output is also the --conditions input"], &[]);
+    case(
+        d,
+        &s.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        1,
+        &["--output is also the --conditions input"],
+        &[],
+    );
     let s = sample("./zdc.h5");
     case(d, &s.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--conditions"], &[]);
     let s = sample(&f("zdc.h5"));
     case(d, &s.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--conditions"], &[]);
-    let ev = |out: &str| ["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--output", out].map(str::to_string);
+    let ev =
+        |out: &str| ["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--output", out].map(str::to_string);
     for (out, input) in [("gen.h5", "--generated"), ("zdc.h5", "--reference")] {
         let a = ev(out);
         case(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &[input], &[]);
     }
-    let gate = ["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--baseline", "m.json", "--output", "m.json"];
+    let gate =
+        ["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--baseline", "m.json", "--output", "m.json"];
     case(d, &gate, &[], 1, &["--baseline"], &[]);
     case(d, &["merge", "--output", "s1of3.h5", "s1of3.h5", "s2of3.h5", "s3of3.h5"], &[], 1, &["shard"], &[]);
     // A symlink to an input is that input.
@@ -288,7 +368,14 @@ fn outputs_never_replace_inputs() {
     std::os::unix::fs::symlink(fixture().join("zdc.h5"), c.join("alias.h5")).unwrap();
     let zdc = f("zdc.h5");
     let model = f("t");
-    case(&c, &["sample", "--model", &model, "--conditions", &zdc, "--output", "alias.h5"], &[], 1, &["--conditions"], &[]);
+    case(
+        &c,
+        &["sample", "--model", &model, "--conditions", &zdc, "--output", "alias.h5"],
+        &[],
+        1,
+        &["--conditions"],
+        &[],
+    );
 }
 
 #[test]
@@ -314,9 +401,17 @@ fn the_gate_cannot_be_fooled() {
         }
     });
     gate(&nulls, 1, &["nulls.json", "no metrics"]);
-    gate(&variant("null-extra.json", &|v| v["metrics"]["zz_nan"] = serde_json::Value::Null), 1, &["'zz_nan'", "missing"]);
+    gate(
+        &variant("null-extra.json", &|v| v["metrics"]["zz_nan"] = serde_json::Value::Null),
+        1,
+        &["'zz_nan'", "missing"],
+    );
     gate(&variant("bool.json", &|v| v["metrics"]["ws"] = true.into()), 1, &["'ws'", "a boolean"]);
-    gate(&variant("extra.json", &|v| v["metrics"]["zz_other"] = 1.0.into()), 1, &["'zz_other'", "missing from this run"]);
+    gate(
+        &variant("extra.json", &|v| v["metrics"]["zz_other"] = 1.0.into()),
+        1,
+        &["'zz_other'", "missing from this run"],
+    );
     gate(&variant("format.json", &|v| v["format"] = "other".into()), 1, &["format.json", "zdcflow-metrics"]);
     gate(&variant("ds2.json", &|v| v["detector"] = "ds2".into()), 1, &["ds2.json", "ds2 baseline"]);
     let better = variant("better.json", &|v| {
@@ -340,16 +435,39 @@ fn the_gate_cannot_be_fooled() {
 #[test]
 fn shards_and_merges_are_checked() {
     let d = fixture();
-    let s = |shard: &str| ["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", shard, "--output", "x.h5"].map(str::to_string);
+    let s = |shard: &str| {
+        ["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", shard, "--output", "x.h5"].map(str::to_string)
+    };
     for (shard, want) in [("1/100000", "none"), ("0/3", "I/N"), ("4/3", "I/N"), ("a/b", "I/N"), ("3", "I/N")] {
         let a = s(shard);
         case(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--shard", want], &[]);
     }
-    case(d, &["merge", "--output", "x.h5", "s1of3.h5", "s2of4.h5", "s3of3.h5"], &[], 1, &["s2of4.h5", "2/4", "different jobs"], &[]);
-    case(d, &["merge", "--output", "x.h5", "s1of3.h5", "s1of3.h5", "s3of3.h5"], &[], 1, &["shard 1/3 is given twice"], &[]);
+    case(
+        d,
+        &["merge", "--output", "x.h5", "s1of3.h5", "s2of4.h5", "s3of3.h5"],
+        &[],
+        1,
+        &["s2of4.h5", "2/4", "different jobs"],
+        &[],
+    );
+    case(
+        d,
+        &["merge", "--output", "x.h5", "s1of3.h5", "s1of3.h5", "s3of3.h5"],
+        &[],
+        1,
+        &["shard 1/3 is given twice"],
+        &[],
+    );
     case(d, &["merge", "--output", "x.h5", "s1of3.h5", "s3of3.h5"], &[], 1, &["missing 2/3"], &[]);
     case(d, &["merge", "--output", "x.h5", "gen.h5"], &[], 1, &["gen.h5", "not a shard"], &[]);
-    case(d, &["sample", "--model", "t", "--conditions", "zdc.h5", "--batch-size", "0", "--output", "x.h5"], &[], 1, &["--batch-size"], &[]);
+    case(
+        d,
+        &["sample", "--model", "t", "--conditions", "zdc.h5", "--batch-size", "0", "--output", "x.h5"],
+        &[],
+        1,
+        &["--batch-size"],
+        &[],
+    );
     case(d, &["generate", "zdc", "--events", "0", "--output", "x.h5"], &[], 1, &["--events"], &[]);
     case(d, &["evaluate", "--reference", "ds2.h5", "--generated", "gen.h5"], &[], 1, &["gen.h5", "ds2.h5"], &[]);
     let c = case_dir("merge-ok");
@@ -360,11 +478,26 @@ fn shards_and_merges_are_checked() {
 #[test]
 fn config_messages_name_the_file_and_the_real_key() {
     let d = fixture();
-    let err = case(d, &teacher_args("case-never", &["--set", "data.bogus=1"]), &[], 1, &["data.bogus", "unknown key"], &[]);
+    let err =
+        case(d, &teacher_args("case-never", &["--set", "data.bogus=1"]), &[], 1, &["data.bogus", "unknown key"], &[]);
     assert!(!err.contains("data.bogus.bogus"), "{err}");
-    case(d, &teacher_args("case-never", &["--set", "train.batch_size=-3"]), &[], 1, &["train.batch_size"], &["flow.train"]);
+    case(
+        d,
+        &teacher_args("case-never", &["--set", "train.batch_size=-3"]),
+        &[],
+        1,
+        &["train.batch_size"],
+        &["flow.train"],
+    );
     case(d, &teacher_args("case-never", &["--set", "flow.train.bogus=1"]), &[], 1, &["flow.train.bogus"], &[]);
-    case(d, &teacher_args("case-never", &["--set", "flow.dropout=2"]), &[], 1, &["smoke-zdc.toml", "flow.dropout"], &[]);
+    case(
+        d,
+        &teacher_args("case-never", &["--set", "flow.dropout=2"]),
+        &[],
+        1,
+        &["smoke-zdc.toml", "flow.dropout"],
+        &[],
+    );
     case(d, &teacher_args("case-never", &["--set", "nonsense"]), &[], 1, &["nonsense", "KEY=VALUE"], &[]);
     let c = case_dir("configs");
     let base = std::fs::read_to_string(config("smoke-zdc.toml")).unwrap();
@@ -379,7 +512,14 @@ fn config_messages_name_the_file_and_the_real_key() {
             .to_vec()
     };
     let t = train("trainkey.toml", "x");
-    case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["trainkey.toml", "train.bogus_key"], &["flow.train"]);
+    case(
+        &c,
+        &t.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        1,
+        &["trainkey.toml", "train.bogus_key"],
+        &["flow.train"],
+    );
     let t = train("empty.toml", "x");
     case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["empty.toml", "empty"], &[]);
     let t = train("broken.toml", "x");
@@ -484,7 +624,8 @@ fn broken_data_files_get_one_clear_line() {
 /// Waits until a `.NAME.tmp-PID` file appears in `dir` (the write has started).
 fn wait_for_temp(dir: &Path, child: &mut std::process::Child) {
     for _ in 0..600 {
-        let has_temp = std::fs::read_dir(dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
+        let has_temp =
+            std::fs::read_dir(dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
         if has_temp {
             return;
         }
@@ -511,7 +652,8 @@ fn signals_remove_temporary_files() {
         std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(130), "{signal}: exit 130");
-        let left: Vec<String> = std::fs::read_dir(&c).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let left: Vec<String> =
+            std::fs::read_dir(&c).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         assert!(left.is_empty(), "{signal} left {left:?}");
     }
 }

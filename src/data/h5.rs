@@ -162,8 +162,7 @@ fn check_stored(dataset: &Dataset, path: &Path, name: &str, shape: &[usize]) -> 
     match dataset.chunk() {
         None => crate::util::limits::check_declared(path, &what, elements, elem, stored),
         Some(chunk) => {
-            let needed: f64 =
-                shape.iter().zip(&chunk).map(|(&d, &c)| (d as f64 / c.max(1) as f64).ceil()).product();
+            let needed: f64 = shape.iter().zip(&chunk).map(|(&d, &c)| (d as f64 / c.max(1) as f64).ceil()).product();
             let have = dataset.num_chunks().map(|n| n as f64);
             match have {
                 Some(have) if have < needed => Err(Error::data(

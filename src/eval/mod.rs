@@ -53,7 +53,11 @@ pub fn run(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, 
         crate::util::atomic::ensure_not_input(o, "--output", &inputs)?;
     }
     // The baseline is checked before the (long) evaluation: an unusable one fails at once.
-    let baseline = req.baseline.as_deref().map(|b| MetricsFile::load(b).and_then(|m| report::check_baseline(&m, b).map(|()| m))).transpose()?;
+    let baseline = req
+        .baseline
+        .as_deref()
+        .map(|b| MetricsFile::load(b).and_then(|m| report::check_baseline(&m, b).map(|()| m)))
+        .transpose()?;
     let reference = DataFile::open(&req.reference)?;
     let generated = DataFile::open(&req.generated)?;
     let mut out = MetricsFile::new(

@@ -156,7 +156,9 @@ pub fn compare(current: &MetricsFile, baseline: &MetricsFile, tolerance: f64) ->
     let mut worse = Vec::new();
     for (name, _) in non_numeric(&baseline.metrics).into_iter().filter(|(_, w)| *w == "null") {
         if !now.contains_key(&name) {
-            return Err(format!("baseline metric '{name}' is missing from this run (other settings or another zdcflow version?)"));
+            return Err(format!(
+                "baseline metric '{name}' is missing from this run (other settings or another zdcflow version?)"
+            ));
         }
         eprintln!("gate: {name} is NaN (null) in the baseline: not gated");
     }

@@ -94,7 +94,10 @@ pub fn read_identity(path: &Path) -> Result<Option<Identity>> {
     let n = u64::from_le_bytes(len);
     let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if n > 100 << 20 || n + 8 > size {
-        return Err(Error::checkpoint(path, format!("not a safetensors file (header of {n} bytes in a {size}-byte file)")));
+        return Err(Error::checkpoint(
+            path,
+            format!("not a safetensors file (header of {n} bytes in a {size}-byte file)"),
+        ));
     }
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
@@ -133,7 +136,10 @@ pub fn check_identity(path: &Path, unit: &str, role: &str) -> Result<()> {
         ));
     }
     if let Some(u) = id.unit.as_deref().filter(|u| *u != unit) {
-        return Err(Error::checkpoint(path, format!("holds the weights of unit '{u}', not of '{unit}' (files swapped, a checkpoint of another model?)")));
+        return Err(Error::checkpoint(
+            path,
+            format!("holds the weights of unit '{u}', not of '{unit}' (files swapped, a checkpoint of another model?)"),
+        ));
     }
     Ok(())
 }

@@ -125,8 +125,14 @@ impl Manifest {
                 // The model is built before its weights are read: its size is checked first.
                 let (h, d, c) = (f.hidden_features as f64, f.features as f64, f.context_features as f64);
                 let params = f.blocks as f64
-                    * (f.hidden_layers as f64 * 2.0 * (h * h + h) + h * (d + c) + h * d * f.spline.params_per_feature() as f64);
-                crate::util::limits::check_memory_for(&path, &format!("unit {name} ({params:.3e} parameters)"), 8.0 * params)?;
+                    * (f.hidden_layers as f64 * 2.0 * (h * h + h)
+                        + h * (d + c)
+                        + h * d * f.spline.params_per_feature() as f64);
+                crate::util::limits::check_memory_for(
+                    &path,
+                    &format!("unit {name} ({params:.3e} parameters)"),
+                    8.0 * params,
+                )?;
             }
         }
         Ok(m)

@@ -185,7 +185,11 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
     let range = shard_range(rows.len(), req.shard);
     check_shard(rows.len(), range.len(), req.shard)?;
     let mine = &rows[range.clone()];
-    crate::util::limits::check_disk(&req.output, mine.len() as f64 * 4.0 * (crate::data::channels::PIXELS + 11) as f64, true)?;
+    crate::util::limits::check_disk(
+        &req.output,
+        mine.len() as f64 * 4.0 * (crate::data::channels::PIXELS + 11) as f64,
+        true,
+    )?;
     let mut writer = ZdcWriter::create(&req.output, mine.len(), &attrs(req, dir, m, Some((path, file.events))), true)?;
     let pb = progress::bar(mine.len() as u64, "sampling", "events", req.show_progress);
     let start = Instant::now();
@@ -229,7 +233,11 @@ fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<
     let range = shard_range(energies.len(), req.shard);
     check_shard(energies.len(), range.len(), req.shard)?;
     let mine = &energies[range.clone()];
-    crate::util::limits::check_disk(&req.output, mine.len() as f64 * 4.0 * (chain.geometry.voxels() + 1) as f64, req.gzip > 0)?;
+    crate::util::limits::check_disk(
+        &req.output,
+        mine.len() as f64 * 4.0 * (chain.geometry.voxels() + 1) as f64,
+        req.gzip > 0,
+    )?;
     let mut writer =
         CaloWriter::create(&req.output, &chain.geometry, mine.len(), &attrs(req, dir, m, source), req.gzip)?;
     let pb = progress::bar(mine.len() as u64, "sampling", "showers", req.show_progress);
@@ -298,8 +306,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<u
         return Err(Error::Invalid(format!("merge: shard {}/{n} is given twice", w[0])));
     }
     if have != (1..=n).collect::<Vec<_>>() {
-        let missing: Vec<String> =
-            (1..=n).filter(|i| !have.contains(i)).map(|i| format!("{i}/{n}")).collect();
+        let missing: Vec<String> = (1..=n).filter(|i| !have.contains(i)).map(|i| format!("{i}/{n}")).collect();
         return Err(Error::Invalid(format!("merge needs shards 1..{n} of one job; missing {}", missing.join(", "))));
     }
     if let Some(s) = shards.iter().find(|s| s.2 != shards[0].2) {

@@ -258,7 +258,9 @@ impl Loop<'_, '_> {
     /// was written for this step, and the message says which checkpoint was kept.
     fn diverged(&self, what: &str, value: f64) -> Error {
         let kept = match self.kept_step {
-            Some(s) => format!("the checkpoint of step {s} is kept; --resume continues from it (a lower train.lr may help)"),
+            Some(s) => {
+                format!("the checkpoint of step {s} is kept; --resume continues from it (a lower train.lr may help)")
+            }
             None => "no checkpoint was written yet".to_string(),
         };
         Error::Invalid(format!(
