@@ -22,15 +22,20 @@ use crate::error::{Error, Result};
         zdcflow train-teacher --config configs/smoke-zdc.toml --set data.path=zdc.h5 --output-dir runs/teacher\n  \
         zdcflow distill-student --config configs/smoke-zdc-student.toml --teacher runs/teacher --set data.path=zdc.h5 --output-dir runs/student\n  \
         zdcflow sample --model runs/student --conditions zdc.h5 --output gen.h5\n  \
-        zdcflow evaluate --reference zdc.h5 --generated gen.h5 --output metrics.json --plots plots/"
+        zdcflow evaluate --reference zdc.h5 --generated gen.h5 --output metrics.json --plots plots/",
+    after_help = "Exit codes: 0 done; 1 error (bad input, a limit exceeded, an unusable baseline); \
+        2 usage error (unknown flag, missing argument); 3 regression (evaluate --baseline: a metric got worse); \
+        130 interrupted (SIGINT/SIGTERM; training saves a checkpoint first).\n\
+        Memory: sizes from files, configs and flags are checked against 80 % of physical memory before \
+        anything is allocated; ZDCFLOW_MEMORY_LIMIT=SIZE (e.g. 200G) sets another limit."
 )]
 pub struct Cli {
     /// Where tensors live: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
 
-    /// CPU threads for tensor work (default: all cores).
-    #[arg(long, global = true)]
+    /// CPU threads for tensor work, 1–1024 (default: all cores).
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=crate::util::limits::MAX_THREADS as u64))]
     pub threads: Option<usize>,
 
     /// No progress bars (logs and summaries are still printed).
@@ -224,7 +229,8 @@ pub struct EvaluateArgs {
     /// Draw PNG figures into this directory.
     #[arg(long)]
     pub plots: Option<PathBuf>,
-    /// An earlier metrics JSON: exit non-zero if any metric got worse by more than --tolerance.
+    /// An earlier metrics JSON: exit with 3 if any metric got worse by more than --tolerance
+    /// (1 if the baseline is empty, malformed, or names a metric this run lacks).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Allowed relative worsening per metric for --baseline.
@@ -233,8 +239,8 @@ pub struct EvaluateArgs {
     /// CaloChallenge classifier test: epochs (0 skips it; evaluate.py: 50).
     #[arg(long, default_value_t = 50)]
     pub classifier_epochs: usize,
-    /// CaloChallenge classifier test: hidden units per layer (evaluate.py: 2048).
-    #[arg(long, default_value_t = 2048)]
+    /// CaloChallenge classifier test: hidden units per layer, 1–65536 (evaluate.py: 2048).
+    #[arg(long, default_value_t = 2048, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub classifier_hidden: usize,
     /// CaloChallenge classifier test: hidden layers after the input layer (evaluate.py's cls_n_layer: 2).
     #[arg(long, default_value_t = 2)]
@@ -345,15 +351,20 @@ pub enum Outcome {
     Evaluated(Box<crate::eval::report::MetricsFile>, Vec<crate::eval::report::Regression>),
 }
 
+/// Exit code of `evaluate --baseline` when a metric got worse (2 is clap's usage error, 1 any
+/// other error).
+pub const REGRESSION: u8 = 3;
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::util::interrupt::install_cleanup();
     if let Some(n) = cli.threads {
         // candle and rayon read this when their pools start (at the first tensor operation).
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let globals = Globals { device: cli.device.clone(), show_progress: !cli.quiet };
     match execute(&cli.command, &globals) {
-        Ok(Outcome::Evaluated(_, regressions)) if !regressions.is_empty() => Ok(ExitCode::from(2)),
+        Ok(Outcome::Evaluated(_, regressions)) if !regressions.is_empty() => Ok(ExitCode::from(REGRESSION)),
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(Error::Interrupted) => Ok(ExitCode::from(130)),
         Err(e) => Err(e),
@@ -508,6 +519,12 @@ fn distill_student(a: &DistillArgs, g: &Globals) -> Result<Outcome> {
 
 fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
     use crate::bench::{self, What};
+    if a.batch_size == Some(0) {
+        return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
+    }
+    if a.repeats == 0 {
+        return Err(Error::Invalid("--repeats must be ≥ 1".into()));
+    }
     let device = crate::device::open(&g.device)?;
     if let Some(d) = a.shower {
         let detector = match d {
@@ -528,6 +545,20 @@ fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
         (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),
         (None, None) => vec![bench::shape_by_name("ds2-flow3")?],
     };
+    if shapes.is_empty() {
+        let path = a.config.as_deref().unwrap_or(std::path::Path::new("--config"));
+        return Err(Error::format(path, "has no teacher flow section to time (a student config? use its teacher's)"));
+    }
+    if let Some(b) = a.batch_size {
+        for s in &shapes {
+            // Activations of every hidden layer of every block, kept for the backward pass.
+            let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features) as f64;
+            crate::util::limits::check_memory(
+                &format!("--batch-size {b} on {}", s.name),
+                4.0 * 4.0 * b as f64 * per_row,
+            )?;
+        }
+    }
     let whats = match a.what {
         BenchWhat::TrainStep => vec![What::TrainStep],
         BenchWhat::SampleIaf => vec![What::SampleIaf],
@@ -544,6 +575,9 @@ fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
                 all.push(m);
             }
         }
+    }
+    if all.is_empty() {
+        return Err(Error::Invalid("bench: nothing was measured (no batch size for this measurement)".into()));
     }
     if !a.json {
         print!("{}", bench::render(&all));

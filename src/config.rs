@@ -170,6 +170,14 @@ impl FlowSection {
         if self.hidden_features == 0 {
             return bad("hidden_features", "must be ≥ 1".into());
         }
+        // The hidden layers alone (before the data's dimension is known): weights, gradients
+        // and Adam's moments of blocks × (layers + 1) square matrices.
+        let h = self.hidden_features as f64;
+        let bytes = 16.0 * self.blocks as f64 * (self.hidden_layers as f64 + 1.0) * h * h;
+        if let Err(e) = crate::util::limits::check_memory(&format!("hidden_features = {}", self.hidden_features), bytes)
+        {
+            return bad("hidden_features", e.to_string());
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout", format!("must be in [0, 1), got {}", self.dropout));
         }
@@ -513,13 +521,24 @@ impl Config {
     /// Reads `path`, applies `--set` overrides and validates everything.
     pub fn load(path: &Path, sets: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        if text.trim().is_empty() {
+            return Err(Error::format(
+                path,
+                "the config file is empty (it needs [model], [data], [train] and a flow section)",
+            ));
+        }
         let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| Error::format(path, format!("not valid TOML: {}", e.message())))?;
         for s in sets {
             apply_set(&mut table, s)?;
         }
-        let config = Self::from_table(table)?;
-        config.validate()?;
+        // Errors of the file's keys name the file too.
+        let in_file = |e: Error| match e {
+            Error::Config { .. } => Error::format(path, e.to_string()),
+            other => other,
+        };
+        let config = Self::from_table(table).map_err(in_file)?;
+        config.validate().map_err(in_file)?;
         Ok(config)
     }
 
@@ -530,7 +549,14 @@ impl Config {
             let msg = e.inner().message().to_string();
             match unknown_field(&msg) {
                 Some(field) => {
-                    let full = if key == "." { field } else { format!("{key}.{field}") };
+                    // The path may already end with the unknown field (`data.bogus`).
+                    let full = if key == "." {
+                        field
+                    } else if key == field || key.ends_with(&format!(".{field}")) {
+                        key
+                    } else {
+                        format!("{key}.{field}")
+                    };
                     Error::config(full, format!("unknown key ({msg})"))
                 }
                 None => Error::config(key, msg),
@@ -575,11 +601,23 @@ impl Config {
         for (k, v) in overrides.into_iter().flatten() {
             table.insert(k.clone(), v.clone());
         }
+        // A key set in this flow's overrides is named `{key}.…`; one from `[train]` as `train.…`.
+        let owner = |field: &str| {
+            if overrides.is_some_and(|o| o.contains_key(field)) {
+                key.to_string()
+            } else {
+                "train".to_string()
+            }
+        };
         let tc: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let msg = e.inner().message().to_string();
             match unknown_field(&msg) {
-                Some(field) => Error::config(format!("{key}.{field}"), format!("unknown key ({msg})")),
-                None => Error::config(format!("{key}.{}", e.path()), msg),
+                Some(field) => Error::config(format!("{}.{field}", owner(&field)), format!("unknown key ({msg})")),
+                None => {
+                    let path = e.path().to_string();
+                    let field = path.split('.').next().unwrap_or_default().to_string();
+                    Error::config(format!("{}.{path}", owner(&field)), msg)
+                }
             }
         })?;
         tc.validate(key)?;
@@ -644,6 +682,14 @@ impl Config {
                     }
                     if sec.hidden_features == Some(0) {
                         return Err(Error::config(format!("{key}.hidden_features"), "must be ≥ 1"));
+                    }
+                    if let Some(h) = sec.hidden_features {
+                        let layers = sec.hidden_layers.unwrap_or(1) as f64 + 1.0;
+                        crate::util::limits::check_memory(
+                            &format!("hidden_features = {h}"),
+                            16.0 * layers * (h as f64).powi(2),
+                        )
+                        .map_err(|e| Error::config(format!("{key}.hidden_features"), e.to_string()))?;
                     }
                     self.train_config(sec.train.as_ref(), &format!("{key}.train"))?;
                 }

@@ -35,6 +35,7 @@ pub fn calo(dataset: u8, events: usize, seed: u64, output: &Path, gzip: u8, show
     let g = CaloGeometry::for_dataset(dataset)
         .ok_or_else(|| Error::Invalid(format!("--dataset {dataset}: only 2 and 3 exist")))?;
     let chunk = (CALO_CHUNK_BYTES / (4 * g.voxels())).max(1);
+    crate::util::limits::check_disk(output, events as f64 * 4.0 * (g.voxels() + 1) as f64, gzip > 0)?;
     let mut writer = CaloWriter::create(output, &g, events, &attrs(&format!("calo --dataset {dataset}"), seed), gzip)?;
     let pb = progress::bar(events as u64, "generating", "showers", show_progress);
     let start = Instant::now();
@@ -73,6 +74,10 @@ pub fn zdc(events: usize, seed: u64, output: &Path) -> Result<()> {
     if events == 0 {
         return Err(Error::Invalid("--events must be ≥ 1".into()));
     }
+    // Every response is simulated in memory before it is written.
+    let per_event = 4.0 * (crate::data::channels::PIXELS + 12) as f64;
+    crate::util::limits::check_memory(&format!("--events {events}"), 2.0 * per_event * events as f64)?;
+    crate::util::limits::check_disk(output, per_event * events as f64, true)?;
     let e = synth::zdc::generate_zdc(seed, events);
     let mut writer = ZdcWriter::create(output, events, &attrs("zdc", seed), false)?;
     let photon_sum = e.responses.chunks(crate::data::channels::PIXELS).map(|r| r.iter().sum()).collect();

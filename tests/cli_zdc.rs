@@ -111,7 +111,7 @@ fn zdc_chain_runs_and_the_gate_passes_on_itself_and_fails_on_a_worse_file() {
             "0.05",
         ],
     );
-    assert_eq!(out.status.code(), Some(2), "a worse file must fail the gate");
+    assert_eq!(out.status.code(), Some(3), "a worse file must fail the gate");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gate: ws got worse"), "{stderr}");
 }

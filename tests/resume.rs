@@ -110,11 +110,18 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
             "t",
         ],
     );
-    assert!(err.contains("non-finite loss") && err.contains("at step"), "{err}");
-    let step: u64 = err.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(step >= 1, "the first step has a finite loss, so a checkpoint exists");
+    // The diverging step is caught by its loss or by the validation after it; either way only a
+    // checkpoint whose loss and validation were finite may be on disk.
+    assert!(err.contains("non-finite") && err.contains("at step"), "{err}");
+    if err.contains("no checkpoint was written yet") {
+        assert!(!d.join("t/flow/checkpoint/state.safetensors").exists(), "{err}");
+        assert!(!d.join("t/flow/last.safetensors").exists(), "{err}");
+        return;
+    }
+    let step: u64 =
+        err.split("the checkpoint of step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let ckpt = zdcflow::train::checkpoint::load(&d.join("t/flow"), &candle_core::Device::Cpu).unwrap();
-    assert_eq!(ckpt.state.step, step, "the kept checkpoint is the last finite step");
+    assert_eq!(ckpt.state.step, step, "the error names the checkpoint kept");
     assert!(ckpt.weights.values().all(|t| t
         .flatten_all()
         .unwrap()

@@ -22,6 +22,9 @@ pub fn open(path: &Path) -> Result<File> {
     if !path.exists() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
+    if path.is_dir() {
+        return Err(Error::format(path, "is a directory, not a data file"));
+    }
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len == 0 {
         return Err(Error::format(path, "the file is empty"));
@@ -32,8 +35,17 @@ pub fn open(path: &Path) -> Result<File> {
     })
 }
 
+/// HDF5's error stack on one line: its first message (without the "time = …" dump of the
+/// open flags) and, where the system gave one, the errno's message (disk full, is a directory).
 fn first_line(e: &hdf5::Error) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_string()
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    let first = first.split(", time =").next().unwrap_or(first).split(": time =").next().unwrap_or(first);
+    let first = first.split(", name =").next().unwrap_or(first).trim_end_matches([',', ' ']);
+    match full.split_once("error message = '").and_then(|(_, r)| r.split('\'').next()) {
+        Some(sys) if !sys.is_empty() && !first.contains(sys) => format!("{first} ({sys})"),
+        _ => first.to_string(),
+    }
 }
 
 /// Whether `file` has a dataset called `name`.
@@ -78,6 +90,9 @@ fn is_numeric(t: &TypeDescriptor) -> bool {
 impl Matrix {
     /// Opens dataset `name` and checks that it is numeric with `rank` dimensions, at least one.
     pub fn open(file: &File, path: &Path, name: &str, ranks: &[usize], floats_only: bool) -> Result<Self> {
+        if file.link_exists(name) && file.group(name).is_ok() {
+            return Err(Error::data(path, name, "is a group, expected a dataset"));
+        }
         if !has_dataset(file, name) {
             return Err(Error::data(path, name, "missing"));
         }
@@ -101,6 +116,7 @@ impl Matrix {
         }
         let rows = shape.first().copied().unwrap_or(0);
         let cols = shape.iter().skip(1).product::<usize>().max(1);
+        check_stored(&dataset, path, name, &shape)?;
         Ok(Self { path: path.to_path_buf(), name: name.to_string(), dataset, rows, cols, shape })
     }
 
@@ -129,6 +145,37 @@ impl Matrix {
         self.dataset.read_slice_1d::<i64, _>(s![start..end]).map(|a| a.into_raw_vec_and_offset().0).map_err(|e| {
             Error::data(&self.path, &self.name, format!("cannot read rows {start}..{end}: {}", first_line(&e)))
         })
+    }
+}
+
+/// A dataset's declared extent must be backed by data in the file: a contiguous dataset by as
+/// many bytes, a chunked one by every chunk its extent needs (unwritten chunks read as zeros, so a
+/// 6 KB file could otherwise pass for billions of empty events and be read for hours).
+fn check_stored(dataset: &Dataset, path: &Path, name: &str, shape: &[usize]) -> Result<()> {
+    let elements: f64 = shape.iter().map(|&d| d as f64).product();
+    if elements == 0.0 {
+        return Ok(());
+    }
+    let elem = dataset.dtype().map(|t| t.size()).unwrap_or(1).max(1);
+    let stored = dataset.storage_size();
+    let what = format!("dataset '{name}' of shape {shape:?}");
+    match dataset.chunk() {
+        None => crate::util::limits::check_declared(path, &what, elements, elem, stored),
+        Some(chunk) => {
+            let needed: f64 = shape.iter().zip(&chunk).map(|(&d, &c)| (d as f64 / c.max(1) as f64).ceil()).product();
+            let have = dataset.num_chunks().map(|n| n as f64);
+            match have {
+                Some(have) if have < needed => Err(Error::data(
+                    path,
+                    name,
+                    format!(
+                        "declares shape {shape:?} ({needed} chunks) but the file stores only {have} of them \
+                         (a sparse or truncated file)"
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        }
     }
 }
 

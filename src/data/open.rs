@@ -25,6 +25,12 @@ impl DataFile {
             Ok(Self::Zdc(ZdcFile::from_file(file, path)?))
         } else {
             let names = file.member_names().unwrap_or_default();
+            if let Some(g) = [calo::SHOWERS, calo::E_INC, zdc::RESPONSES]
+                .into_iter()
+                .find(|n| names.iter().any(|m| m == n) && file.group(n).is_ok())
+            {
+                return Err(Error::data(path, g, "is a group, expected a dataset"));
+            }
             Err(Error::format(
                 path,
                 format!(

@@ -132,6 +132,8 @@ impl ZdcFile {
         if pdg.rows != n {
             return Err(Error::data(path, PDG, format!("has {} entries; '{RESPONSES}' has {n}", pdg.rows)));
         }
+        // The conditions of every event are held in memory (the responses are streamed).
+        crate::util::limits::check_memory_for(path, &format!("the conditions of {n} events"), n as f64 * 96.0)?;
         let particles = particles.read_rows_f32(0, n)?;
         let pdg = pdg.read_rows_i64(0, n)?.into_iter().map(|v| v as i32).collect();
         let matrix = responses;
@@ -290,6 +292,61 @@ fn check_conditions(path: &Path, c: &ZdcConditions) -> Result<()> {
     Ok(())
 }
 
+/// Reads the npy header of entry `key` and checks its declared shape against the bytes the entry
+/// holds and against the memory budget, before ndarray-npy allocates the array.
+fn check_npy_header(path: &Path, key: &str) -> Result<()> {
+    use std::io::Read;
+    let bad = |m: String| Error::data(path, key.trim_end_matches(".npy"), m);
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::format(path, format!("not a readable npz file: {e}")))?;
+    let name = if key.ends_with(".npy") { key.to_string() } else { format!("{key}.npy") };
+    let mut entry = zip.by_name(&name).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let size = entry.size();
+    let mut head = [0u8; 12];
+    entry.read_exact(&mut head[..10]).map_err(|_| bad("too short for an npy header".into()))?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Err(bad("is not an npy array (bad magic)".into()));
+    }
+    let (prefix, len) = if head[6] == 1 {
+        (10u64, u16::from_le_bytes([head[8], head[9]]) as u64)
+    } else {
+        entry.read_exact(&mut head[10..12]).map_err(|_| bad("too short for an npy header".into()))?;
+        (12, u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64)
+    };
+    if len > 1 << 20 {
+        return Err(bad(format!("declares an npy header of {len} bytes")));
+    }
+    let mut text = vec![0u8; len as usize];
+    entry.read_exact(&mut text).map_err(|_| bad("the npy header is truncated".into()))?;
+    let text = String::from_utf8_lossy(&text);
+    let shape_text = text
+        .split_once("'shape':")
+        .and_then(|(_, r)| r.split_once('(')?.1.split_once(')'))
+        .map(|(inside, _)| inside.to_string())
+        .ok_or_else(|| bad("the npy header has no shape".into()))?;
+    let dims: Vec<f64> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<f64>().map_err(|_| bad(format!("unreadable shape ({shape_text})"))))
+        .collect::<Result<_>>()?;
+    let item: usize = text
+        .split_once("'descr':")
+        .and_then(|(_, r)| r.split('\'').nth(1))
+        .and_then(|d| d.trim_start_matches(['<', '>', '|', '=']).get(1..)?.parse().ok())
+        .unwrap_or(1);
+    let elements: f64 = dims.iter().product();
+    let available = size.saturating_sub(prefix + len);
+    if elements * item as f64 > available as f64 {
+        return Err(bad(format!(
+            "its header declares shape ({shape_text}) = {} but the array holds only {} (shorter than its header says)",
+            crate::util::limits::human(elements * item as f64),
+            crate::util::limits::human(available as f64)
+        )));
+    }
+    crate::util::limits::check_memory_for(path, &format!("array of shape ({shape_text})"), elements * (item + 4) as f64)
+}
+
 /// Reads `arr_0` of an npz file as f32, whatever numeric dtype it was saved with.
 fn read_npz_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     use ndarray::ArrayD;
@@ -304,6 +361,7 @@ fn read_npz_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .find(|n| n.trim_end_matches(".npy") == "arr_0")
         .cloned()
         .ok_or_else(|| Error::data(path, "arr_0", format!("missing (the archive holds {names:?})")))?;
+    check_npy_header(path, &key)?;
     macro_rules! try_type {
         ($t:ty) => {
             if let Ok(a) = open()?.by_name::<ndarray::OwnedRepr<$t>, ndarray::IxDyn>(&key) {

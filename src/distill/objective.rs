@@ -302,4 +302,8 @@ impl Objective for DistillObjective<'_> {
             "distill-loss"
         }
     }
+
+    fn role(&self) -> &'static str {
+        "student"
+    }
 }

@@ -57,6 +57,17 @@ fn info(path: &Path, events: usize) -> FileInfo {
 
 /// Computes the metrics (and figures), writes them, and applies the gate.
 pub fn run(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, Vec<Regression>)> {
+    if let Some(o) = &req.output {
+        let mut inputs = vec![("--reference", req.reference.as_path()), ("--generated", req.generated.as_path())];
+        inputs.extend(req.baseline.as_deref().map(|b| ("--baseline", b)));
+        crate::util::atomic::ensure_not_input(o, "--output", &inputs)?;
+    }
+    // The baseline is checked before the (long) evaluation: an unusable one fails at once.
+    let baseline = req
+        .baseline
+        .as_deref()
+        .map(|b| MetricsFile::load(b).and_then(|m| report::check_baseline(&m, b).map(|()| m)))
+        .transpose()?;
     let reference = DataFile::open(&req.reference)?;
     let generated = DataFile::open(&req.generated)?;
     let mut out = MetricsFile::new(
@@ -108,18 +119,17 @@ pub fn run(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, 
     if let Some(path) = &req.output {
         out.save(path)?;
     }
-    let regressions = match &req.baseline {
-        Some(b) => {
-            let base = MetricsFile::load(b)?;
+    let regressions = match (&req.baseline, baseline) {
+        (Some(b), Some(base)) => {
             if base.detector != out.detector {
                 return Err(Error::format(
                     b,
                     format!("is a {} baseline; these files are {}", base.detector, out.detector),
                 ));
             }
-            compare(&out, &base, req.tolerance)
+            compare(&out, &base, req.tolerance).map_err(|m| Error::format(b, m))?
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     Ok((out, regressions))
 }

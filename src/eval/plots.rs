@@ -74,11 +74,14 @@ fn canvas<'a>(
 
 /// Normalised step histograms, one panel per quantity.
 pub fn histograms(path: &Path, title: &str, panels: &[HistPanel]) -> Result<()> {
-    let (root, areas) = canvas(path, panels.len(), title)?;
-    for (p, area) in panels.iter().zip(areas.iter()) {
-        draw_histogram(area, p).map_err(|e| draw_err(path, e))?;
-    }
-    root.present().map_err(|e| draw_err(path, e))
+    // Drawn to a temporary file and renamed: a full disk never leaves a truncated figure.
+    crate::util::atomic::write_keeping_extension(path, |path| {
+        let (root, areas) = canvas(path, panels.len(), title)?;
+        for (p, area) in panels.iter().zip(areas.iter()) {
+            draw_histogram(area, p).map_err(|e| draw_err(path, e))?;
+        }
+        root.present().map_err(|e| draw_err(path, e))
+    })
 }
 
 fn steps(edges: &[f64], h: &[f64]) -> Vec<(f64, f64)> {
@@ -124,11 +127,14 @@ fn draw_histogram(
 
 /// Line profiles, one panel per quantity.
 pub fn profiles(path: &Path, title: &str, panels: &[ProfilePanel]) -> Result<()> {
-    let (root, areas) = canvas(path, panels.len(), title)?;
-    for (p, area) in panels.iter().zip(areas.iter()) {
-        draw_profile(area, p).map_err(|e| draw_err(path, e))?;
-    }
-    root.present().map_err(|e| draw_err(path, e))
+    // Drawn to a temporary file and renamed: a full disk never leaves a truncated figure.
+    crate::util::atomic::write_keeping_extension(path, |path| {
+        let (root, areas) = canvas(path, panels.len(), title)?;
+        for (p, area) in panels.iter().zip(areas.iter()) {
+            draw_profile(area, p).map_err(|e| draw_err(path, e))?;
+        }
+        root.present().map_err(|e| draw_err(path, e))
+    })
 }
 
 fn draw_profile(
@@ -181,14 +187,17 @@ fn heat_color(t: f64) -> RGBColor {
 
 /// Heat maps on a shared log10 colour scale.
 pub fn heatmaps(path: &Path, title: &str, panels: &[HeatPanel]) -> Result<()> {
-    let (root, areas) = canvas(path, panels.len(), title)?;
-    let logs = |v: &[f64]| v.iter().map(|&x| if x > 0.0 { x.log10() } else { f64::NAN }).collect::<Vec<_>>();
-    let all: Vec<f64> = panels.iter().flat_map(|p| logs(&p.values)).filter(|v| v.is_finite()).collect();
-    let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    for (p, area) in panels.iter().zip(areas.iter()) {
-        draw_heatmap(area, p, lo, hi).map_err(|e| draw_err(path, e))?;
-    }
-    root.present().map_err(|e| draw_err(path, e))
+    // Drawn to a temporary file and renamed: a full disk never leaves a truncated figure.
+    crate::util::atomic::write_keeping_extension(path, |path| {
+        let (root, areas) = canvas(path, panels.len(), title)?;
+        let logs = |v: &[f64]| v.iter().map(|&x| if x > 0.0 { x.log10() } else { f64::NAN }).collect::<Vec<_>>();
+        let all: Vec<f64> = panels.iter().flat_map(|p| logs(&p.values)).filter(|v| v.is_finite()).collect();
+        let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        for (p, area) in panels.iter().zip(areas.iter()) {
+            draw_heatmap(area, p, lo, hi).map_err(|e| draw_err(path, e))?;
+        }
+        root.present().map_err(|e| draw_err(path, e))
+    })
 }
 
 /// ZDC mean images: heat maps side by side on one shared log10 colour scale, with a colour bar

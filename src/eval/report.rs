@@ -111,13 +111,61 @@ pub struct Regression {
     pub worse_by: f64,
 }
 
-/// Metrics worse than the baseline by more than `tolerance` (relative); a metric of the baseline
-/// that the current run lacks, or that became NaN, counts as worse.
-pub fn compare(current: &MetricsFile, baseline: &MetricsFile, tolerance: f64) -> Vec<Regression> {
-    let now: std::collections::HashMap<String, f64> = flatten(&current.metrics).into_iter().collect();
+/// Every leaf of a metrics object that is not a number (string, null, bool, empty container),
+/// as (dotted path, what it is).
+fn non_numeric(map: &Map<String, Value>) -> Vec<(String, &'static str)> {
+    fn walk(prefix: String, v: &Value, out: &mut Vec<(String, &'static str)>) {
+        match v {
+            Value::Number(_) => {}
+            Value::Object(m) if !m.is_empty() => m.iter().for_each(|(k, v)| walk(format!("{prefix}.{k}"), v, out)),
+            Value::Array(a) if !a.is_empty() => {
+                a.iter().enumerate().for_each(|(i, v)| walk(format!("{prefix}[{i}]"), v, out))
+            }
+            Value::Object(_) => out.push((prefix, "an empty object")),
+            Value::Array(_) => out.push((prefix, "an empty list")),
+            Value::String(_) => out.push((prefix, "a string")),
+            Value::Bool(_) => out.push((prefix, "a boolean")),
+            // NaN is written as null: a metric that could not be computed.
+            Value::Null => out.push((prefix, "null")),
+        }
+    }
+    let mut out = Vec::new();
+    map.iter().for_each(|(k, v)| walk(k.clone(), v, &mut out));
+    out
+}
+
+/// A baseline the gate can use: at least one numeric metric, and every metric a number or null
+/// (NaN: not computable on that data; the current run must still have it). A gate over nothing,
+/// or over strings it would skip, would pass whatever the run produced.
+pub fn check_baseline(baseline: &MetricsFile, path: &Path) -> Result<()> {
+    if flatten(&baseline.metrics).is_empty() {
+        return Err(Error::format(path, "the baseline has no metrics: a gate against it would always pass"));
+    }
+    if let Some((name, what)) = non_numeric(&baseline.metrics).into_iter().find(|(_, w)| *w != "null") {
+        return Err(Error::format(path, format!("baseline metric '{name}' is {what}, not a number")));
+    }
+    Ok(())
+}
+
+/// Metrics worse than the baseline by more than `tolerance` (relative); a metric that became NaN
+/// (written as null) counts as worse. A metric of the baseline that the current run lacks is an
+/// error (the runs are not comparable), returned as its message.
+pub fn compare(current: &MetricsFile, baseline: &MetricsFile, tolerance: f64) -> Result<Vec<Regression>, String> {
+    let mut now: std::collections::HashMap<String, f64> = flatten(&current.metrics).into_iter().collect();
+    now.extend(non_numeric(&current.metrics).into_iter().filter(|(_, w)| *w == "null").map(|(k, _)| (k, f64::NAN)));
     let mut worse = Vec::new();
+    for (name, _) in non_numeric(&baseline.metrics).into_iter().filter(|(_, w)| *w == "null") {
+        if !now.contains_key(&name) {
+            return Err(format!(
+                "baseline metric '{name}' is missing from this run (other settings or another zdcflow version?)"
+            ));
+        }
+        eprintln!("gate: {name} is NaN (null) in the baseline: not gated");
+    }
     for (name, old) in flatten(&baseline.metrics) {
-        let new = now.get(&name).copied().unwrap_or(f64::NAN);
+        let new = *now.get(&name).ok_or_else(|| {
+            format!("baseline metric '{name}' is missing from this run (other settings or another zdcflow version?)")
+        })?;
         let (b_old, b_new) = (badness(&name, old), badness(&name, new));
         let limit = b_old * (1.0 + tolerance) + 1e-12;
         if b_new.is_nan() && !b_old.is_nan() || b_new > limit {
@@ -125,7 +173,7 @@ pub fn compare(current: &MetricsFile, baseline: &MetricsFile, tolerance: f64) ->
             worse.push(Regression { metric: name, baseline: old, current: new, worse_by });
         }
     }
-    worse
+    Ok(worse)
 }
 
 #[cfg(test)]
@@ -142,12 +190,33 @@ mod tests {
     #[test]
     fn gate_passes_on_itself_and_flags_worse_metrics() {
         let base = file(serde_json::json!({"ws": 2.0, "mae_c": 1.0, "classifier": {"auc": 0.6}, "per": [1.0, 2.0]}));
-        assert!(compare(&base, &base, 0.05).is_empty());
+        assert!(compare(&base, &base, 0.05).unwrap().is_empty());
         let slightly =
             file(serde_json::json!({"ws": 2.09, "mae_c": 0.5, "classifier": {"auc": 0.4}, "per": [1.0, 2.0]}));
-        assert!(compare(&slightly, &base, 0.05).is_empty(), "within 5 % (and AUC 0.4 is as far from 0.5 as 0.6)");
-        let worse = file(serde_json::json!({"ws": 2.2, "mae_c": 1.0, "classifier": {"auc": 0.7}, "per": [1.0]}));
-        let names: Vec<String> = compare(&worse, &base, 0.05).into_iter().map(|r| r.metric).collect();
-        assert_eq!(names, vec!["classifier.auc", "per[1]", "ws"]);
+        assert!(
+            compare(&slightly, &base, 0.05).unwrap().is_empty(),
+            "within 5 % (and AUC 0.4 is as far from 0.5 as 0.6)"
+        );
+        let worse = file(serde_json::json!({"ws": 2.2, "mae_c": 1.0, "classifier": {"auc": 0.7}, "per": [1.0, null]}));
+        let names: Vec<String> = compare(&worse, &base, 0.05).unwrap().into_iter().map(|r| r.metric).collect();
+        assert_eq!(names, vec!["classifier.auc", "per[1]", "ws"], "a metric that became NaN (null) is worse");
+        let lacking = file(serde_json::json!({"ws": 2.0, "mae_c": 1.0, "classifier": {"auc": 0.6}, "per": [1.0]}));
+        let e = compare(&lacking, &base, 0.05).unwrap_err();
+        assert!(e.contains("'per[1]'") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn baselines_without_numbers_are_refused() {
+        let p = Path::new("base.json");
+        assert!(check_baseline(&file(serde_json::json!({"ws": 1.0})), p).is_ok());
+        let e = check_baseline(&file(serde_json::json!({})), p).unwrap_err().to_string();
+        assert!(e.contains("base.json") && e.contains("no metrics"), "{e}");
+        let e = check_baseline(&file(serde_json::json!({"ws": 1.0, "mae": "0.3"})), p).unwrap_err().to_string();
+        assert!(e.contains("'mae'") && e.contains("a string"), "{e}");
+        let e = check_baseline(&file(serde_json::json!({"a": {"b": null}})), p).unwrap_err().to_string();
+        assert!(e.contains("no metrics"), "a baseline of NaNs only gates nothing: {e}");
+        assert!(check_baseline(&file(serde_json::json!({"a": {"b": null}, "c": 1.0})), p).is_ok());
+        let e = check_baseline(&file(serde_json::json!({"a": [], "c": 1.0})), p).unwrap_err().to_string();
+        assert!(e.contains("'a'") && e.contains("empty list"), "{e}");
     }
 }

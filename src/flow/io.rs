@@ -27,9 +27,121 @@ pub fn save(spec: &FlowSpec, varmap: &VarMap, stem: &Path) -> Result<()> {
     save_varmap(varmap, &weights)
 }
 
-/// Atomically writes a `VarMap` as safetensors.
+/// Atomically writes a `VarMap` as safetensors, with the architecture hash of its tensors in
+/// the header (see [`Identity`]).
 pub fn save_varmap(varmap: &VarMap, path: &Path) -> Result<()> {
-    atomic::write_with(path, |tmp| varmap.save(tmp).map_err(|e| Error::checkpoint(path, e.to_string())))
+    save_varmap_as(varmap, path, None, None)
+}
+
+/// The key of a weights file's header metadata that holds its [`Identity`].
+pub const IDENTITY_KEY: &str = "zdcflow_identity";
+
+/// Who a weights file belongs to: the unit that wrote it, the role of its model, and a hash of
+/// its tensor names and shapes. Files written before zdcflow recorded this have none and load
+/// as before.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub architecture: String,
+}
+
+/// FNV-1a over the sorted `name:dims;` list: the same for every file of one architecture.
+pub fn architecture_hash<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize])>) -> String {
+    let mut items: Vec<String> = tensors.map(|(n, d)| format!("{n}:{d:?};")).collect();
+    items.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in items.concat().bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Like [`save_varmap`], recording the unit name and role too.
+pub fn save_varmap_as(varmap: &VarMap, path: &Path, unit: Option<&str>, role: Option<&str>) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut tensors: Vec<(String, candle_core::Tensor)> =
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    drop(data);
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let identity = Identity {
+        role: role.map(str::to_string),
+        unit: unit.map(str::to_string),
+        architecture: architecture_hash(tensors.iter().map(|(k, t)| (k.as_str(), t.dims()))),
+    };
+    write_tensors(path, &tensors, &identity)
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, candle_core::Tensor)], identity: &Identity) -> Result<()> {
+    let meta = std::collections::HashMap::from([(
+        IDENTITY_KEY.to_string(),
+        serde_json::to_string(identity).expect("identity serialises"),
+    )]);
+    atomic::write_with(path, |tmp| {
+        safetensors::tensor::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta), tmp)
+            .map_err(|e| Error::checkpoint(path, format!("cannot write: {e}")))
+    })
+}
+
+/// The identity in a weights file's header; `None` for files written before identities existed.
+pub fn read_identity(path: &Path) -> Result<Option<Identity>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| Error::checkpoint(path, "not a safetensors file (too short)"))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if n > 100 << 20 || n + 8 > size {
+        return Err(Error::checkpoint(
+            path,
+            format!("not a safetensors file (header of {n} bytes in a {size}-byte file)"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file (unreadable header: {e})")))?;
+    match v.get("__metadata__").and_then(|m| m.get(IDENTITY_KEY)).and_then(|s| s.as_str()) {
+        None => Ok(None),
+        Some(s) => serde_json::from_str(s)
+            .map(Some)
+            .map_err(|e| Error::checkpoint(path, format!("unreadable identity in the header: {e}"))),
+    }
+}
+
+/// Copies a weights file, recording `role` as its role (a teacher's unit copied into a student).
+pub fn copy_weights_as(from: &Path, to: &Path, role: &str) -> Result<()> {
+    let identity = read_identity(from)?;
+    let tensors = candle_core::safetensors::load(from, &candle_core::Device::Cpu)
+        .map_err(|e| Error::checkpoint(from, format!("cannot read weights: {e}")))?;
+    let mut tensors: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let identity = Identity {
+        role: Some(role.to_string()),
+        unit: identity.and_then(|i| i.unit),
+        architecture: architecture_hash(tensors.iter().map(|(k, t)| (k.as_str(), t.dims()))),
+    };
+    write_tensors(to, &tensors, &identity)
+}
+
+/// Checks a weights file's identity (when it has one) against the unit and role expected.
+pub fn check_identity(path: &Path, unit: &str, role: &str) -> Result<()> {
+    let Some(id) = read_identity(path)? else { return Ok(()) };
+    if let Some(r) = id.role.as_deref().filter(|r| *r != role) {
+        return Err(Error::checkpoint(
+            path,
+            format!("holds the weights of a {r}'s unit, but this model is a {role} (files swapped between model directories, a checkpoint of another model?)"),
+        ));
+    }
+    if let Some(u) = id.unit.as_deref().filter(|u| *u != unit) {
+        return Err(Error::checkpoint(
+            path,
+            format!("holds the weights of unit '{u}', not of '{unit}' (files swapped, a checkpoint of another model?)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a spec from JSON, validating it.

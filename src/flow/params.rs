@@ -94,6 +94,19 @@ pub fn load_frozen(
             "weights hold tensor '{extra}' that the model does not have (a checkpoint of another model?)"
         ));
     }
+    if let Ok(Some(id)) = super::io::read_identity(path) {
+        let expected = super::io::architecture_hash(want.iter().map(|(k, v)| (k.as_str(), v.shape().dims())));
+        if id.architecture != expected {
+            return Err(format!(
+                "weights of architecture {} but the model is {expected} (a checkpoint of another model?)",
+                id.architecture
+            ));
+        }
+    }
+    drop(want);
+    if let Some(name) = crate::train::trainer::first_non_finite(&tensors).map_err(|e| e.to_string())? {
+        return Err(format!("tensor '{name}' holds non-finite values (NaN or infinity): these weights are unusable"));
+    }
     tensors.into_iter().map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)).map_err(|e| e.to_string())).collect()
 }
 

@@ -122,6 +122,17 @@ impl Manifest {
         for (name, unit) in &m.units {
             if let Some(f) = &unit.flow {
                 f.validate().map_err(|e| Error::checkpoint(&path, format!("unit {name}: {e}")))?;
+                // The model is built before its weights are read: its size is checked first.
+                let (h, d, c) = (f.hidden_features as f64, f.features as f64, f.context_features as f64);
+                let params = f.blocks as f64
+                    * (f.hidden_layers as f64 * 2.0 * (h * h + h)
+                        + h * (d + c)
+                        + h * d * f.spline.params_per_feature() as f64);
+                crate::util::limits::check_memory_for(
+                    &path,
+                    &format!("unit {name} ({params:.3e} parameters)"),
+                    8.0 * params,
+                )?;
             }
         }
         Ok(m)
@@ -137,8 +148,16 @@ impl Manifest {
     pub fn weights(&self, dir: &Path, name: &str) -> Result<PathBuf> {
         let unit = self.unit(name, dir)?;
         let d = dir.join(&unit.dir);
+        if !d.is_dir() {
+            return Err(Error::checkpoint(
+                &d,
+                format!("unit '{name}' is missing: the model directory has no {}/ (moved or deleted?)", unit.dir),
+            ));
+        }
         for f in ["best.safetensors", "last.safetensors"] {
             if d.join(f).exists() {
+                let role = format!("{:?}", self.role).to_lowercase();
+                crate::flow::io::check_identity(&d.join(f), name, &role)?;
                 return Ok(d.join(f));
             }
         }
@@ -158,6 +177,9 @@ pub fn save_unit_file(dir: &Path, file: &UnitFile) -> Result<()> {
 
 /// Refuses to start over in a directory that already holds a model, unless resuming.
 pub fn check_output_dir(dir: &Path, resume: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::checkpoint(dir, "--output-dir is a file, not a directory"));
+    }
     let exists = dir.join(MODEL_JSON).exists();
     if resume && !exists {
         return Err(Error::checkpoint(dir, "--resume: no model to resume here (no model.json)"));

@@ -74,7 +74,10 @@ pub fn copy_unit(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
     for f in [super::manifest::MODEL_JSON, "best.safetensors", "last.safetensors"] {
         let src = from.join(f);
-        if src.exists() {
+        if src.exists() && f.ends_with(".safetensors") {
+            // Re-tagged as the student's: the identity check at loading expects its model's role.
+            io::copy_weights_as(&src, &to.join(f), "student")?;
+        } else if src.exists() {
             let dst = to.join(f);
             crate::util::atomic::write_with(&dst, |tmp| {
                 std::fs::copy(&src, tmp).map(|_| ()).map_err(|e| Error::io(&src, e))

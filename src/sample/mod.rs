@@ -76,6 +76,17 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
+/// A shard must own at least one event: an empty file is one that `inspect` and `evaluate`
+/// refuse, so it is refused here instead.
+fn check_shard(total: usize, mine: usize, shard: Option<(usize, usize)>) -> Result<()> {
+    match shard {
+        Some((i, n)) if mine == 0 => Err(Error::Invalid(format!(
+            "--shard {i}/{n}: {total} events split {n} ways leave this shard none; use at most {total} shards"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The slice of `total` items that shard `(i, n)` owns.
 pub fn shard_range(total: usize, shard: Option<(usize, usize)>) -> std::ops::Range<usize> {
     match shard {
@@ -120,6 +131,13 @@ fn attrs(req: &Request, dir: &Path, m: &Manifest, source: Option<(&Path, usize)>
 pub fn run(req: &Request, device: &Device) -> Result<Report> {
     if req.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
+    }
+    if let Some(c) = &req.conditions {
+        crate::util::atomic::ensure_not_input(&req.output, "--output", &[("--conditions", c.as_path())])?;
+    }
+    if let Some(n) = req.events {
+        // E_inc of every event is held in memory; the showers are written in chunks.
+        crate::util::limits::check_memory(&format!("--events {n}"), 4.0 * n as f64)?;
     }
     let (dir, m) = resolve_model(req)?;
     match m.detector {
@@ -174,7 +192,13 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
     let file = ZdcFile::open(path)?;
     let rows = select(file.events, m, req.selection, path, Some(&file.conditions.pdg))?;
     let range = shard_range(rows.len(), req.shard);
+    check_shard(rows.len(), range.len(), req.shard)?;
     let mine = &rows[range.clone()];
+    crate::util::limits::check_disk(
+        &req.output,
+        mine.len() as f64 * 4.0 * (crate::data::channels::PIXELS + 11) as f64,
+        true,
+    )?;
     let mut writer = ZdcWriter::create(&req.output, mine.len(), &attrs(req, dir, m, Some((path, file.events))), true)?;
     let pb = progress::bar(mine.len() as u64, "sampling", "events", req.show_progress);
     let start = Instant::now();
@@ -217,7 +241,13 @@ fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<
         return Err(Error::Invalid("nothing to generate (0 events)".into()));
     }
     let range = shard_range(energies.len(), req.shard);
+    check_shard(energies.len(), range.len(), req.shard)?;
     let mine = &energies[range.clone()];
+    crate::util::limits::check_disk(
+        &req.output,
+        mine.len() as f64 * 4.0 * (chain.geometry.voxels() + 1) as f64,
+        req.gzip > 0,
+    )?;
     let mut writer =
         CaloWriter::create(&req.output, &chain.geometry, mine.len(), &attrs(req, dir, m, source), req.gzip)?;
     let pb = progress::bar(mine.len() as u64, "sampling", "showers", req.show_progress);
@@ -255,6 +285,8 @@ fn report(events: usize, generating: f64, start: Instant, output: &Path) -> Repo
 
 /// `zdcflow merge`: joins shard files (any order; their `shard` attributes order them).
 pub fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<usize> {
+    let named: Vec<(&str, &Path)> = inputs.iter().map(|p| ("shard", p.as_path())).collect();
+    crate::util::atomic::ensure_not_input(output, "--output", &named)?;
     let mut shards = Vec::new();
     for p in inputs {
         let f = h5::open(p)?;
@@ -267,9 +299,25 @@ pub fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<u
     }
     shards.sort_by_key(|s| s.0);
     let n = shards[0].1;
+    if let Some(s) = shards.iter().find(|s| s.1 != n) {
+        return Err(Error::format(
+            &s.3,
+            format!(
+                "is shard {}/{} but {} is shard {}/{n}: shards of different jobs (another --shard N)",
+                s.0,
+                s.1,
+                shards[0].3.display(),
+                shards[0].0
+            ),
+        ));
+    }
     let have: Vec<usize> = shards.iter().map(|s| s.0).collect();
-    if shards.iter().any(|s| s.1 != n) || have != (1..=n).collect::<Vec<_>>() {
-        return Err(Error::Invalid(format!("merge needs shards 1..{n} of one job exactly once; got {have:?}")));
+    if let Some(w) = have.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Invalid(format!("merge: shard {}/{n} is given twice", w[0])));
+    }
+    if have != (1..=n).collect::<Vec<_>>() {
+        let missing: Vec<String> = (1..=n).filter(|i| !have.contains(i)).map(|i| format!("{i}/{n}")).collect();
+        return Err(Error::Invalid(format!("merge needs shards 1..{n} of one job; missing {}", missing.join(", "))));
     }
     if let Some(s) = shards.iter().find(|s| s.2 != shards[0].2) {
         return Err(Error::format(&s.3, "comes from another model, seed or conditions file than the first shard"));

@@ -23,7 +23,7 @@ use super::checkpoint::{self, State};
 use super::schedule;
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::flow::io::save_varmap;
+use crate::flow::io::save_varmap_as;
 use crate::flow::params::assign;
 use crate::util::rng::{derive, tag};
 use crate::util::{interrupt, progress};
@@ -36,6 +36,10 @@ pub trait Objective {
     fn val_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64>;
     /// The metric's name in logs ("nll", "kl", "mse").
     fn metric_name(&self) -> &'static str;
+    /// The role of the model being trained ("teacher", "student"), recorded in its weights files.
+    fn role(&self) -> &'static str {
+        "teacher"
+    }
 }
 
 /// Everything a run needs besides the objective.
@@ -106,6 +110,8 @@ struct Loop<'a, 'b> {
     metrics: std::fs::File,
     last_metric: Option<f64>,
     running: (f64, usize),
+    /// Step of the checkpoint on disk (whose loss and validation were finite), if any.
+    kept_step: Option<u64>,
 }
 
 pub fn fit(run: &Run, objective: &dyn Objective) -> Result<Summary> {
@@ -126,6 +132,7 @@ pub fn fit(run: &Run, objective: &dyn Objective) -> Result<Summary> {
         wall_s: 0.0,
     };
     let state = if run.resume { resume(run, &mut adam)? } else { fresh };
+    let kept_step = run.resume.then_some(state.step);
     let mut steps_per_epoch = batches_per_epoch(run.source, run.train_events.len(), cfg.batch_size);
     if cfg.max_batches > 0 {
         steps_per_epoch = steps_per_epoch.min(cfg.max_batches);
@@ -147,6 +154,7 @@ pub fn fit(run: &Run, objective: &dyn Objective) -> Result<Summary> {
         metrics,
         last_metric: None,
         running: (0.0, 0),
+        kept_step,
     };
     l.train()?;
     let wall = l.wall();
@@ -192,9 +200,36 @@ fn resume(run: &Run, adam: &mut Adam) -> Result<State> {
     if loaded.weights.len() != expected {
         return Err(Error::checkpoint(&file, "holds a different set of tensors (a checkpoint of another model?)"));
     }
+    if let Some(name) = first_non_finite(&loaded.weights)? {
+        return Err(Error::checkpoint(
+            &file,
+            format!("tensor '{name}' holds non-finite values (written by an older zdcflow after a divergence?); start over without --resume"),
+        ));
+    }
     assign(run.varmap, &loaded.weights)?;
     adam.load_state(&loaded.adam, loaded.state.step).map_err(|m| Error::checkpoint(&file, m))?;
+    eprintln!(
+        "{}: resuming from the checkpoint of step {} (epoch {}, batch {})",
+        run.unit,
+        loaded.state.step,
+        loaded.state.epoch + 1,
+        loaded.state.batch_in_epoch
+    );
     Ok(loaded.state)
+}
+
+/// The first tensor (by name) holding a NaN or an infinity.
+pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<String>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        let finite = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
+        if !finite {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Opens metrics.jsonl for appending; on resume, drops lines after the checkpoint's step.
@@ -219,6 +254,23 @@ fn open_metrics(dir: &Path, keep_until: Option<u64>) -> Result<std::fs::File> {
 }
 
 impl Loop<'_, '_> {
+    /// The error of a run whose loss, gradient, validation or weights stopped being finite: nothing
+    /// was written for this step, and the message says which checkpoint was kept.
+    fn diverged(&self, what: &str, value: f64) -> Error {
+        let kept = match self.kept_step {
+            Some(s) => {
+                format!("the checkpoint of step {s} is kept; --resume continues from it (a lower train.lr may help)")
+            }
+            None => "no checkpoint was written yet".to_string(),
+        };
+        Error::Invalid(format!(
+            "{}: non-finite {what} ({value}) at step {} (epoch {}); {kept}",
+            self.run.unit,
+            self.state.step,
+            self.state.epoch + 1
+        ))
+    }
+
     fn wall(&self) -> f64 {
         self.wall_before + self.started.elapsed().as_secs_f64()
     }
@@ -280,14 +332,14 @@ impl Loop<'_, '_> {
         let loss = self.objective.loss(batch, &mut rng)?;
         let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
-            return Err(Error::NonFinite { step: self.state.step, epoch: self.state.epoch, value });
+            return Err(self.diverged("loss", value));
         }
         let grads = loss.backward()?;
         let mut scale = 1.0;
         if cfg.grad_clip > 0.0 {
             let norm = self.adam.grad_norm(&grads)?;
             if !norm.is_finite() {
-                return Err(Error::NonFinite { step: self.state.step, epoch: self.state.epoch, value: norm });
+                return Err(self.diverged("gradient norm", norm));
             }
             if norm > cfg.grad_clip {
                 scale = cfg.grad_clip / norm;
@@ -331,6 +383,12 @@ impl Loop<'_, '_> {
         self.running = (0.0, 0);
         // Without a validation split the training loss decides "best".
         let metric = self.validate()?.or(train_loss);
+        if let Some(m) = metric.filter(|m| !m.is_finite()) {
+            return Err(self.diverged(&format!("validation {}", self.objective.metric_name()), m));
+        }
+        if let Some(name) = first_non_finite(&weights_of(self.adam.vars()))? {
+            return Err(self.diverged(&format!("weights (tensor '{name}')"), f64::NAN));
+        }
         self.last_metric = metric;
         let improved = match (metric, self.state.best_metric) {
             (Some(m), Some(b)) => m.is_finite() && m < b,
@@ -341,9 +399,9 @@ impl Loop<'_, '_> {
             self.state.best_metric = metric;
             self.state.best_epoch = self.state.epoch;
             self.state.best_step = self.state.step;
-            save_varmap(self.run.varmap, &self.run.dir.join("best.safetensors"))?;
+            self.save_weights("best.safetensors")?;
         }
-        save_varmap(self.run.varmap, &self.run.dir.join("last.safetensors"))?;
+        self.save_weights("last.safetensors")?;
         self.save_checkpoint()?;
         let line = MetricsLine {
             unit: &self.run.unit,
@@ -373,9 +431,19 @@ impl Loop<'_, '_> {
         Ok(())
     }
 
+    fn save_weights(&self, name: &str) -> Result<()> {
+        let role = self.objective.role();
+        save_varmap_as(self.run.varmap, &self.run.dir.join(name), Some(&self.run.unit), Some(role))
+    }
+
     fn save_checkpoint(&mut self) -> Result<()> {
         self.state.wall_s = self.wall();
         let weights = weights_of(self.adam.vars());
-        checkpoint::save(&self.run.dir, &self.state, &weights, &self.adam.state())
+        if let Some(name) = first_non_finite(&weights)? {
+            return Err(self.diverged(&format!("weights (tensor '{name}')"), f64::NAN));
+        }
+        checkpoint::save(&self.run.dir, &self.state, &weights, &self.adam.state())?;
+        self.kept_step = Some(self.state.step);
+        Ok(())
     }
 }

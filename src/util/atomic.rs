@@ -3,13 +3,60 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
+/// Temporary files of this process that may exist; removed on SIGINT/SIGTERM.
+static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 /// The temporary sibling used while writing `path` (same directory, so the rename is atomic).
+/// It is remembered so that [`remove_temps`] can delete it if the process is stopped.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if let Ok(mut live) = LIVE_TEMPS.lock() {
+        if !live.contains(&tmp) {
+            live.push(tmp.clone());
+        }
+    }
+    tmp
+}
+
+/// Deletes every temporary file of this process still on disk (called by the signal handler).
+pub fn remove_temps() {
+    // try_lock: a signal arriving while another thread holds the lock must not deadlock.
+    if let Ok(live) = LIVE_TEMPS.try_lock() {
+        for p in live.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Refuses an output path that is one of the inputs (compared as canonical paths, so
+/// `./a.h5`, `a.h5` and a symlink to it are one file): writing it would replace the input.
+pub fn ensure_not_input(output: &Path, flag: &str, inputs: &[(&str, &Path)]) -> Result<()> {
+    let canon = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        // Not there yet: its parent's canonical path plus its name.
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
+            _ => std::env::current_dir().ok()?,
+        };
+        Some(parent.join(p.file_name()?))
+    };
+    let Some(out) = canon(output) else { return Ok(()) };
+    for (name, input) in inputs {
+        if canon(input).as_ref() == Some(&out) {
+            return Err(Error::format(
+                output,
+                format!("{flag} is also the {name} input; writing it would replace that file — choose another {flag}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `write` on a temporary path, then renames it to `path`.
@@ -17,28 +64,94 @@ pub fn write_with<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
-    let tmp = temp_path(path);
+    write_via(path, temp_path(path), write)
+}
+
+/// Like [`write_with`], with a temporary name that keeps the extension (`.plot.tmp-PID.png`),
+/// for writers that choose the format by the extension (PNG figures).
+pub fn write_keeping_extension<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
+    let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let tmp = temp_path(&path.with_file_name(&stem));
+    let tmp = tmp.with_file_name(format!("{}{ext}", tmp.file_name().unwrap_or_default().to_string_lossy()));
+    if let Ok(mut live) = LIVE_TEMPS.lock() {
+        if !live.contains(&tmp) {
+            live.push(tmp.clone());
+        }
+    }
+    write_via(path, tmp, write)
+}
+
+fn write_via<F>(path: &Path, tmp: PathBuf, write: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
     let result = write(&tmp).and_then(|()| {
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map_err(|e| retarget(e, &tmp, path))
+}
+
+/// An error about the temporary file, told about the target the user named.
+fn retarget(e: Error, tmp: &Path, path: &Path) -> Error {
+    let swap = |p: PathBuf| if p == tmp { path.to_path_buf() } else { p };
+    match e {
+        Error::Io { path: p, err } => Error::Io { path: swap(p), err },
+        Error::Hdf5 { path: p, msg } => Error::Hdf5 { path: swap(p), msg },
+        Error::Format { path: p, msg } => Error::Format { path: swap(p), msg },
+        Error::Checkpoint { path: p, msg } => Error::Checkpoint { path: swap(p), msg },
+        Error::Data { path: p, dataset, msg } => Error::Data { path: swap(p), dataset, msg },
+        Error::Invalid(m) => Error::Invalid(m.replace(&tmp.display().to_string(), &path.display().to_string())),
+        other => other,
+    }
 }
 
 /// Atomically writes `bytes` to `path`.
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |tmp| {
-        let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(tmp, e))
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(path, e))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_equal_to_an_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.h5");
+        std::fs::write(&a, b"x").unwrap();
+        let dotted = dir.path().join(".").join("a.h5");
+        let e = ensure_not_input(&dotted, "--output", &[("--conditions", &a)]).unwrap_err().to_string();
+        assert!(e.contains("--conditions") && e.contains("a.h5"), "{e}");
+        assert!(ensure_not_input(&dir.path().join("b.h5"), "--output", &[("--conditions", &a)]).is_ok());
+    }
+
+    #[test]
+    fn write_errors_name_the_target_not_the_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing-dir").join("a.json");
+        let e = write_bytes(&p, b"x").unwrap_err().to_string();
+        assert!(e.contains("missing-dir/a.json") && !e.contains(".tmp-"), "{e}");
+    }
+
+    #[test]
+    fn stopped_writes_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = temp_path(&dir.path().join("big.h5"));
+        std::fs::write(&tmp, b"partial").unwrap();
+        remove_temps();
+        assert!(!tmp.exists());
+    }
 
     #[test]
     fn failed_write_keeps_the_previous_file() {

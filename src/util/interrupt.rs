@@ -1,23 +1,47 @@
-//! Ctrl-C handling: the first Ctrl-C asks long-running work to save and stop at the next safe
-//! point; a second one exits at once.
+//! Ctrl-C and SIGTERM handling. In training, the first signal asks long-running work to save and
+//! stop at the next safe point; a second one exits at once. Everywhere else (sample, generate,
+//! merge, evaluate…) a signal removes this process's temporary files and exits with 130, so no
+//! `.NAME.tmp-PID` is left behind.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static GRACEFUL: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
 
-/// Installs the handler (idempotent).
-pub fn install() {
+fn exit_now() -> ! {
+    crate::util::atomic::remove_temps();
+    #[cfg(unix)]
+    // SAFETY: _exit ends the process without running atexit handlers (HDF5's could wait on a lock
+    // that another thread holds at this moment).
+    unsafe {
+        libc::_exit(130)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(130)
+}
+
+/// Installs the signal handler (idempotent): temporary files are removed and the process exits.
+pub fn install_cleanup() {
     INSTALL.call_once(|| {
         let _ = ctrlc::set_handler(|| {
+            if !GRACEFUL.load(Ordering::SeqCst) {
+                exit_now();
+            }
             if REQUESTED.swap(true, Ordering::SeqCst) {
                 eprintln!("\ninterrupted again: exiting without saving");
-                std::process::exit(130);
+                exit_now();
             }
             eprintln!("\ninterrupt: saving a checkpoint and stopping (Ctrl-C again to exit at once)");
         });
     });
+}
+
+/// Training: the first signal asks for a checkpoint and a clean stop (see [`requested`]).
+pub fn install() {
+    GRACEFUL.store(true, Ordering::SeqCst);
+    install_cleanup();
 }
 
 pub fn requested() -> bool {

@@ -2,5 +2,6 @@
 
 pub mod atomic;
 pub mod interrupt;
+pub mod limits;
 pub mod progress;
 pub mod rng;

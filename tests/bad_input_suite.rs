@@ -1,0 +1,681 @@
+//! The hostile-user suite of issue 14: every case runs the real binary on tiny files written
+//! here, and asserts its exit code (0 ok, 1 error, 2 usage, 3 regression, 130 stopped), the
+//! content of its one error line (1 and 2), and that no file that existed before the run changed.
+//!
+//! One fixture (two generated data sets, a tiny ZDC teacher, its samples, shards and metrics) is
+//! built once and shared; cases that need a modified model or file work on copies in their own
+//! directory.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use common::{config, hdf5_in_process, spawning};
+
+/// The shared fixture's directory (under cargo's per-target temporary directory).
+fn fixture() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bad_input_suite-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let ok = |args: &[&str]| {
+            let r = run_in(&d, args, &[]);
+            assert_eq!(r.code, 0, "fixture step {args:?} failed:\n{}", r.stderr);
+        };
+        ok(&["generate", "zdc", "--events", "600", "--seed", "1", "--output", "zdc.h5"]);
+        ok(&["generate", "calo", "--dataset", "2", "--events", "40", "--seed", "1", "--output", "ds2.h5"]);
+        ok(&teacher_args("t", &[]));
+        ok(&["sample", "--model", "t", "--conditions", "zdc.h5", "--seed", "1", "--output", "gen.h5"]);
+        for s in ["1/3", "2/3", "3/3", "2/4"] {
+            let out = format!("s{}.h5", s.replace('/', "of"));
+            ok(&["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", s, "--output", &out]);
+        }
+        ok(&["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--output", "m.json"]);
+        d
+    })
+}
+
+fn teacher_args(out: &str, extra: &[&'static str]) -> Vec<&'static str> {
+    let cfg: &'static str = Box::leak(config("smoke-zdc.toml").into_boxed_str());
+    let out: &'static str = Box::leak(out.to_string().into_boxed_str());
+    let mut a = vec![
+        "train-teacher",
+        "--config",
+        cfg,
+        "--set",
+        "data.path=zdc.h5",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "flow.hidden_features=8",
+        "--set",
+        "regressor.epochs=1",
+        "--output-dir",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+struct Ran {
+    code: i32,
+    stderr: String,
+}
+
+fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut cmd = cargo_bin_cmd!("zdcflow");
+    cmd.current_dir(dir).arg("--quiet").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let _guard = spawning();
+    let out = cmd.output().expect("zdcflow runs");
+    Ran { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+}
+
+/// Content of every file under `dirs` (recursively), by path.
+fn snapshot(dirs: &[PathBuf]) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                let path = e.path();
+                // Other cases' own directories change under them; each case snapshots its own.
+                if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("case-")) {
+                    continue;
+                }
+                walk(&path, out);
+            }
+        } else if let Ok(bytes) = std::fs::read(p) {
+            out.insert(p.to_path_buf(), bytes);
+        }
+    }
+    let mut out = BTreeMap::new();
+    dirs.iter().for_each(|d| walk(d, &mut out));
+    out
+}
+
+/// Runs one case in `dir` (the fixture or a case directory) and checks exit code, the single
+/// error line and that no earlier file changed. Returns stderr.
+fn case(dir: &Path, args: &[&str], env: &[(&str, &str)], code: i32, want: &[&str], not: &[&str]) -> String {
+    let mut watched = vec![fixture().to_path_buf()];
+    if dir != fixture() {
+        watched.push(dir.to_path_buf());
+    }
+    let before = snapshot(&watched);
+    let r = run_in(dir, args, env);
+    assert_eq!(r.code, code, "zdcflow {args:?}: exit {} (expected {code}):\n{}", r.code, r.stderr);
+    assert!(!r.stderr.contains("panicked"), "zdcflow {args:?} panicked:\n{}", r.stderr);
+    if code == 1 || code == 2 {
+        let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "zdcflow {args:?}: expected one error line:\n{}", r.stderr);
+        for w in want {
+            assert!(errors[0].contains(w), "zdcflow {args:?}: '{w}' not in: {}", errors[0]);
+        }
+        for n in not {
+            assert!(!errors[0].contains(n), "zdcflow {args:?}: '{n}' should not be in: {}", errors[0]);
+        }
+    }
+    let after = snapshot(&watched);
+    for (p, bytes) in &before {
+        assert!(after.get(p) == Some(bytes), "zdcflow {args:?} changed or removed {}", p.display());
+    }
+    for p in after.keys().filter(|p| !before.contains_key(*p)) {
+        let name = p.file_name().unwrap().to_string_lossy();
+        assert!(!name.contains(".tmp-"), "zdcflow {args:?} left a temporary file {}", p.display());
+    }
+    r.stderr
+}
+
+/// A fresh directory for a case that needs its own files.
+fn case_dir(name: &str) -> PathBuf {
+    let d = fixture().join(format!("case-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_dir(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn f(name: &str) -> String {
+    fixture().join(name).display().to_string()
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let d = fixture();
+    case(d, &["--threads", "100000", "inspect", "zdc.h5"], &[], 2, &["--threads", "1..=1024"], &[]);
+    case(d, &["--threads", "0", "inspect", "zdc.h5"], &[], 2, &["--threads"], &[]);
+    let eval = ["evaluate", "--reference", "ds2.h5", "--generated", "ds2.h5", "--classifier-hidden", "0"];
+    case(d, &eval, &[], 2, &["--classifier-hidden"], &[]);
+    case(d, &["sample", "--model", "t", "--bogus"], &[], 2, &["--bogus"], &[]);
+    let err = case(d, &["generate", "zdc", "--output", "x.h5"], &[], 2, &["required arguments"], &[]);
+    assert!(err.contains("--events"), "{err}");
+    case(d, &["generate", "calo", "--dataset", "4", "--events", "3", "--output", "x.h5"], &[], 2, &["--dataset"], &[]);
+    case(d, &["sample", "--model", "t", "--events", "3", "--gzip", "12", "--output", "x.h5"], &[], 2, &["--gzip"], &[]);
+    case(d, &["generate", "zdc", "--events", "1e14", "--output", "x.h5"], &[], 2, &["1e14"], &[]);
+}
+
+#[test]
+fn huge_counts_and_sizes_are_refused_before_allocating() {
+    let d = fixture();
+    let limit = ["memory", "ZDCFLOW_MEMORY_LIMIT"];
+    case(d, &["sample", "--model", "t", "--events", "100000000000000", "--output", "x.h5"], &[], 1, &limit, &[]);
+    case(d, &["generate", "zdc", "--events", "100000000000000", "--output", "x.h5"], &[], 1, &limit, &[]);
+    let big3 = ["generate", "calo", "--dataset", "3", "--events", "100000000000000", "--output", "x.h5"];
+    case(d, &big3, &[], 1, &["x.h5", "filesystem has", "free"], &[]);
+    let big2 = ["generate", "calo", "--dataset", "2", "--events", "10000000000000", "--gzip", "1", "--output", "x.h5"];
+    case(d, &big2, &[], 1, &["x.h5", "at least", "free"], &[]);
+    assert!(!d.join("x.h5").exists());
+    let huge = teacher_args("case-never", &["--set", "flow.hidden_features=100000000"]);
+    case(d, &huge, &[], 1, &["flow.hidden_features", "memory"], &[]);
+    let stu = [
+        "distill-student",
+        "--config",
+        &config("smoke-zdc-student.toml"),
+        "--teacher",
+        "t",
+        "--set",
+        "student.flow.hidden_features=100000000",
+        "--output-dir",
+        "case-never",
+    ];
+    case(d, &stu, &[], 1, &["student.flow.hidden_features", "memory"], &[]);
+    let bench = ["bench", "--shape", "ds2-flow3", "--what", "sample-iaf", "--batch-size", "100000000000"];
+    case(d, &bench, &[], 1, &["--batch-size 100000000000", "memory"], &[]);
+    case(d, &["bench", "--shape", "ds2-flow3", "--batch-size", "0"], &[], 1, &["--batch-size must be ≥ 1"], &[]);
+    case(d, &["bench", "--shape", "ds2-flow3", "--repeats", "0"], &[], 1, &["--repeats"], &[]);
+    let student_cfg = config("smoke-zdc-student.toml");
+    case(d, &["bench", "--config", &student_cfg], &[], 1, &["smoke-zdc-student.toml", "no teacher flow"], &[]);
+    // The memory limit can be set (both ways), and a bad setting is named.
+    let tiny = [("ZDCFLOW_MEMORY_LIMIT", "1K")];
+    case(
+        d,
+        &["generate", "zdc", "--events", "100", "--output", "x.h5"],
+        &tiny,
+        1,
+        &["1.0 KB", "ZDCFLOW_MEMORY_LIMIT=1K"],
+        &[],
+    );
+    let bad = [("ZDCFLOW_MEMORY_LIMIT", "lots")];
+    case(
+        d,
+        &["generate", "zdc", "--events", "100", "--output", "x.h5"],
+        &bad,
+        1,
+        &["ZDCFLOW_MEMORY_LIMIT='lots'"],
+        &[],
+    );
+    let c = case_dir("memlimit");
+    case(
+        &c,
+        &["generate", "zdc", "--events", "20", "--output", "z.h5"],
+        &[("ZDCFLOW_MEMORY_LIMIT", "64G")],
+        0,
+        &[],
+        &[],
+    );
+}
+
+#[test]
+fn model_json_sizes_and_weights_are_checked_before_use() {
+    let c = case_dir("model");
+    // A model.json whose flow is enormous: refused before the model is built.
+    copy_dir(&fixture().join("t"), &c.join("huge"));
+    let mj = c.join("huge/model.json");
+    let text = std::fs::read_to_string(&mj).unwrap().replace("\"hidden_features\": 8", "\"hidden_features\": 5000000");
+    std::fs::write(&mj, text).unwrap();
+    let zdc = f("zdc.h5");
+    case(
+        &c,
+        &["sample", "--model", "huge", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["model.json", "unit flow", "memory"],
+        &[],
+    );
+    // NaN weights: refused, not sampled into all-zero showers.
+    copy_dir(&fixture().join("t"), &c.join("nan"));
+    let w = c.join("nan/flow/best.safetensors");
+    let mut tensors = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    for t in tensors.values_mut() {
+        *t = (t.ones_like().unwrap() * f64::NAN).unwrap();
+    }
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    case(
+        &c,
+        &["sample", "--model", "nan", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["best.safetensors", "non-finite"],
+        &[],
+    );
+    assert!(!c.join("g.h5").exists());
+    // Weights written before identities existed (no metadata) still load.
+    copy_dir(&fixture().join("t"), &c.join("old"));
+    let w = c.join("old/flow/best.safetensors");
+    let tensors = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    case(&c, &["sample", "--model", "old", "--conditions", &zdc, "--output", "old.h5"], &[], 0, &[], &[]);
+    // A teacher's weights in a student's directory (same shapes): refused by their identity.
+    copy_dir(&fixture().join("t"), &c.join("swap"));
+    let mj = c.join("swap/model.json");
+    let text = std::fs::read_to_string(&mj).unwrap().replace("\"role\": \"teacher\"", "\"role\": \"student\"");
+    std::fs::write(&mj, text).unwrap();
+    case(
+        &c,
+        &["sample", "--model", "swap", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["teacher's unit", "student"],
+        &[],
+    );
+    // One unit's weights in another unit's place.
+    copy_dir(&fixture().join("t"), &c.join("unit"));
+    let reg = c.join("unit/regressor/best.safetensors");
+    let tensors = candle_core::safetensors::load(&reg, &candle_core::Device::Cpu).unwrap();
+    let mut meta_tensors: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
+    meta_tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta = std::collections::HashMap::from([(
+        "zdcflow_identity".to_string(),
+        r#"{"role":"teacher","unit":"flow","architecture":"x"}"#.to_string(),
+    )]);
+    safetensors::tensor::serialize_to_file(meta_tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta), &reg)
+        .unwrap();
+    case(
+        &c,
+        &["sample", "--model", "unit", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["unit 'flow'", "'regressor'"],
+        &[],
+    );
+    // A unit directory that is gone is named as missing, not as "no weights yet".
+    copy_dir(&fixture().join("t"), &c.join("gone"));
+    std::fs::remove_dir_all(c.join("gone/regressor")).unwrap();
+    case(
+        &c,
+        &["sample", "--model", "gone", "--conditions", &zdc, "--output", "g.h5"],
+        &[],
+        1,
+        &["regressor", "missing"],
+        &["no weights yet"],
+    );
+    case(
+        &c,
+        &["sample", "--model", "nowhere", "--events", "3", "--output", "g.h5"],
+        &[],
+        1,
+        &["nowhere", "not a model directory"],
+        &[],
+    );
+    let mj = c.join("broken.json");
+    std::fs::create_dir_all(c.join("broken")).unwrap();
+    std::fs::write(&mj, "{").unwrap();
+    std::fs::copy(&mj, c.join("broken/model.json")).unwrap();
+    case(
+        &c,
+        &["sample", "--model", "broken", "--events", "3", "--output", "g.h5"],
+        &[],
+        1,
+        &["broken/model.json", "unreadable"],
+        &[],
+    );
+}
+
+#[test]
+fn outputs_never_replace_inputs() {
+    let d = fixture();
+    let sample = |out: &str| ["sample", "--model", "t", "--conditions", "zdc.h5", "--output", out].map(str::to_string);
+    let s = sample("zdc.h5");
+    case(
+        d,
+        &s.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        1,
+        &["--output is also the --conditions input"],
+        &[],
+    );
+    let s = sample("./zdc.h5");
+    case(d, &s.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--conditions"], &[]);
+    let s = sample(&f("zdc.h5"));
+    case(d, &s.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--conditions"], &[]);
+    let ev =
+        |out: &str| ["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--output", out].map(str::to_string);
+    for (out, input) in [("gen.h5", "--generated"), ("zdc.h5", "--reference")] {
+        let a = ev(out);
+        case(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &[input], &[]);
+    }
+    let gate =
+        ["evaluate", "--reference", "zdc.h5", "--generated", "gen.h5", "--baseline", "m.json", "--output", "m.json"];
+    case(d, &gate, &[], 1, &["--baseline"], &[]);
+    case(d, &["merge", "--output", "s1of3.h5", "s1of3.h5", "s2of3.h5", "s3of3.h5"], &[], 1, &["shard"], &[]);
+    // A symlink to an input is that input.
+    let c = case_dir("link");
+    std::os::unix::fs::symlink(fixture().join("zdc.h5"), c.join("alias.h5")).unwrap();
+    let zdc = f("zdc.h5");
+    let model = f("t");
+    case(
+        &c,
+        &["sample", "--model", &model, "--conditions", &zdc, "--output", "alias.h5"],
+        &[],
+        1,
+        &["--conditions"],
+        &[],
+    );
+}
+
+#[test]
+fn the_gate_cannot_be_fooled() {
+    let c = case_dir("gate");
+    let base: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("m.json")).unwrap()).unwrap();
+    let variant = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        std::fs::write(c.join(name), serde_json::to_string(&v).unwrap()).unwrap();
+        name.to_string()
+    };
+    let gate = |b: &str, code: i32, want: &[&str]| {
+        let (r, g) = (f("zdc.h5"), f("gen.h5"));
+        case(&c, &["evaluate", "--reference", &r, "--generated", &g, "--baseline", b], &[], code, want, &[])
+    };
+    gate(&f("m.json"), 0, &[]);
+    gate(&variant("empty.json", &|v| v["metrics"] = serde_json::json!({})), 1, &["empty.json", "no metrics"]);
+    gate(&variant("string.json", &|v| v["metrics"]["ws"] = "0.1".into()), 1, &["'ws'", "a string"]);
+    let nulls = variant("nulls.json", &|v| {
+        for x in v["metrics"].as_object_mut().unwrap().values_mut() {
+            *x = serde_json::Value::Null;
+        }
+    });
+    gate(&nulls, 1, &["nulls.json", "no metrics"]);
+    gate(
+        &variant("null-extra.json", &|v| v["metrics"]["zz_nan"] = serde_json::Value::Null),
+        1,
+        &["'zz_nan'", "missing"],
+    );
+    gate(&variant("bool.json", &|v| v["metrics"]["ws"] = true.into()), 1, &["'ws'", "a boolean"]);
+    gate(
+        &variant("extra.json", &|v| v["metrics"]["zz_other"] = 1.0.into()),
+        1,
+        &["'zz_other'", "missing from this run"],
+    );
+    gate(&variant("format.json", &|v| v["format"] = "other".into()), 1, &["format.json", "zdcflow-metrics"]);
+    gate(&variant("ds2.json", &|v| v["detector"] = "ds2".into()), 1, &["ds2.json", "ds2 baseline"]);
+    let better = variant("better.json", &|v| {
+        let m = v["metrics"].as_object_mut().unwrap();
+        for x in m.values_mut() {
+            if let Some(n) = x.as_f64() {
+                *x = (n / 10.0).into();
+            }
+        }
+    });
+    let err = gate(&better, 3, &[]);
+    assert!(err.contains("got worse") && !err.contains("→ NaN"), "{err}");
+    std::fs::write(c.join("junk.json"), "not json").unwrap();
+    gate("junk.json", 1, &["junk.json", "not a zdcflow metrics file"]);
+    gate("absent.json", 1, &["absent.json"]);
+    let (r, g) = (f("zdc.h5"), f("gen.h5"));
+    let neg = ["evaluate", "--reference", &r, "--generated", &g, "--baseline", "better.json", "--tolerance=-1"];
+    case(&c, &neg, &[], 1, &["--tolerance"], &[]);
+}
+
+#[test]
+fn shards_and_merges_are_checked() {
+    let d = fixture();
+    let s = |shard: &str| {
+        ["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", shard, "--output", "x.h5"].map(str::to_string)
+    };
+    for (shard, want) in [("1/100000", "none"), ("0/3", "I/N"), ("4/3", "I/N"), ("a/b", "I/N"), ("3", "I/N")] {
+        let a = s(shard);
+        case(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--shard", want], &[]);
+    }
+    case(
+        d,
+        &["merge", "--output", "x.h5", "s1of3.h5", "s2of4.h5", "s3of3.h5"],
+        &[],
+        1,
+        &["s2of4.h5", "2/4", "different jobs"],
+        &[],
+    );
+    case(
+        d,
+        &["merge", "--output", "x.h5", "s1of3.h5", "s1of3.h5", "s3of3.h5"],
+        &[],
+        1,
+        &["shard 1/3 is given twice"],
+        &[],
+    );
+    case(d, &["merge", "--output", "x.h5", "s1of3.h5", "s3of3.h5"], &[], 1, &["missing 2/3"], &[]);
+    case(d, &["merge", "--output", "x.h5", "gen.h5"], &[], 1, &["gen.h5", "not a shard"], &[]);
+    case(
+        d,
+        &["sample", "--model", "t", "--conditions", "zdc.h5", "--batch-size", "0", "--output", "x.h5"],
+        &[],
+        1,
+        &["--batch-size"],
+        &[],
+    );
+    case(d, &["generate", "zdc", "--events", "0", "--output", "x.h5"], &[], 1, &["--events"], &[]);
+    case(d, &["evaluate", "--reference", "ds2.h5", "--generated", "gen.h5"], &[], 1, &["gen.h5", "ds2.h5"], &[]);
+    let c = case_dir("merge-ok");
+    let shards = [f("s1of3.h5"), f("s2of3.h5"), f("s3of3.h5")];
+    case(&c, &["merge", "--output", "all.h5", &shards[2], &shards[0], &shards[1]], &[], 0, &[], &[]);
+}
+
+#[test]
+fn config_messages_name_the_file_and_the_real_key() {
+    let d = fixture();
+    let err =
+        case(d, &teacher_args("case-never", &["--set", "data.bogus=1"]), &[], 1, &["data.bogus", "unknown key"], &[]);
+    assert!(!err.contains("data.bogus.bogus"), "{err}");
+    case(
+        d,
+        &teacher_args("case-never", &["--set", "train.batch_size=-3"]),
+        &[],
+        1,
+        &["train.batch_size"],
+        &["flow.train"],
+    );
+    case(d, &teacher_args("case-never", &["--set", "flow.train.bogus=1"]), &[], 1, &["flow.train.bogus"], &[]);
+    case(
+        d,
+        &teacher_args("case-never", &["--set", "flow.dropout=2"]),
+        &[],
+        1,
+        &["smoke-zdc.toml", "flow.dropout"],
+        &[],
+    );
+    case(d, &teacher_args("case-never", &["--set", "nonsense"]), &[], 1, &["nonsense", "KEY=VALUE"], &[]);
+    let c = case_dir("configs");
+    let base = std::fs::read_to_string(config("smoke-zdc.toml")).unwrap();
+    std::fs::write(c.join("trainkey.toml"), base.replace("[train]\n", "[train]\nbogus_key = 1\n")).unwrap();
+    std::fs::write(c.join("empty.toml"), "\n  \n").unwrap();
+    std::fs::write(c.join("broken.toml"), "[model\n").unwrap();
+    std::fs::write(c.join("out"), "a file").unwrap();
+    let zdc = f("zdc.h5");
+    let train = |cfg: &str, out: &str| -> Vec<String> {
+        ["train-teacher", "--config", cfg, "--set", &format!("data.path={zdc}"), "--output-dir", out]
+            .map(str::to_string)
+            .to_vec()
+    };
+    let t = train("trainkey.toml", "x");
+    case(
+        &c,
+        &t.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        1,
+        &["trainkey.toml", "train.bogus_key"],
+        &["flow.train"],
+    );
+    let t = train("empty.toml", "x");
+    case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["empty.toml", "empty"], &[]);
+    let t = train("broken.toml", "x");
+    case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["broken.toml", "not valid TOML"], &[]);
+    let t = train("missing.toml", "x");
+    case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["missing.toml"], &[]);
+    let t = train(&config("smoke-zdc.toml"), "out");
+    case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["out", "is a file"], &[]);
+}
+
+fn write_sparse_calo(path: &Path, events: usize) {
+    let _h = hdf5_in_process();
+    let f = hdf5::File::create(path).unwrap();
+    f.new_dataset::<f32>().chunk((100_000, 1)).shape((events, 1)).create("incident_energies").unwrap();
+    f.new_dataset::<f32>().chunk((10, 6480)).shape((events, 6480)).create("showers").unwrap();
+}
+
+#[test]
+fn broken_data_files_get_one_clear_line() {
+    let c = case_dir("files");
+    // The earlier kinds: missing, empty, junk, truncated, wrong shape/type, NaN, negative energy.
+    std::fs::write(c.join("empty.h5"), b"").unwrap();
+    std::fs::write(c.join("junk.h5"), b"this is not hdf5 at all").unwrap();
+    let good = std::fs::read(fixture().join("ds2.h5")).unwrap();
+    std::fs::write(c.join("truncated.h5"), &good[..good.len() / 3]).unwrap();
+    {
+        let _h = hdf5_in_process();
+        let e = ndarray::Array2::<f32>::from_elem((3, 1), 1000.0);
+        let mk = |name: &str, showers: &dyn Fn(&hdf5::File)| {
+            let f = hdf5::File::create(c.join(name)).unwrap();
+            f.new_dataset_builder().with_data(&e).create("incident_energies").unwrap();
+            showers(&f);
+        };
+        mk("shape.h5", &|f| {
+            f.new_dataset_builder().with_data(&ndarray::Array2::<f32>::zeros((3, 100))).create("showers").unwrap();
+        });
+        mk("dtype.h5", &|f| {
+            f.new_dataset_builder().with_data(&ndarray::Array2::<i32>::zeros((3, 6480))).create("showers").unwrap();
+        });
+        mk("nan.h5", &|f| {
+            let mut s = ndarray::Array2::<f32>::zeros((3, 6480));
+            s[[1, 5]] = f32::NAN;
+            f.new_dataset_builder().with_data(&s).create("showers").unwrap();
+        });
+        mk("negative.h5", &|f| {
+            let mut s = ndarray::Array2::<f32>::zeros((3, 6480));
+            s[[2, 5]] = -1.0;
+            f.new_dataset_builder().with_data(&s).create("showers").unwrap();
+        });
+        mk("group.h5", &|f| {
+            f.create_group("showers").unwrap();
+        });
+    }
+    write_sparse_calo(&c.join("sparse3e9.h5"), 3_000_000_000);
+    write_sparse_calo(&c.join("sparse1e8.h5"), 100_000_000);
+    std::fs::create_dir_all(c.join("adir.h5")).unwrap();
+    let inspect = |file: &str, want: &[&str]| {
+        let mut w = vec![file];
+        w.extend_from_slice(want);
+        case(&c, &["inspect", file], &[], 1, &w, &[]);
+    };
+    inspect("nope.h5", &["no such file"]);
+    inspect("empty.h5", &["empty"]);
+    inspect("junk.h5", &["not a readable HDF5 file"]);
+    inspect("truncated.h5", &[]);
+    inspect("shape.h5", &["showers", "100 values per event"]);
+    inspect("dtype.h5", &["showers", "int32"]);
+    inspect("nan.h5", &["showers", "event 1", "non-finite"]);
+    inspect("negative.h5", &["showers", "event 2", "negative energy"]);
+    inspect("group.h5", &["showers", "is a group"]);
+    inspect("sparse3e9.h5", &["3000000000", "sparse or truncated"]);
+    inspect("sparse1e8.h5", &["100000000", "sparse or truncated"]);
+    inspect("adir.h5", &["is a directory"]);
+    // An npz whose header declares (1e11, 44, 44) but that holds 4 KB.
+    let npz = |name: &str, header_shape: &str, body: usize| {
+        use std::io::Write;
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {header_shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        npy.extend_from_slice(header.as_bytes());
+        npy.extend(std::iter::repeat_n(0u8, body));
+        let mut z = zip::ZipWriter::new(std::fs::File::create(c.join(name)).unwrap());
+        z.start_file("arr_0.npy", zip::write::SimpleFileOptions::default()).unwrap();
+        z.write_all(&npy).unwrap();
+        z.finish().unwrap();
+    };
+    npz("big_responses.npz", "(100000000000, 44, 44)", 4096);
+    npz("big_particles.npz", "(4, 10)", 160);
+    inspect("big_responses.npz", &["arr_0", "(100000000000, 44, 44)", "shorter than its header says"]);
+    npz("short_responses.npz", "(4, 44, 44)", 1000);
+    npz("short_particles.npz", "(4, 10)", 160);
+    inspect("short_responses.npz", &["shorter than its header says"]);
+    std::fs::write(c.join("bad_responses.npz"), b"PK junk").unwrap();
+    npz("bad_particles.npz", "(4, 10)", 160);
+    inspect("bad_responses.npz", &["not a readable npz file"]);
+}
+
+/// Waits until a `.NAME.tmp-PID` file appears in `dir` (the write has started).
+fn wait_for_temp(dir: &Path, child: &mut std::process::Child) {
+    for _ in 0..600 {
+        let has_temp =
+            std::fs::read_dir(dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
+        if has_temp {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no temporary file appeared");
+}
+
+#[test]
+fn signals_remove_temporary_files() {
+    let c = case_dir("signals");
+    for (signal, args) in [
+        ("-TERM", vec!["generate", "calo", "--dataset", "3", "--events", "20000", "--output", "big.h5"]),
+        ("-INT", vec!["generate", "calo", "--dataset", "3", "--events", "20000", "--gzip", "1", "--output", "big.h5"]),
+    ] {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
+        cmd.current_dir(&c).arg("--quiet").args(&args).stderr(std::process::Stdio::null());
+        let mut child = {
+            let _guard = spawning();
+            cmd.spawn().unwrap()
+        };
+        wait_for_temp(&c, &mut child);
+        std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{signal}: exit 130");
+        let left: Vec<String> =
+            std::fs::read_dir(&c).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.is_empty(), "{signal} left {left:?}");
+    }
+}
+
+#[test]
+fn a_diverged_run_keeps_its_last_good_checkpoint_and_resumes_from_it() {
+    let c = case_dir("diverge");
+    std::fs::copy(fixture().join("zdc.h5"), c.join("zdc.h5")).unwrap();
+    case(&c, &teacher_args("t", &[]), &[], 0, &[], &[]);
+    let ckpt = std::fs::read(c.join("t/flow/checkpoint/state.safetensors")).unwrap();
+    let last = std::fs::read(c.join("t/flow/last.safetensors")).unwrap();
+    // (Resuming rewrites the unit's model.json and metrics.jsonl, so this is not a `case`.)
+    let r = run_in(&c, &teacher_args("t", &["--resume", "--set", "train.lr=1e20", "--set", "train.epochs=3"]), &[]);
+    let err = r.stderr.lines().filter(|l| l.starts_with("error")).collect::<Vec<_>>().join("\n");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for w in ["flow", "non-finite", "the checkpoint of step", "is kept"] {
+        assert!(err.contains(w) && !err.contains('\n'), "'{w}' not in one line: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(c.join("t/flow/checkpoint/state.safetensors")).unwrap(), ckpt, "{err}");
+    assert_eq!(std::fs::read(c.join("t/flow/last.safetensors")).unwrap(), last);
+    let kept: u64 = err.split("the checkpoint of step ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let r = run_in(&c, &teacher_args("t", &["--resume", "--set", "train.epochs=2"]), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("resuming from the checkpoint of step {kept}")), "{}", r.stderr);
+}
