@@ -196,8 +196,8 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         evaluated(s.step(&format!("ZDC evaluation of {name}"), &v)?)
     };
     // The MAF samples one pixel per pass (1936 passes per block), so the teacher gets a slice.
-    let t = zdc_sample(&mut s, "zdc/teacher", Some("1/40"), "zdc/gen-teacher.h5")?;
-    let st = zdc_sample(&mut s, "zdc/student", Some("1/40"), "zdc/gen-student-slice.h5")?;
+    let t = zdc_sample(&mut s, "zdc/teacher", Some("1/8"), "zdc/gen-teacher.h5")?;
+    let st = zdc_sample(&mut s, "zdc/student", Some("1/8"), "zdc/gen-student-slice.h5")?;
     let sa = zdc_sample(&mut s, "zdc/student", None, "zdc/gen-student.h5")?;
     let mt = zdc_eval(&mut s, "zdc/gen-teacher.h5", "teacher")?;
     let mst = zdc_eval(&mut s, "zdc/gen-student-slice.h5", "student-slice")?;
@@ -288,15 +288,15 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         "\n==================== zdcflow demo: results ({:.0} s) ====================",
         start.elapsed().as_secs_f64()
     );
-    println!("\nZDC (12 000 generated events, test split; the teacher samples 1/40 of it)");
+    println!("\nZDC (12 000 generated events, test split; the teacher samples 1/8 of it)");
     println!(
-        "{:<28} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "{:<30} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
         "model", "events", "ms/sample", "WS", "MAE_c", "MAE_cw", "centre MAE", "radius MAE"
     );
     // The noise floor first: reference against reference (halves of the same conditions).
-    for (name, m) in [("noise floor (ref vs ref), 1/40", &mt), ("noise floor (ref vs ref), all", &msa)] {
+    for (name, m) in [("noise floor (ref vs ref), 1/8", &mt), ("noise floor (ref vs ref), all", &msa)] {
         println!(
-            "{:<28} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            "{:<30} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
             name,
             detail(m, "noise_floor.events[1]"),
             "—",
@@ -311,7 +311,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         [("teacher (MAF)", &t, &mt), ("student (IAF), same", &st, &mst), ("student (IAF), all", &sa, &msa)]
     {
         println!(
-            "{:<28} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>11} {:>11}",
+            "{:<30} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>11} {:>11}",
             name,
             r.events,
             r.ms_per_sample,

@@ -211,6 +211,7 @@ fn draw_colour_bar(area: &Area<'_>, lo: f64, hi: f64) -> DrawResult {
         .disable_mesh()
         .disable_x_axis()
         .y_labels(8)
+        .y_label_style(("sans-serif", 14))
         .y_label_formatter(&|v| format!("{v:.1}"))
         .draw()?;
     let steps = 100;
