@@ -53,7 +53,7 @@ fn teacher_args(out: &str, extra: &[&'static str]) -> Vec<&'static str> {
         "--set",
         "flow.hidden_features=8",
         "--set",
-        "regressor.epochs=1",
+        "photon_sum.epochs=1",
         "--output-dir",
         out,
     ];
@@ -285,7 +285,7 @@ fn model_json_sizes_and_weights_are_checked_before_use() {
     );
     // One unit's weights in another unit's place.
     copy_dir(&fixture().join("t"), &c.join("unit"));
-    let reg = c.join("unit/regressor/best.safetensors");
+    let reg = c.join("unit/photon_sum/best.safetensors");
     let tensors = candle_core::safetensors::load(&reg, &candle_core::Device::Cpu).unwrap();
     let mut meta_tensors: Vec<(String, candle_core::Tensor)> = tensors.into_iter().collect();
     meta_tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -300,18 +300,18 @@ fn model_json_sizes_and_weights_are_checked_before_use() {
         &["sample", "--model", "unit", "--conditions", &zdc, "--output", "g.h5"],
         &[],
         1,
-        &["unit 'flow'", "'regressor'"],
+        &["unit 'flow'", "'photon_sum'"],
         &[],
     );
     // A unit directory that is gone is named as missing, not as "no weights yet".
     copy_dir(&fixture().join("t"), &c.join("gone"));
-    std::fs::remove_dir_all(c.join("gone/regressor")).unwrap();
+    std::fs::remove_dir_all(c.join("gone/photon_sum")).unwrap();
     case(
         &c,
         &["sample", "--model", "gone", "--conditions", &zdc, "--output", "g.h5"],
         &[],
         1,
-        &["regressor", "missing"],
+        &["photon_sum", "missing"],
         &["no weights yet"],
     );
     case(
