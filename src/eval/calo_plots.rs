@@ -148,19 +148,6 @@ fn histogram_figure(path: &Path, title: &str, panels: &[Panel<'_>], cols: usize)
     root.present().map_err(|e| draw_err(path, e))
 }
 
-/// A white → blue → yellow scale for t in [0, 1].
-fn heat_color(t: f64) -> RGBColor {
-    let t = t.clamp(0.0, 1.0);
-    let lerp = |a: f64, b: f64, s: f64| (a + (b - a) * s).round() as u8;
-    if t < 0.5 {
-        let s = t / 0.5;
-        RGBColor(lerp(255.0, 40.0, s), lerp(255.0, 70.0, s), lerp(255.0, 160.0, s))
-    } else {
-        let s = (t - 0.5) / 0.5;
-        RGBColor(lerp(40.0, 250.0, s), lerp(70.0, 220.0, s), lerp(160.0, 30.0, s))
-    }
-}
-
 /// One layer's mean shower as (r, α) cells on log10 scale [lo, hi].
 fn draw_polar(area: &Area<'_>, title: &str, geo: &CaloGeometry, layer: &[f64], lo: f64, hi: f64) -> DrawResult {
     let rmax = geo.r_edges[geo.n_r];
@@ -190,7 +177,7 @@ fn draw_polar(area: &Area<'_>, title: &str, geo: &CaloGeometry, layer: &[f64], l
             }));
             let v = layer[a * geo.n_r + r];
             let t = if v > 0.0 { (v.log10() - lo) / (hi - lo) } else { 0.0 };
-            cells.push(Polygon::new(pts, heat_color(t).filled()));
+            cells.push(Polygon::new(pts, plots::heat_color(t).filled()));
         }
     }
     chart.draw_series(cells)?;
@@ -217,7 +204,7 @@ fn draw_colour_bar(area: &Area<'_>, lo: f64, hi: f64) -> DrawResult {
     let steps = 100;
     chart.draw_series((0..steps).map(|k| {
         let (y0, y1) = (lo + (hi - lo) * k as f64 / steps as f64, lo + (hi - lo) * (k + 1) as f64 / steps as f64);
-        Rectangle::new([(0.0, y0), (1.0, y1)], heat_color((k as f64 + 0.5) / steps as f64).filled())
+        Rectangle::new([(0.0, y0), (1.0, y1)], plots::heat_color((k as f64 + 0.5) / steps as f64).filled())
     }))?;
     Ok(())
 }

@@ -173,7 +173,7 @@ fn draw_profile(
 }
 
 /// A white → blue → yellow scale for t in [0, 1].
-fn heat_color(t: f64) -> RGBColor {
+pub(crate) fn heat_color(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
     let lerp = |a: f64, b: f64, s: f64| (a + (b - a) * s).round() as u8;
     if t < 0.5 {
