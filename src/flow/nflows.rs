@@ -234,7 +234,13 @@ pub fn import(state: Vec<(String, Tensor)>, opts: &ImportOptions) -> Result<Impo
             continue;
         };
         if matches!(t.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-            dtype.get_or_insert(t.dtype());
+            // Buffers (masks) may be float32 in a float64 model, and the state dict's order is a
+            // hash map's: the widest float dtype is the model's.
+            dtype = Some(match (dtype, t.dtype()) {
+                (Some(DType::F64), _) | (_, DType::F64) => DType::F64,
+                (Some(DType::F32), _) | (_, DType::F32) => DType::F32,
+                (_, d) => d,
+            });
         }
         if let Some(rest) = k.strip_prefix(TRANSFORMS) {
             let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
