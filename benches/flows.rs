@@ -9,7 +9,8 @@
 //! Compare with `../shared/peer/peer_bench.py` run on the same idle machine; the ratio is the figure.
 
 use candle_core::Device;
-use zdcflow::bench::{self, Detector, Measurement, What};
+use zdcflow::config::Detector;
+use zdcflow::diagnostics::perf::{self as bench, Measurement, What};
 
 fn env_usize(name: &str, default: usize) -> zdcflow::Result<usize> {
     match std::env::var(name) {

@@ -1,11 +1,9 @@
-//! Command-line interface: one clap struct per subcommand; [`run`] dispatches to the library.
+//! Command-line interface: only the clap structs, one per subcommand (with shared flattened
+//! groups); [`crate::commands`] runs them.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::error::{Error, Result};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,11 +69,11 @@ pub enum Command {
     /// `cuda` build).
     Selftest,
     /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
-    ImportNflows(crate::commands::import_nflows::ImportNflowsArgs),
+    ImportNflows(ImportNflowsArgs),
     /// One flow's raw passes on .npy arrays: log-prob, to-data (z → x), to-latent (x → z).
-    Flow(crate::commands::flow::FlowArgs),
+    Flow(FlowArgs),
     /// Write a flow's sampling direction (z, context → x) as an ONNX graph for ONNX Runtime (Geant4, O2).
-    ExportOnnx(crate::commands::export_onnx::ExportOnnxArgs),
+    ExportOnnx(ExportOnnxArgs),
 }
 
 #[derive(Args, Debug)]
@@ -124,11 +122,9 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// What every training command (train-teacher, distill-student) takes after its inputs.
 #[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// The setup, e.g. configs/zdc-teacher-all.toml.
-    #[arg(long)]
-    pub config: PathBuf,
+pub struct RunArgs {
     /// Override a config key, e.g. --set train.epochs=2 --set data.path=zdc.h5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -142,18 +138,29 @@ pub struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// The setup, e.g. configs/zdc-teacher-all.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+// distill-student's --help leaves --set, --output-dir and --resume to train-teacher's.
+#[command(
+    mut_arg("set", |a| a.help(None::<&str>)),
+    mut_arg("output_dir", |a| a.help(None::<&str>)),
+    mut_arg("resume", |a| a.help(None::<&str>))
+)]
 pub struct DistillArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// The teacher's output directory (from train-teacher).
     #[arg(long)]
     pub teacher: PathBuf,
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    #[arg(long)]
-    pub output_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -292,13 +299,6 @@ pub enum BenchWhat {
     All,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BenchDetector {
-    Ds2,
-    Ds3,
-    Zdc,
-}
-
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// A stack shape of the papers (the same shapes as the PyTorch+nflows peer benchmark).
@@ -306,8 +306,8 @@ pub struct BenchArgs {
     pub shape: Option<BenchShape>,
     /// Time whole showers instead: the papers' full models (random weights) for this detector,
     /// everything `sample` does except writing (`--teacher` for the MAF teachers).
-    #[arg(long, value_enum, conflicts_with = "config")]
-    pub shower: Option<BenchDetector>,
+    #[arg(long, value_parser = detector_parser(), conflicts_with = "config")]
+    pub shower: Option<crate::config::Detector>,
     /// With --shower: the teachers instead of the students.
     #[arg(long, requires = "shower")]
     pub teacher: bool,
@@ -327,6 +327,17 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `ds2`, `ds3` or `zdc` as a [`crate::config::Detector`].
+fn detector_parser() -> impl clap::builder::TypedValueParser<Value = crate::config::Detector> {
+    use crate::config::Detector;
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["ds2", "ds3", "zdc"]).map(|s| match s.as_str() {
+        "ds2" => Detector::Ds2,
+        "ds3" => Detector::Ds3,
+        _ => Detector::Zdc,
+    })
+}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where every step's output goes.
@@ -336,371 +347,102 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-/// Settings every subcommand shares.
-#[derive(Clone, Debug)]
-pub struct Globals {
-    pub device: String,
-    pub show_progress: bool,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// nflows `MaskedPiecewiseRationalQuadraticAutoregressiveTransform` blocks as they are (teachers).
+    Maf,
+    /// Each block in nflows' `InverseTransform`: one-pass sampling, spline evaluated forward.
+    Iaf,
+    /// inductive-caloflow's `InverseTransform(IAFRQS)` students: one-pass sampling, spline evaluated inverse.
+    IcaloflowIaf,
 }
 
-/// What a subcommand produced (the demo reads these; `run` turns them into an exit code).
-pub enum Outcome {
-    Done,
-    Trained(Vec<crate::train::Summary>),
-    Sampled(crate::sample::Report),
-    Evaluated(Box<crate::eval::report::MetricsFile>, Vec<crate::eval::report::Regression>),
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F64,
 }
 
-/// Exit code of `evaluate --baseline` when a metric got worse (2 is clap's usage error, 1 any
-/// other error).
-pub const REGRESSION: u8 = 3;
-
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<ExitCode> {
-    crate::util::interrupt::install_cleanup();
-    if let Some(n) = cli.threads {
-        // candle and rayon read this when their pools start (at the first tensor operation).
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    let globals = Globals { device: cli.device.clone(), show_progress: !cli.quiet };
-    match execute(&cli.command, &globals) {
-        Ok(Outcome::Evaluated(_, regressions)) if !regressions.is_empty() => Ok(ExitCode::from(REGRESSION)),
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(Error::Interrupted) => Ok(ExitCode::from(130)),
-        Err(e) => Err(e),
-    }
+#[derive(Args, Debug)]
+pub struct ImportNflowsArgs {
+    /// The checkpoint (`torch.save` zip file) holding a `Flow.state_dict()`, plain or in a dict under --key.
+    pub checkpoint: PathBuf,
+    /// How the blocks are read (the state dict does not say).
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+    /// The dict key holding the state dict (default: `model_state_dict` where the file has it, else the whole file).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The spline's tail bound B (linear tails outside [−B, B]); both papers use 14.
+    #[arg(long, default_value_t = 14.0)]
+    pub tail_bound: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_bin_width: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_bin_height: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub min_derivative: f64,
+    /// The precision to store and run the flow in (default: the checkpoint's).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// The unit's name in the model directory.
+    #[arg(long, default_value = "flow")]
+    pub unit: String,
+    /// The model directory to write (must not already hold a model).
+    #[arg(long)]
+    pub output_dir: PathBuf,
 }
 
-/// Runs one subcommand, printing what it reports.
-pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
-    match command {
-        Command::Generate(a) => generate(a, g),
-        Command::Inspect(a) => {
-            let summary = crate::inspect::inspect(&a.file, g.show_progress)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&summary).map_err(|e| Error::Invalid(e.to_string()))?);
-            } else {
-                print!("{}", crate::inspect::render(&summary));
-            }
-            Ok(Outcome::Done)
-        }
-        Command::TrainTeacher(a) => train_teacher(a, g),
-        Command::DistillStudent(a) => distill_student(a, g),
-        Command::Sample(a) => sample(a, g),
-        Command::Merge(a) => {
-            let n = crate::sample::merge(&a.inputs, &a.output, g.show_progress)?;
-            println!("merged {} shards ({n} events) into {}", a.inputs.len(), a.output.display());
-            Ok(Outcome::Done)
-        }
-        Command::Evaluate(a) => evaluate(a, g),
-        Command::Bench(a) => bench(a, g),
-        Command::Demo(a) => crate::demo::run(a, g).map(|()| Outcome::Done),
-        Command::ImportNflows(a) => {
-            let spec = crate::commands::import_nflows::run(a)?;
-            println!(
-                "imported a {:?} of {} blocks ({} features, context {}, {} hidden × {} layers, {} bins, {} parameters) into {}",
-                spec.kind,
-                spec.blocks,
-                spec.features,
-                spec.context_features,
-                spec.hidden_features,
-                spec.hidden_layers + 1,
-                spec.spline.num_bins,
-                spec.parameter_count(),
-                a.output_dir.display()
-            );
-            Ok(Outcome::Done)
-        }
-        Command::Flow(a) => {
-            let n = crate::commands::flow::run(a, &crate::device::open(&g.device)?)?;
-            eprintln!("flow: {n} rows");
-            Ok(Outcome::Done)
-        }
-        Command::ExportOnnx(a) => {
-            let (unit, bytes) = crate::commands::export_onnx::run(a)?;
-            println!("exported unit '{unit}' to {} ({bytes} bytes)", a.output.display());
-            Ok(Outcome::Done)
-        }
-        Command::Selftest => {
-            let device = crate::device::open(&g.device)?;
-            let checks = crate::selftest::run(&device)?;
-            for c in &checks {
-                println!("{} {} — {}", if c.passed { "PASS" } else { "FAIL" }, c.name, c.detail);
-            }
-            let failed = checks.iter().filter(|c| !c.passed).count();
-            if failed > 0 {
-                return Err(Error::Invalid(format!(
-                    "selftest: {failed} check(s) failed on {}",
-                    crate::device::describe(&device)
-                )));
-            }
-            println!("selftest: all {} checks passed on {}", checks.len(), crate::device::describe(&device));
-            Ok(Outcome::Done)
-        }
-    }
+#[derive(Args, Debug)]
+pub struct FlowArgs {
+    #[command(subcommand)]
+    pub pass: FlowPass,
 }
 
-fn generate(a: &GenerateArgs, g: &Globals) -> Result<Outcome> {
-    match &a.what {
-        GenerateWhat::Calo { dataset, events, seed, output, gzip } => {
-            let r = crate::generate::calo(*dataset, *events, *seed, output, *gzip, g.show_progress)?;
-            println!(
-                "wrote {events} dataset-{dataset} showers to {} ({:.0} showers/s simulated, {:.0}/s with writing)",
-                output.display(),
-                r.simulated_per_s,
-                r.written_per_s
-            );
-        }
-        GenerateWhat::Zdc { events, seed, output } => {
-            crate::generate::zdc(*events, *seed, output)?;
-            println!("wrote {events} ZDC responses to {}", output.display());
-        }
-    }
-    Ok(Outcome::Done)
+#[derive(Subcommand, Debug)]
+pub enum FlowPass {
+    /// log p(x | c) per row (N): the base density (conditional where the flow's base is) plus log|det ∂z/∂x|.
+    LogProb(PassArgs),
+    /// Base-space points z (N, D) → data x (N, D) (the sampling direction, without drawing z).
+    ToData(PassArgs),
+    /// Data x (N, D) → base-space points z (N, D).
+    ToLatent(PassArgs),
 }
 
-fn train_teacher(a: &TrainArgs, g: &Globals) -> Result<Outcome> {
-    use crate::config::{default_output_dir, Config, Detector};
-    use crate::models::{self, manifest, RunOptions};
-    let cfg = Config::load(&a.config, &a.set)?;
-    let out = a.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
-    let opts = RunOptions { resume: a.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
-    crate::util::interrupt::install();
-    eprintln!("train-teacher: {} → {} on {}", a.config.display(), out.display(), crate::device::describe(&opts.device));
-    let summaries = match cfg.model.detector {
-        Detector::Zdc => {
-            manifest::check_output_dir(&out, a.resume)?;
-            models::zdc::train_teacher(&cfg, &out, &opts)
-        }
-        Detector::Ds2 | Detector::Ds3 => models::calo::train_teacher(&cfg, &out, &opts),
-    };
-    finish_training(summaries, &out)
+#[derive(Args, Debug)]
+pub struct PassArgs {
+    /// A model directory (import-nflows, train-teacher or distill-student output).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Which flow unit (default: the only one; e.g. flow1, flow2, flow3 for a CaloChallenge model).
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// Input array (N, D), float32 or float64 `.npy`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Conditions (N, C) `.npy`, for a flow with context.
+    #[arg(long)]
+    pub context: Option<PathBuf>,
+    /// Output `.npy`, in the input's dtype: (N) for log-prob, (N, D) otherwise.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_size: usize,
 }
 
-/// Prints the summary lines of a training command (and how to resume after an interrupt).
-fn finish_training(summaries: Result<Vec<crate::train::Summary>>, out: &std::path::Path) -> Result<Outcome> {
-    match summaries {
-        Ok(s) => {
-            for line in s.iter().map(crate::models::summary_line) {
-                println!("{line}");
-            }
-            println!("model: {}", out.display());
-            Ok(Outcome::Trained(s))
-        }
-        Err(Error::Interrupted) => {
-            eprintln!("stopped; resume with the same command plus --resume ({})", out.display());
-            Err(Error::Interrupted)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn distill_student(a: &DistillArgs, g: &Globals) -> Result<Outcome> {
-    use crate::config::{default_output_dir, Config, Detector};
-    use crate::models::{self, manifest, RunOptions};
-    let cfg = Config::load(&a.config, &a.set)?;
-    let out = a.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
-    manifest::check_output_dir(&out, a.resume)?;
-    let opts = RunOptions { resume: a.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
-    crate::util::interrupt::install();
-    eprintln!(
-        "distill-student: {} (teacher {}) → {} on {}",
-        a.config.display(),
-        a.teacher.display(),
-        out.display(),
-        crate::device::describe(&opts.device)
-    );
-    let summaries = match cfg.model.detector {
-        Detector::Zdc => models::zdc::distill_student(&cfg, &a.teacher, &out, &opts),
-        Detector::Ds2 | Detector::Ds3 => models::calo::distill_student(&cfg, &a.teacher, &out, &opts),
-    };
-    finish_training(summaries, &out)
-}
-
-fn bench(a: &BenchArgs, g: &Globals) -> Result<Outcome> {
-    use crate::bench::{self, What};
-    if a.batch_size == Some(0) {
-        return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
-    }
-    if a.repeats == 0 {
-        return Err(Error::Invalid("--repeats must be ≥ 1".into()));
-    }
-    let device = crate::device::open(&g.device)?;
-    if let Some(d) = a.shower {
-        let detector = match d {
-            BenchDetector::Ds2 => bench::Detector::Ds2,
-            BenchDetector::Ds3 => bench::Detector::Ds3,
-            BenchDetector::Zdc => bench::Detector::Zdc,
-        };
-        let m = bench::measure_showers(detector, !a.teacher, a.batch_size.unwrap_or(1000), a.repeats, &device)?;
-        if a.json {
-            println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
-        } else {
-            print!("{}", bench::render(&[m]));
-        }
-        return Ok(Outcome::Done);
-    }
-    let shapes = match (&a.shape, &a.config) {
-        (Some(s), _) => vec![bench::shape_by_name(s.to_possible_value().expect("named").get_name())?],
-        (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),
-        (None, None) => vec![bench::shape_by_name("ds2-flow3")?],
-    };
-    if shapes.is_empty() {
-        let path = a.config.as_deref().unwrap_or(std::path::Path::new("--config"));
-        return Err(Error::format(path, "has no teacher flow section to time (a student config? use its teacher's)"));
-    }
-    if let Some(b) = a.batch_size {
-        for s in &shapes {
-            // Activations of every hidden layer of every block, kept for the backward pass.
-            let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features) as f64;
-            crate::util::limits::check_memory(
-                &format!("--batch-size {b} on {}", s.name),
-                4.0 * 4.0 * b as f64 * per_row,
-            )?;
-        }
-    }
-    let whats = match a.what {
-        BenchWhat::TrainStep => vec![What::TrainStep],
-        BenchWhat::SampleIaf => vec![What::SampleIaf],
-        BenchWhat::SampleMaf => vec![What::SampleMaf],
-        BenchWhat::All => vec![What::TrainStep, What::SampleIaf, What::SampleMaf],
-    };
-    let mut all = Vec::new();
-    for shape in &shapes {
-        for &what in &whats {
-            if let Some(m) = bench::measure(shape, what, a.batch_size, a.repeats, &device)? {
-                if a.json {
-                    println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
-                }
-                all.push(m);
-            }
-        }
-    }
-    if all.is_empty() {
-        return Err(Error::Invalid("bench: nothing was measured (no batch size for this measurement)".into()));
-    }
-    if !a.json {
-        print!("{}", bench::render(&all));
-    }
-    Ok(Outcome::Done)
-}
-
-fn sample(a: &SampleArgs, g: &Globals) -> Result<Outcome> {
-    use crate::data::split::Part;
-    use crate::sample::{parse_shard, run, Request, Selection};
-    let selection = match a.split {
-        SplitChoice::Auto => Selection::Auto,
-        SplitChoice::All => Selection::All,
-        SplitChoice::Train => Selection::Part(Part::Train),
-        SplitChoice::Val => Selection::Part(Part::Val),
-        SplitChoice::Test => Selection::Part(Part::Test),
-    };
-    let req = Request {
-        model: a.model.clone(),
-        conditions: a.conditions.clone(),
-        events: a.events,
-        selection,
-        batch_size: a.batch_size,
-        seed: a.seed,
-        shard: a.shard.as_deref().map(parse_shard).transpose()?,
-        use_teacher: a.teacher,
-        output: a.output.clone(),
-        gzip: a.gzip,
-        show_progress: g.show_progress,
-        photon_sum: a.photon_sum,
-        denoise: a.denoise,
-    };
-    let r = run(&req, &crate::device::open(&g.device)?)?;
-    println!(
-        "generated {} events in {:.2} s: {:.4} ms/sample ({:.2} s with writing) → {}",
-        r.events,
-        r.generate_s,
-        r.ms_per_sample,
-        r.total_s,
-        r.output.display()
-    );
-    Ok(Outcome::Sampled(r))
-}
-
-fn evaluate(a: &EvaluateArgs, g: &Globals) -> Result<Outcome> {
-    use crate::eval::{self, classifier, Request};
-    if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
-        return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
-    }
-    if a.classifier_hidden == 0
-        || a.classifier_batch == 0
-        || a.classifier_runs == 0
-        || a.classifier_lr.is_nan()
-        || a.classifier_lr <= 0.0
-    {
-        return Err(Error::Invalid(
-            "--classifier-hidden, --classifier-batch, --classifier-runs and --classifier-lr must be > 0".into(),
-        ));
-    }
-    let req = Request {
-        reference: a.reference.clone(),
-        reference2: a.reference2.clone(),
-        generated: a.generated.clone(),
-        output: a.output.clone(),
-        plots: a.plots.clone(),
-        baseline: a.baseline.clone(),
-        tolerance: a.tolerance,
-        classifier: classifier::Settings {
-            epochs: a.classifier_epochs,
-            hidden: a.classifier_hidden,
-            layers: a.classifier_layers,
-            batch_size: a.classifier_batch,
-            lr: a.classifier_lr,
-            seed: a.seed,
-        },
-        classifier_inputs: if a.classifier_epochs == 0 {
-            Vec::new()
-        } else {
-            let mut v: Vec<eval::calo::ClassifierInput> = a
-                .classifiers
-                .iter()
-                .map(|c| match c {
-                    ClassifierChoice::Low => eval::calo::ClassifierInput::Low,
-                    ClassifierChoice::LowNormed => eval::calo::ClassifierInput::LowNormed,
-                    ClassifierChoice::High => eval::calo::ClassifierInput::High,
-                })
-                .collect();
-            v.dedup();
-            v
-        },
-        classifier_runs: a.classifier_runs,
-        classifier_showers: a.classifier_showers,
-        features_out: a.features_out.clone(),
-        show_progress: g.show_progress,
-    };
-    let (metrics, regressions) = eval::run(&req, &crate::device::open(&g.device)?)?;
-    print!("{}", eval::render(&metrics));
-    if let Some(p) = &a.output {
-        println!("metrics: {}", p.display());
-    }
-    if let Some(p) = &a.plots {
-        println!("plots: {}", p.display());
-    }
-    if let Some(b) = &a.baseline {
-        if regressions.is_empty() {
-            println!("gate: no metric worse than {} by more than {:.1} %", b.display(), 100.0 * a.tolerance);
-        } else {
-            for r in &regressions {
-                eprintln!(
-                    "gate: {} got worse: {:.6} → {:.6} ({:+.1} %)",
-                    r.metric,
-                    r.baseline,
-                    r.current,
-                    100.0 * r.worse_by
-                );
-            }
-            eprintln!(
-                "gate: {} metric(s) worse than {} by more than {:.1} %",
-                regressions.len(),
-                b.display(),
-                100.0 * a.tolerance
-            );
-        }
-    }
-    Ok(Outcome::Evaluated(Box::new(metrics), regressions))
+#[derive(Args, Debug)]
+pub struct ExportOnnxArgs {
+    /// A model directory (import-nflows or distill-student output).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Which flow unit (default: the only one; flow1, flow2 or flow3 for a CaloChallenge model).
+    #[arg(long)]
+    pub unit: Option<String>,
+    /// The ONNX file to write: inputs `z` (N, D) and `context` (N, C), output `x` (N, D).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// ONNX operator set (13 or later).
+    #[arg(long, default_value_t = 17)]
+    pub opset: i64,
 }

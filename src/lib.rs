@@ -5,26 +5,24 @@
 //!      ─▶ train (NLL) / distill (PDD) / sample ─▶ postprocessing ─▶ file / eval metrics
 //! ```
 //!
-//! The binary only parses arguments ([`cli`]); every subcommand is a function of this library.
+//! The binary only parses arguments ([`cli`]); every subcommand is a function of this library
+//! ([`commands`]).
 
-pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
-pub mod demo;
 pub mod device;
+pub mod diagnostics;
 pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod export;
 pub mod flow;
-pub mod generate;
-pub mod inspect;
 pub mod models;
 pub mod nn;
+pub mod optim;
 pub mod sample;
-pub mod selftest;
 pub mod train;
 pub mod util;
 

@@ -21,7 +21,7 @@ pub static malloc_conf: &[u8; 36] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
 
 fn main() -> ExitCode {
     let cli = zdcflow::cli::Cli::parse();
-    match zdcflow::cli::run(cli) {
+    match zdcflow::commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::from(e));

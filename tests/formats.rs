@@ -55,7 +55,7 @@ fn generate_writes_the_chunked_stream_in_order() {
     let g = CaloGeometry::ds2();
     let path = t.path().join("ds2.h5");
     let events = 2700; // spans two generation chunks
-    zdcflow::generate::calo(2, events, 5, &path, 0, false).unwrap();
+    zdcflow::commands::generate::calo(2, events, 5, &path, 0, false).unwrap();
     let f = CaloFile::open(&path).unwrap();
     assert_eq!(f.read(0, events).unwrap(), generate_calo(&g, 5, 0, events));
 }

@@ -1,29 +1,10 @@
 //! `zdcflow export-onnx`: one flow unit's sampling direction as an ONNX graph.
 
-use std::path::PathBuf;
-
-use clap::Args;
-
+use crate::cli::ExportOnnxArgs;
 use crate::error::{Error, Result};
 use crate::export::onnx;
 use crate::flow::io;
 use crate::util::atomic;
-
-#[derive(Args, Debug)]
-pub struct ExportOnnxArgs {
-    /// A model directory (import-nflows or distill-student output).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Which flow unit (default: the only one; flow1, flow2 or flow3 for a CaloChallenge model).
-    #[arg(long)]
-    pub unit: Option<String>,
-    /// The ONNX file to write: inputs `z` (N, D) and `context` (N, C), output `x` (N, D).
-    #[arg(long)]
-    pub output: PathBuf,
-    /// ONNX operator set (13 or later).
-    #[arg(long, default_value_t = 17)]
-    pub opset: i64,
-}
 
 pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     let units = super::flow_dir::read(&a.model)?;

@@ -1,52 +1,14 @@
 //! `zdcflow flow log-prob|to-data|to-latent`: one flow unit's raw passes on `.npy` arrays.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use clap::{Args, Subcommand};
 use ndarray::{Array1, Array2};
 
+use crate::cli::{FlowArgs, FlowPass, PassArgs};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::util::atomic;
-
-#[derive(Args, Debug)]
-pub struct FlowArgs {
-    #[command(subcommand)]
-    pub pass: FlowPass,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum FlowPass {
-    /// log p(x | c) per row (N): the base density (conditional where the flow's base is) plus log|det ∂z/∂x|.
-    LogProb(PassArgs),
-    /// Base-space points z (N, D) → data x (N, D) (the sampling direction, without drawing z).
-    ToData(PassArgs),
-    /// Data x (N, D) → base-space points z (N, D).
-    ToLatent(PassArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct PassArgs {
-    /// A model directory (import-nflows, train-teacher or distill-student output).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Which flow unit (default: the only one; e.g. flow1, flow2, flow3 for a CaloChallenge model).
-    #[arg(long)]
-    pub unit: Option<String>,
-    /// Input array (N, D), float32 or float64 `.npy`.
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Conditions (N, C) `.npy`, for a flow with context.
-    #[arg(long)]
-    pub context: Option<PathBuf>,
-    /// Output `.npy`, in the input's dtype: (N) for log-prob, (N, D) otherwise.
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 4096)]
-    pub batch_size: usize,
-}
 
 /// An `.npy` array (N, K) in float64, with the dtype the file had.
 pub fn read_npy(path: &Path) -> Result<(Array2<f64>, DType)> {

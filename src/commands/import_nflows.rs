@@ -2,64 +2,18 @@
 //! imported flows (read in Rust with candle's pickle reader, no Python needed).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
-use clap::{Args, ValueEnum};
 
 use super::flow_dir::{FlowsManifest, Source, FLOWS_FORMAT};
+use crate::cli::{DtypeArg, ImportNflowsArgs, KindArg};
 use crate::config::Precision;
 use crate::error::{Error, Result};
 use crate::flow::nflows::{self, ImportOptions, NflowsKind};
 use crate::flow::{io, FlowSpec};
-use crate::models::manifest::{save_unit_file, Unit, UnitFile, MODEL_JSON};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum KindArg {
-    /// nflows `MaskedPiecewiseRationalQuadraticAutoregressiveTransform` blocks as they are (teachers).
-    Maf,
-    /// Each block in nflows' `InverseTransform`: one-pass sampling, spline evaluated forward.
-    Iaf,
-    /// inductive-caloflow's `InverseTransform(IAFRQS)` students: one-pass sampling, spline evaluated inverse.
-    IcaloflowIaf,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    F64,
-}
-
-#[derive(Args, Debug)]
-pub struct ImportNflowsArgs {
-    /// The checkpoint (`torch.save` zip file) holding a `Flow.state_dict()`, plain or in a dict under --key.
-    pub checkpoint: PathBuf,
-    /// How the blocks are read (the state dict does not say).
-    #[arg(long, value_enum)]
-    pub kind: KindArg,
-    /// The dict key holding the state dict (default: `model_state_dict` where the file has it, else the whole file).
-    #[arg(long)]
-    pub key: Option<String>,
-    /// The spline's tail bound B (linear tails outside [−B, B]); both papers use 14.
-    #[arg(long, default_value_t = 14.0)]
-    pub tail_bound: f64,
-    #[arg(long, default_value_t = 1e-6)]
-    pub min_bin_width: f64,
-    #[arg(long, default_value_t = 1e-6)]
-    pub min_bin_height: f64,
-    #[arg(long, default_value_t = 1e-6)]
-    pub min_derivative: f64,
-    /// The precision to store and run the flow in (default: the checkpoint's).
-    #[arg(long, value_enum)]
-    pub dtype: Option<DtypeArg>,
-    /// The unit's name in the model directory.
-    #[arg(long, default_value = "flow")]
-    pub unit: String,
-    /// The model directory to write (must not already hold a model).
-    #[arg(long)]
-    pub output_dir: PathBuf,
-}
+use crate::models::manifest::{check_output_dir, save_unit_file, Reuse, Unit, UnitFile};
 
 /// Reads the state dict of a checkpoint.
 pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<Vec<(String, candle_core::Tensor)>> {
@@ -83,9 +37,7 @@ pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<Vec<(String, ca
 }
 
 pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
-    if a.output_dir.join(MODEL_JSON).exists() {
-        return Err(Error::checkpoint(&a.output_dir, "already holds a model; choose another --output-dir"));
-    }
+    check_output_dir(&a.output_dir, Reuse::Never)?;
     let kind = match a.kind {
         KindArg::Maf => NflowsKind::Maf,
         KindArg::Iaf => NflowsKind::Iaf,
@@ -120,19 +72,13 @@ pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
     io::save_varmap(&varmap, &weights)?;
     // Loading it back checks the names and shapes against the spec's architecture.
     io::load_frozen_flow(&imported.spec, &weights, io::PREFIX, precision.dtype(), &candle_core::Device::Cpu)?;
-    save_unit_file(
-        &unit_dir,
-        &UnitFile { unit: &a.unit, flow: Some(&imported.spec), regressor: None, training: None },
-    )?;
+    save_unit_file(&unit_dir, &UnitFile { unit: &a.unit, flow: Some(&imported.spec), training: None })?;
     let checkpoint = a.checkpoint.canonicalize().unwrap_or_else(|_| a.checkpoint.clone());
     let manifest = FlowsManifest {
         format: FLOWS_FORMAT.into(),
         zdcflow_version: env!("CARGO_PKG_VERSION").into(),
         dtype: precision,
-        units: BTreeMap::from([(
-            a.unit.clone(),
-            Unit { dir: a.unit.clone(), flow: Some(imported.spec.clone()), regressor: None },
-        )]),
+        units: BTreeMap::from([(a.unit.clone(), Unit { dir: a.unit.clone(), flow: Some(imported.spec.clone()) })]),
         sources: BTreeMap::from([(a.unit.clone(), Source { checkpoint, kind, key: a.key.clone() })]),
     };
     manifest.save(&a.output_dir)?;

@@ -1,7 +1,118 @@
-//! Subcommands as short library functions that wire the pieces together (the binary only parses
-//! their arguments, see [`crate::cli`]).
+//! Subcommands: one file each, a short function wiring library pieces together. The binary only
+//! parses the arguments ([`crate::cli`]) and calls [`run`].
+//!
+//! Import rules: `commands` may import every library module and [`crate::cli`]'s structs; no
+//! library module imports `commands` or `cli` (the demo calls the other commands' functions).
 
+pub mod bench;
+pub mod demo;
+pub mod distill_student;
+pub mod evaluate;
 pub mod export_onnx;
 pub mod flow;
 pub mod flow_dir;
+pub mod generate;
 pub mod import_nflows;
+pub mod inspect;
+pub mod merge;
+pub mod sample;
+pub mod selftest;
+pub mod train_teacher;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::error::{Error, Result};
+use crate::train::Summary;
+
+/// Settings every subcommand shares.
+#[derive(Clone, Debug)]
+pub struct Globals {
+    pub device: String,
+    pub show_progress: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::util::interrupt::install_cleanup();
+    if let Some(n) = cli.threads {
+        // candle and rayon read this when their pools start (at the first tensor operation).
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let globals = Globals { device: cli.device.clone(), show_progress: !cli.quiet };
+    match execute(&cli.command, &globals) {
+        Ok(code) => Ok(code),
+        Err(Error::Interrupted) => Ok(ExitCode::from(130)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs one subcommand, printing what it reports; the exit code of a run that did not fail.
+fn execute(command: &Command, g: &Globals) -> Result<ExitCode> {
+    match command {
+        Command::Generate(a) => generate::run(a, g)?,
+        Command::Inspect(a) => inspect::run(a, g)?,
+        Command::TrainTeacher(a) => {
+            train_teacher::run(a, g)?;
+        }
+        Command::DistillStudent(a) => {
+            distill_student::run(a, g)?;
+        }
+        Command::Sample(a) => {
+            sample::run(a, g)?;
+        }
+        Command::Merge(a) => merge::run(a, g)?,
+        Command::Evaluate(a) => {
+            let (_, regressions) = evaluate::run(a, g)?;
+            if !regressions.is_empty() {
+                return Ok(ExitCode::from(evaluate::REGRESSION));
+            }
+        }
+        Command::Bench(a) => bench::run(a, g)?,
+        Command::Demo(a) => demo::run(a, g)?,
+        Command::Selftest => selftest::run(g)?,
+        Command::ImportNflows(a) => {
+            let spec = import_nflows::run(a)?;
+            println!(
+                "imported a {:?} of {} blocks ({} features, context {}, {} hidden × {} layers, {} bins, {} parameters) into {}",
+                spec.kind,
+                spec.blocks,
+                spec.features,
+                spec.context_features,
+                spec.hidden_features,
+                spec.hidden_layers + 1,
+                spec.spline.num_bins,
+                spec.parameter_count(),
+                a.output_dir.display()
+            );
+        }
+        Command::Flow(a) => {
+            let n = flow::run(a, &crate::device::open(&g.device)?)?;
+            eprintln!("flow: {n} rows");
+        }
+        Command::ExportOnnx(a) => {
+            let (unit, bytes) = export_onnx::run(a)?;
+            println!("exported unit '{unit}' to {} ({bytes} bytes)", a.output.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the summary lines of a training command (and how to resume after an interrupt).
+fn finish_training(summaries: Result<Vec<Summary>>, out: &Path) -> Result<Vec<Summary>> {
+    match summaries {
+        Ok(s) => {
+            for line in s.iter().map(crate::models::summary_line) {
+                println!("{line}");
+            }
+            println!("model: {}", out.display());
+            Ok(s)
+        }
+        Err(Error::Interrupted) => {
+            eprintln!("stopped; resume with the same command plus --resume ({})", out.display());
+            Err(Error::Interrupted)
+        }
+        Err(e) => Err(e),
+    }
+}

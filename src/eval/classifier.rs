@@ -31,7 +31,7 @@ use super::stats::{auc, jsd_from_bce};
 use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::nn::{Activation, Mlp};
-use crate::train::adam::Adam;
+use crate::optim::Adam;
 use crate::train::trainer::sorted_vars;
 use crate::util::rng::{derive, derive_seed, tag};
 

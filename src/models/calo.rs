@@ -8,24 +8,18 @@
 //! Each shower is preprocessed once per visit (one noise draw per voxel and per layer energy) and
 //! Flow-3's 44 pairs are built from it, as the published code does.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 
-use super::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit, MODEL_JSON};
-use super::{teacher_spec, train_unit, NllObjective, RunOptions, UnitJob};
+use super::manifest::{DataInfo, Manifest, Preprocessing, MODEL_JSON};
 use crate::config::{Config, Detector, FlowName};
 use crate::data::calo::CaloFile;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::CaloPreprocessing;
 use crate::data::split::{split, Split};
 use crate::error::{Error, Result};
-use crate::flow::params::SeededInit;
-use crate::flow::{io, Flow};
-use crate::train::{RowSource, Rows, Summary};
-use crate::util::rng::{derive_seed, tag};
+use crate::train::{RowSource, Rows};
 
 /// Feature and context sizes of a flow.
 pub fn dims(flow: FlowName, g: &CaloGeometry) -> (usize, usize) {
@@ -38,7 +32,7 @@ pub fn dims(flow: FlowName, g: &CaloGeometry) -> (usize, usize) {
 }
 
 /// Index of a flow (for derived seeds).
-fn index(flow: FlowName) -> u64 {
+pub fn index(flow: FlowName) -> u64 {
     match flow {
         FlowName::Flow1 => 1,
         FlowName::Flow2 => 2,
@@ -239,7 +233,8 @@ impl RowSource for CaloRows<'_> {
     }
 }
 
-fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
+/// What a model records of the data it was trained on.
+pub fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
     DataInfo {
         path: cfg.data.path.clone(),
         events: data.file.events,
@@ -250,89 +245,15 @@ fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
     }
 }
 
-/// `train-teacher` for CaloChallenge: every flow the config names, in order.
-pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summary>> {
-    let flows = cfg.calo_flows();
-    let first = cfg.flow_section(Some(flows[0])).ok_or_else(|| Error::config(flows[0].as_str(), "missing"))?;
-    let base = cfg.train_config(first.train.as_ref(), &format!("{}.train", flows[0].as_str()))?;
-    let split_seed = cfg.split_seed(&base);
-    let data = CaloData::open(
-        &cfg.data.path,
-        cfg.model.detector,
-        cfg.data.max_events,
-        cfg.data.fractions(cfg.model.detector),
-        split_seed,
-    )?;
-    let g = data.file.geometry.clone();
-    let mut units = BTreeMap::new();
-    for &f in &flows {
-        let section =
-            cfg.flow_section(Some(f)).ok_or_else(|| Error::config(f.as_str(), "missing: the flow's architecture"))?;
-        let tc = cfg.train_config(section.train.as_ref(), &format!("{}.train", f.as_str()))?;
-        let (dx, dc) = dims(f, &g);
-        let spec = teacher_spec(section, dx, dc, derive_seed(tc.seed, &[tag::INIT, index(f)]));
-        units.insert(f.as_str().to_string(), Unit { dir: f.as_str().into(), flow: Some(spec), regressor: None });
-    }
-    let manifest = Manifest {
-        format: super::manifest::FORMAT.into(),
-        zdcflow_version: env!("CARGO_PKG_VERSION").into(),
-        detector: cfg.model.detector,
-        role: Role::Teacher,
-        seed: base.seed,
-        dtype: cfg.model.dtype,
-        data: data_info(cfg, &data, split_seed),
-        preprocessing: Preprocessing::Calo(CaloPreprocessing {
-            renormalise_layers: cfg.model.calo_renormalise_layers,
-            ..CaloPreprocessing::default()
-        }),
-        conditions: None,
-        photon_sum_target: None,
-        units,
-        teacher: None,
-        distill: None,
-        config: cfg.to_json(),
-    };
-    let manifest = merge_with_existing(out, manifest, opts.resume)?;
-    manifest.save(out)?;
-    let prep = preprocessing(&manifest, out)?;
-    let dtype = cfg.model.dtype.dtype();
-    let mut summaries = Vec::new();
-    for &f in &flows {
-        let section = cfg.flow_section(Some(f)).expect("checked above");
-        let tc = cfg.train_config(section.train.as_ref(), &format!("{}.train", f.as_str()))?;
-        let spec = manifest.units[f.as_str()].flow.clone().expect("flow unit");
-        let varmap = VarMap::new();
-        let vb =
-            SeededInit::var_builder(&varmap, derive_seed(tc.seed, &[tag::INIT, 10 + index(f)]), dtype, &opts.device);
-        let flow = Flow::new(&spec, vb.pp(io::PREFIX))?;
-        let source = CaloRows { file: &data.file, prep: &prep, flow: f };
-        let job = UnitJob {
-            name: f.as_str(),
-            dir: &out.join(f.as_str()),
-            cfg: tc,
-            source: &source,
-            train_events: &data.split.train,
-            val_events: &data.split.val,
-            varmap: &varmap,
-            dtype,
-            flow: Some(&spec),
-            regressor: None,
-        };
-        summaries.push(train_unit(&job, &NllObjective { flow: &flow }, opts)?);
-    }
-    Ok(summaries)
+/// The preprocessing a teacher of `cfg` is trained with.
+pub fn configured_preprocessing(cfg: &Config) -> CaloPreprocessing {
+    CaloPreprocessing { renormalise_layers: cfg.model.calo_renormalise_layers, ..CaloPreprocessing::default() }
 }
 
 /// A teacher directory may gain flows from further configs (one config per flow): the existing
-/// manifest must describe the same data and preprocessing, and new flows must not replace
-/// trained ones unless resuming.
-fn merge_with_existing(out: &Path, mut manifest: Manifest, resume: bool) -> Result<Manifest> {
-    if !out.join(MODEL_JSON).exists() {
-        if resume {
-            return Err(Error::checkpoint(out, "--resume: no model to resume here (no model.json)"));
-        }
-        return Ok(manifest);
-    }
+/// manifest (in `out`, which holds one) must describe the same data and preprocessing, and new
+/// flows must not replace trained ones unless resuming.
+pub fn merge_with_existing(out: &Path, mut manifest: Manifest, resume: bool) -> Result<Manifest> {
     let existing = Manifest::load(out)?;
     let path = out.join(MODEL_JSON);
     if existing.detector != manifest.detector
@@ -371,78 +292,4 @@ pub fn preprocessing(m: &Manifest, dir: &Path) -> Result<CaloPreprocessing> {
         Preprocessing::Calo(p) => Ok(p.clone()),
         Preprocessing::Zdc(_) => Err(Error::checkpoint(dir, "is a ZDC model, not a CaloChallenge one")),
     }
-}
-
-/// `distill-student` for CaloChallenge: IAF students of Flow-2 and Flow-3 (those the config
-/// names); Flow-1 stays the teacher's MAF and is copied, so the student directory samples alone.
-pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions) -> Result<Vec<Summary>> {
-    use super::student::{copy_unit, frozen_flow, load_teacher, new_student, student_spec, terms};
-    use crate::distill::{DistillObjective, Distillation};
-    let teacher = load_teacher(teacher_dir, cfg.model.detector)?;
-    let distill = cfg.distill.clone().unwrap_or_default();
-    let flows: Vec<FlowName> = cfg.calo_flows().into_iter().filter(|&f| f != FlowName::Flow1).collect();
-    if flows.is_empty() {
-        return Err(Error::config("student", "name the students to distil: [student.flow2] and/or [student.flow3]"));
-    }
-    let data = CaloData::open_like(&cfg.data.path, cfg.model.detector, &teacher.data)?;
-    let mut manifest = teacher.clone();
-    manifest.role = Role::Student;
-    manifest.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or_else(|_| teacher_dir.to_path_buf()));
-    manifest.distill = Some(distill.clone());
-    manifest.config = cfg.to_json();
-    let mut jobs = Vec::new();
-    for &f in &flows {
-        let section = cfg.student_section(Some(f));
-        let tc = cfg.train_config(section.and_then(|s| s.train.as_ref()), &format!("student.{}.train", f.as_str()))?;
-        let t_spec = teacher.unit(f.as_str(), teacher_dir)?.flow.clone().expect("teacher flow");
-        let s_spec = student_spec(&t_spec, section);
-        manifest.units.get_mut(f.as_str()).expect("unit exists").flow = Some(s_spec.clone());
-        jobs.push((f, section, tc, s_spec));
-    }
-    manifest.seed = jobs[0].2.seed;
-    if opts.resume {
-        super::check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
-    }
-    manifest.save(out)?;
-    for name in teacher.units.keys().filter(|n| !flows.iter().any(|f| f.as_str() == n.as_str())) {
-        copy_unit(&teacher_dir.join(&teacher.units[name].dir), &out.join(name))?;
-    }
-    let prep = preprocessing(&teacher, teacher_dir)?;
-    let dtype = cfg.model.dtype.dtype();
-    let mut summaries = Vec::new();
-    for (f, section, tc, s_spec) in jobs {
-        let teacher_flow = frozen_flow(teacher_dir, &teacher, f.as_str(), dtype, &opts.device)?;
-        let init =
-            section.filter(|s| s.init_from_teacher).map(|_| teacher.weights(teacher_dir, f.as_str())).transpose()?;
-        let (student, varmap) = new_student(
-            &s_spec,
-            init.as_deref(),
-            derive_seed(tc.seed, &[tag::INIT, 20 + index(f)]),
-            dtype,
-            &opts.device,
-        )?;
-        let objective = DistillObjective {
-            distillation: Distillation {
-                teacher: &teacher_flow,
-                student: &student,
-                terms: terms(&distill, section.and_then(|s| s.beta), None),
-            },
-            select_by_kl: distill.selection == crate::config::Selection::Kl,
-        };
-        let source = CaloRows { file: &data.file, prep: &prep, flow: f };
-        let job = UnitJob {
-            name: f.as_str(),
-            dir: &out.join(f.as_str()),
-            cfg: tc,
-            source: &source,
-            train_events: &data.split.train,
-            val_events: &data.split.val,
-            varmap: &varmap,
-            dtype,
-            flow: Some(&s_spec),
-            regressor: None,
-        };
-        summaries.push(train_unit(&job, &objective, opts)?);
-    }
-    Ok(summaries)
 }

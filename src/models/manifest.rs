@@ -1,6 +1,6 @@
 //! `model.json`: everything needed to rebuild and use a trained model — detector, role,
 //! preprocessing constants, condition scalers, the architecture of every unit (flows, the
-//! photon-sum regressor), the data split, the seed and the full configuration.
+//! photon-sum flow), the data split, the seed and the full configuration.
 //!
 //! A model directory holds `model.json` and one subdirectory per unit (`flow/`, `regressor/`,
 //! `flow1/`…), each with its own `model.json`, `best.safetensors`, `last.safetensors`,
@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::regressor::RegressorSpec;
 use crate::config::{Detector, DistillSection, Precision};
 use crate::data::preprocess::{CaloPreprocessing, Standardizer, ZdcPreprocessing};
 use crate::data::split::Particles;
@@ -55,8 +54,6 @@ pub struct Unit {
     pub dir: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<FlowSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regressor: Option<RegressorSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,12 +88,40 @@ pub struct UnitFile<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<&'a FlowSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub regressor: Option<&'a RegressorSpec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub training: Option<&'a Summary>,
 }
 
 impl Manifest {
+    /// A teacher's description: the one constructor of every trainer's (and `bench`'s random
+    /// models') manifest. Scalers (ZDC), teacher and distillation settings (students) are set by
+    /// the caller.
+    pub fn teacher(
+        detector: Detector,
+        dtype: Precision,
+        seed: u64,
+        data: DataInfo,
+        preprocessing: Preprocessing,
+        units: BTreeMap<String, Unit>,
+        config: serde_json::Value,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            zdcflow_version: env!("CARGO_PKG_VERSION").into(),
+            detector,
+            role: Role::Teacher,
+            seed,
+            dtype,
+            data,
+            preprocessing,
+            conditions: None,
+            photon_sum_target: None,
+            units,
+            teacher: None,
+            distill: None,
+            config,
+        }
+    }
+
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let text = serde_json::to_string_pretty(self).expect("manifest serialises");
@@ -144,6 +169,14 @@ impl Manifest {
             .ok_or_else(|| Error::checkpoint(&dir.join(MODEL_JSON), format!("the model has no '{name}' unit")))
     }
 
+    /// The architecture of flow unit `name`.
+    pub fn flow(&self, dir: &Path, name: &str) -> Result<&FlowSpec> {
+        self.unit(name, dir)?
+            .flow
+            .as_ref()
+            .ok_or_else(|| Error::checkpoint(&dir.join(MODEL_JSON), format!("unit '{name}' is not a flow")))
+    }
+
     /// The weights file of a unit: best.safetensors, else last.safetensors.
     pub fn weights(&self, dir: &Path, name: &str) -> Result<PathBuf> {
         let unit = self.unit(name, dir)?;
@@ -175,20 +208,35 @@ pub fn save_unit_file(dir: &Path, file: &UnitFile) -> Result<()> {
     atomic::write_bytes(&dir.join(MODEL_JSON), text.as_bytes())
 }
 
-/// Refuses to start over in a directory that already holds a model, unless resuming.
-pub fn check_output_dir(dir: &Path, resume: bool) -> Result<()> {
+/// What a model-writing command may do with a model already in its `--output-dir`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// Nothing (import-nflows).
+    Never,
+    /// Continue it with `--resume` (the flag's value), else refuse.
+    Resume(bool),
+    /// Add units to it (CaloChallenge teachers: one config per flow), or continue it with
+    /// `--resume`; the caller checks the units.
+    Extend(bool),
+}
+
+/// The one check of an `--output-dir` before anything is written: it must be a directory or
+/// not exist yet, `--resume` needs a model there, and a model there is refused unless `reuse`
+/// allows it. Returns whether it holds a model (a model.json).
+pub fn check_output_dir(dir: &Path, reuse: Reuse) -> Result<bool> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::checkpoint(dir, "--output-dir is a file, not a directory"));
     }
     let exists = dir.join(MODEL_JSON).exists();
-    if resume && !exists {
-        return Err(Error::checkpoint(dir, "--resume: no model to resume here (no model.json)"));
-    }
-    if !resume && exists {
-        return Err(Error::checkpoint(
+    match reuse {
+        Reuse::Resume(true) | Reuse::Extend(true) if !exists => {
+            Err(Error::checkpoint(dir, "--resume: no model to resume here (no model.json)"))
+        }
+        Reuse::Never if exists => Err(Error::checkpoint(dir, "already holds a model; choose another --output-dir")),
+        Reuse::Resume(false) if exists => Err(Error::checkpoint(
             dir,
             "already holds a model; pass --resume to continue it, or choose another --output-dir",
-        ));
+        )),
+        _ => Ok(exists),
     }
-    Ok(())
 }

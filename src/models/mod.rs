@@ -1,10 +1,10 @@
 //! The detector models: what each flow learns from which rows, how its units are trained and
-//! saved, and how a trained model directory is loaded.
+//! saved, and how a trained model directory is loaded. The subcommands that train them are in
+//! [`crate::commands`].
 
 pub mod calo;
 pub mod manifest;
 pub mod photon_sum;
-pub mod regressor;
 pub mod student;
 pub mod zdc;
 
@@ -15,6 +15,7 @@ use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::TrainConfig;
+use crate::data::split::Split;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowKind, FlowSpec};
 use crate::train::{self, checkpoint, Batch, Objective, RowSource, Summary};
@@ -54,51 +55,60 @@ impl Objective for NllObjective<'_> {
     }
 }
 
-/// One trainable unit of a model.
-pub struct UnitJob<'a> {
-    pub name: &'a str,
-    pub dir: &'a Path,
-    pub cfg: TrainConfig,
-    pub source: &'a dyn RowSource,
-    pub train_events: &'a [usize],
-    pub val_events: &'a [usize],
-    pub varmap: &'a VarMap,
+/// Where a model's units are trained: its output directory, the data split, the precision and
+/// how the command runs. Every teacher, student and photon-sum unit is trained through
+/// [`Units::train`], which builds the [`train::Run`] and the unit's own model.json.
+pub struct Units<'a> {
+    pub out: &'a Path,
+    pub split: &'a Split,
     pub dtype: DType,
-    pub flow: Option<&'a FlowSpec>,
-    pub regressor: Option<&'a regressor::RegressorSpec>,
+    pub opts: &'a RunOptions,
 }
 
-/// Trains a unit (or resumes it, or skips it if a resumed run had already finished it) and
-/// records the summary in the unit's model.json.
-pub fn train_unit(job: &UnitJob, objective: &dyn Objective, opts: &RunOptions) -> Result<Summary> {
-    let unit_file = |training| UnitFile { unit: job.name, flow: job.flow, regressor: job.regressor, training };
-    let has_checkpoint = checkpoint::path(job.dir).exists();
-    if opts.resume && has_checkpoint {
-        let state = checkpoint::load(job.dir, &opts.device)?.state;
-        if state.epoch >= job.cfg.epochs {
-            if let Some(summary) = stored_summary(job.dir) {
-                eprintln!("{}: already trained ({} epochs), skipping", job.name, state.epoch);
-                return Ok(summary);
+impl Units<'_> {
+    /// Trains unit `name` (in `out/name`) of architecture `flow` on `source`'s rows of the
+    /// training split (or resumes it, or skips it if a resumed run had already finished it) and
+    /// records the summary in the unit's model.json.
+    pub fn train(
+        &self,
+        name: &str,
+        cfg: TrainConfig,
+        flow: &FlowSpec,
+        source: &dyn RowSource,
+        varmap: &VarMap,
+        objective: &dyn Objective,
+    ) -> Result<Summary> {
+        let dir = self.out.join(name);
+        let opts = self.opts;
+        let unit_file = |training| UnitFile { unit: name, flow: Some(flow), training };
+        let has_checkpoint = checkpoint::path(&dir).exists();
+        if opts.resume && has_checkpoint {
+            let state = checkpoint::load(&dir, &opts.device)?.state;
+            if state.epoch >= cfg.epochs {
+                if let Some(summary) = stored_summary(&dir) {
+                    eprintln!("{name}: already trained ({} epochs), skipping", state.epoch);
+                    return Ok(summary);
+                }
             }
         }
+        save_unit_file(&dir, &unit_file(None))?;
+        let run = train::Run {
+            unit: name.to_string(),
+            dir: dir.clone(),
+            cfg,
+            source,
+            train_events: &self.split.train,
+            val_events: &self.split.val,
+            varmap,
+            dtype: self.dtype,
+            device: opts.device.clone(),
+            resume: opts.resume && has_checkpoint,
+            show_progress: opts.show_progress,
+        };
+        let summary = train::fit(&run, objective)?;
+        save_unit_file(&dir, &unit_file(Some(&summary)))?;
+        Ok(summary)
     }
-    save_unit_file(job.dir, &unit_file(None))?;
-    let run = train::Run {
-        unit: job.name.to_string(),
-        dir: job.dir.to_path_buf(),
-        cfg: job.cfg.clone(),
-        source: job.source,
-        train_events: job.train_events,
-        val_events: job.val_events,
-        varmap: job.varmap,
-        dtype: job.dtype,
-        device: opts.device.clone(),
-        resume: opts.resume && has_checkpoint,
-        show_progress: opts.show_progress,
-    };
-    let summary = train::fit(&run, objective)?;
-    save_unit_file(job.dir, &unit_file(Some(&summary)))?;
-    Ok(summary)
 }
 
 fn stored_summary(dir: &Path) -> Option<Summary> {

@@ -211,9 +211,10 @@ pub fn save_report(dir: &Path, report: &TestReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::split::Split;
     use crate::flow::io;
     use crate::flow::params::SeededInit;
-    use crate::models::{train_unit, NllObjective, RunOptions, UnitJob};
+    use crate::models::{NllObjective, RunOptions, Units};
     use candle_nn::VarMap;
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
@@ -244,22 +245,10 @@ mod tests {
         let device = Device::Cpu;
         let flow = Flow::new(&spec, SeededInit::var_builder(&varmap, 7, DType::F32, &device).pp(io::PREFIX)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let train: Vec<usize> = (0..n * 9 / 10).collect();
-        let val: Vec<usize> = (n * 9 / 10..n).collect();
-        let job = UnitJob {
-            name: UNIT,
-            dir: dir.path(),
-            cfg: section.train_config(5),
-            source: &source,
-            train_events: &train,
-            val_events: &val,
-            varmap: &varmap,
-            dtype: DType::F32,
-            flow: Some(&spec),
-            regressor: None,
-        };
+        let split = Split { train: (0..n * 9 / 10).collect(), val: (n * 9 / 10..n).collect(), test: Vec::new() };
         let opts = RunOptions { resume: false, device: device.clone(), show_progress: false };
-        train_unit(&job, &NllObjective { flow: &flow }, &opts).unwrap();
+        let units = Units { out: dir.path(), split: &split, dtype: DType::F32, opts: &opts };
+        units.train(UNIT, section.train_config(5), &spec, &source, &varmap, &NllObjective { flow: &flow }).unwrap();
         let model = PhotonSumModel { flow, conditions, target, dtype: DType::F32, device: device.clone() };
         for (c, &(mu, sigma)) in truth.iter().enumerate() {
             let m = 3000;

@@ -6,21 +6,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_nn::VarMap;
+use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit};
-use super::photon_sum::{self, PhotonSumModel, PhotonSumRows};
-use super::{check_resume_matches, teacher_spec, train_unit, NllObjective, RunOptions, UnitJob};
-use crate::config::Config;
+use super::manifest::{DataInfo, Manifest, Preprocessing, Unit, MODEL_JSON};
+use super::photon_sum;
+use super::teacher_spec;
+use crate::config::{ChannelUnits, Config, DistillSection};
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{Standardizer, ZdcPreprocessing};
 use crate::data::split::{split, Particles, Split};
 use crate::data::zdc::{ZdcFile, FEATURES};
+use crate::distill::{diversity, ChannelLoss};
 use crate::error::{Error, Result};
-use crate::flow::params::SeededInit;
-use crate::flow::{io, Flow};
-use crate::train::{RowSource, Rows, Summary};
+use crate::train::{RowSource, Rows};
 use crate::util::rng::{derive_seed, tag};
 
 /// Flow conditions: 9 particle features + photon sum.
@@ -143,7 +142,7 @@ impl RowSource for FlowRows<'_> {
 }
 
 /// The manifest of a ZDC teacher trained with `cfg`.
-fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) -> Result<Manifest> {
+pub fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) -> Result<Manifest> {
     let section = cfg.flow.as_ref().ok_or_else(|| Error::config("flow", "missing: the teacher's architecture"))?;
     let ps = cfg.photon_sum.clone().unwrap_or_default();
     let (conditions, target) = fit_scalers(data);
@@ -153,44 +152,30 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
         Unit {
             dir: FLOW_UNIT.into(),
             flow: Some(teacher_spec(section, PIXELS, CONTEXT, derive_seed(seed, &[tag::INIT, 0]))),
-            regressor: None,
         },
     );
     units.insert(
         PHOTON_SUM_UNIT.to_string(),
-        Unit {
-            dir: PHOTON_SUM_UNIT.into(),
-            flow: Some(photon_sum::spec(&ps, derive_seed(seed, &[tag::INIT, 4]))),
-            regressor: None,
-        },
+        Unit { dir: PHOTON_SUM_UNIT.into(), flow: Some(photon_sum::spec(&ps, derive_seed(seed, &[tag::INIT, 4]))) },
     );
-    Ok(Manifest {
-        format: super::manifest::FORMAT.into(),
-        zdcflow_version: env!("CARGO_PKG_VERSION").into(),
-        detector: cfg.model.detector,
-        role: Role::Teacher,
-        seed,
-        dtype: cfg.model.dtype,
-        data: DataInfo {
-            path: cfg.data.path.clone(),
-            events: data.file.events,
-            used_events: data.used_events,
-            fractions: cfg.data.fractions(cfg.model.detector),
-            split_seed,
-            particles: cfg.data.particles,
-        },
-        preprocessing: Preprocessing::Zdc(if section.standardise_pixels {
-            pixel_standardised(data, derive_seed(seed, &[tag::NOISE, 15]))?
-        } else {
-            ZdcPreprocessing::default()
-        }),
-        conditions: Some(conditions),
-        photon_sum_target: Some(target),
-        units,
-        teacher: None,
-        distill: None,
-        config: cfg.to_json(),
-    })
+    let data_info = DataInfo {
+        path: cfg.data.path.clone(),
+        events: data.file.events,
+        used_events: data.used_events,
+        fractions: cfg.data.fractions(cfg.model.detector),
+        split_seed,
+        particles: cfg.data.particles,
+    };
+    let preprocessing = Preprocessing::Zdc(if section.standardise_pixels {
+        pixel_standardised(data, derive_seed(seed, &[tag::NOISE, 15]))?
+    } else {
+        ZdcPreprocessing::default()
+    });
+    let mut m =
+        Manifest::teacher(cfg.model.detector, cfg.model.dtype, seed, data_info, preprocessing, units, cfg.to_json());
+    m.conditions = Some(conditions);
+    m.photon_sum_target = Some(target);
+    Ok(m)
 }
 
 /// The preprocessing with per-pixel logit standardisation fitted on (up to 20 000 of) the training
@@ -231,205 +216,63 @@ fn pixel_standardised(data: &ZdcData, seed: u64) -> Result<ZdcPreprocessing> {
     Ok(prep)
 }
 
-/// `train-teacher` for the ZDC: the photon-sum flow (with its test-split report), then the MAF.
-pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summary>> {
-    let section = cfg.flow.as_ref().ok_or_else(|| Error::config("flow", "missing: the teacher's architecture"))?;
-    let flow_train = cfg.train_config(section.train.as_ref(), "flow.train")?;
-    let seed = flow_train.seed;
-    let split_seed = cfg.split_seed(&flow_train);
-    let data = ZdcData::open(
-        &cfg.data.path,
-        cfg.data.particles,
-        cfg.data.max_events,
-        cfg.data.fractions(cfg.model.detector),
-        split_seed,
-    )?;
-    let manifest = teacher_manifest(cfg, &data, seed, split_seed)?;
-    if opts.resume {
-        check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
-    }
-    manifest.save(out)?;
-    let dtype = cfg.model.dtype.dtype();
-    let conditions = manifest.conditions.as_ref().expect("ZDC manifest has scalers");
-    let target = manifest.photon_sum_target.as_ref().expect("ZDC manifest has scalers");
-    let mut summaries = Vec::new();
-
-    // The photon-sum flow.
-    let ps_spec = manifest.units[PHOTON_SUM_UNIT].flow.clone().expect("photon-sum unit");
-    let ps_cfg = cfg.photon_sum.clone().unwrap_or_default().train_config(seed);
-    let varmap = VarMap::new();
-    let vb = SeededInit::var_builder(&varmap, derive_seed(seed, &[tag::INIT, 1]), dtype, &opts.device);
-    let ps_flow = Flow::new(&ps_spec, vb.pp(io::PREFIX))?;
-    let c = &data.file.conditions;
-    let source = PhotonSumRows { particles: &c.particles, sums: &c.photon_sum, conditions, target };
-    let ps_dir = out.join(PHOTON_SUM_UNIT);
-    let job = UnitJob {
-        name: PHOTON_SUM_UNIT,
-        dir: &ps_dir,
-        cfg: ps_cfg,
-        source: &source,
-        train_events: &data.split.train,
-        val_events: &data.split.val,
-        varmap: &varmap,
-        dtype,
-        flow: Some(&ps_spec),
-        regressor: None,
-    };
-    summaries.push(train_unit(&job, &NllObjective { flow: &ps_flow }, opts)?);
-    // The test split's figures come from the kept (best) weights.
-    let best = super::student::frozen_flow(out, &manifest, PHOTON_SUM_UNIT, dtype, &opts.device)?;
-    let model = PhotonSumModel {
-        flow: best,
-        conditions: conditions.clone(),
-        target: target.clone(),
-        dtype,
-        device: opts.device.clone(),
-    };
-    let test: &[usize] = if data.split.test.is_empty() { &data.split.val } else { &data.split.test };
-    let report = photon_sum::test_report(&model, &source, test, seed)?;
-    eprintln!("{}", report.line());
-    photon_sum::save_report(&ps_dir, &report)?;
-
-    // The flow.
-    let spec = manifest.units[FLOW_UNIT].flow.clone().expect("flow unit");
-    let varmap = VarMap::new();
-    let vb = SeededInit::var_builder(&varmap, derive_seed(seed, &[tag::INIT, 2]), dtype, &opts.device);
-    let flow = Flow::new(&spec, vb.pp(io::PREFIX))?;
-    let prep = preprocessing(&manifest, out)?;
-    let source = FlowRows { file: &data.file, prep: &prep, conditions, weights: None };
-    let job = UnitJob {
-        name: FLOW_UNIT,
-        dir: &out.join(FLOW_UNIT),
-        cfg: flow_train,
-        source: &source,
-        train_events: &data.split.train,
-        val_events: &data.split.val,
-        varmap: &varmap,
-        dtype,
-        flow: Some(&spec),
-        regressor: None,
-    };
-    summaries.push(train_unit(&job, &NllObjective { flow: &flow }, opts)?);
-    Ok(summaries)
-}
-
-/// `distill-student` for the ZDC: an IAF student of the teacher's flow, with the setup's channel
-/// loss and diversity weights; the photon-sum flow is copied from the teacher.
-pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions) -> Result<Vec<Summary>> {
-    use super::student::{copy_unit, frozen_flow, load_teacher, new_student, student_spec, terms};
-    use crate::distill::{diversity, ChannelLoss, DistillObjective, Distillation};
-    let teacher = load_teacher(teacher_dir, cfg.model.detector)?;
-    let distill = cfg.distill.clone().unwrap_or_default();
-    let section = cfg.student_section(None);
-    let tc = cfg.train_config(section.and_then(|s| s.train.as_ref()), "student.flow.train")?;
-    let data = ZdcData::open_like(&cfg.data.path, &teacher.data)?;
-    let t_spec = teacher.unit(FLOW_UNIT, teacher_dir)?.flow.clone().expect("teacher flow");
-    let s_spec = student_spec(&t_spec, section);
-    let mut manifest = teacher.clone();
-    manifest.role = Role::Student;
-    manifest.seed = tc.seed;
-    manifest.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or_else(|_| teacher_dir.to_path_buf()));
-    manifest.distill = Some(distill.clone());
-    manifest.config = cfg.to_json();
-    manifest.units.get_mut(FLOW_UNIT).expect("flow unit").flow = Some(s_spec.clone());
-    if opts.resume {
-        check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
-    }
-    manifest.save(out)?;
-    let ps_dir = &teacher.unit(PHOTON_SUM_UNIT, teacher_dir)?.dir;
-    copy_unit(&teacher_dir.join(ps_dir), &out.join(ps_dir))?;
-    if teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON).exists() {
-        std::fs::copy(
-            teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON),
-            out.join(ps_dir).join(photon_sum::TEST_JSON),
-        )
-        .map_err(|e| Error::io(&out.join(ps_dir), e))?;
-    }
-
-    let dtype = cfg.model.dtype.dtype();
-    let teacher_flow = frozen_flow(teacher_dir, &teacher, FLOW_UNIT, dtype, &opts.device)?;
-    let weights = if distill.diversity_weights() {
-        let mut w =
-            diversity::compute_with(&data.file, &data.split.train, distill.diversity_eps, distill.zero_diversity)?;
-        // Validation conditions get their own weights, so that selecting on the validation loss
-        // weighs them as training does (they would be 0 otherwise).
-        let v = diversity::compute_with(&data.file, &data.split.val, distill.diversity_eps, distill.zero_diversity)?;
-        for &e in &data.split.val {
-            w.per_event[e] = v.per_event[e];
-        }
-        w.save(&out.join("diversity.json"))?;
-        let (lo, hi) = w.weights.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        eprintln!("diversity weights: {} training conditions, weights {lo:.3} – {hi:.3}", w.counts.len());
-        Some(w.per_event)
-    } else {
-        None
-    };
-    let init = section.filter(|s| s.init_from_teacher).map(|_| teacher.weights(teacher_dir, FLOW_UNIT)).transpose()?;
-    let (student, varmap) =
-        new_student(&s_spec, init.as_deref(), derive_seed(tc.seed, &[tag::INIT, 3]), dtype, &opts.device)?;
-    let channel = distill.channel_loss().then(|| -> Result<ChannelLoss> {
-        Ok(ChannelLoss {
-            matrix: crate::data::channels::channel_matrix(dtype, &opts.device)?,
-            weight: distill.channel_weight,
-            weighted: distill.diversity_weights(),
-            pixel_affine: match &preprocessing(&teacher, teacher_dir)?.pixels {
-                Some(p) => {
-                    let row = |v: &[f64]| -> Result<candle_core::Tensor> {
-                        Ok(candle_core::Tensor::from_vec(
-                            v.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
-                            (1, PIXELS),
-                            &opts.device,
-                        )?
-                        .to_dtype(dtype)?)
-                    };
-                    Some((row(&p.std)?, row(&p.mean)?))
-                }
-                None => None,
-            },
-            photon_sum: match distill.channel_units {
-                crate::config::ChannelUnits::Photons => {
-                    let c = teacher.conditions.as_ref().expect("ZDC manifest has scalers");
-                    Some((FEATURES, c.mean[FEATURES], c.std[FEATURES]))
-                }
-                crate::config::ChannelUnits::Fractions => None,
-            },
-        })
-    });
-    let channel = channel.transpose()?;
-    let objective = DistillObjective {
-        distillation: Distillation {
-            teacher: &teacher_flow,
-            student: &student,
-            terms: terms(&distill, section.and_then(|s| s.beta), channel),
-        },
-        select_by_kl: distill.selection == crate::config::Selection::Kl,
-    };
-    let prep = preprocessing(&manifest, out)?;
-    let conditions = manifest.conditions.as_ref().expect("ZDC manifest has scalers");
-    let source = FlowRows { file: &data.file, prep: &prep, conditions, weights: weights.as_deref() };
-    let job = UnitJob {
-        name: FLOW_UNIT,
-        dir: &out.join(FLOW_UNIT),
-        cfg: tc,
-        source: &source,
-        train_events: &data.split.train,
-        val_events: &data.split.val,
-        varmap: &varmap,
-        dtype,
-        flow: Some(&s_spec),
-        regressor: None,
-    };
-    if distill.selection == crate::config::Selection::KlChannel {
-        let objective = crate::distill::objective::KlChannelObjective { inner: objective };
-        return Ok(vec![train_unit(&job, &objective, opts)?]);
-    }
-    Ok(vec![train_unit(&job, &objective, opts)?])
-}
-
 /// The ZDC preprocessing a model was trained with.
 pub fn preprocessing(m: &Manifest, dir: &Path) -> Result<ZdcPreprocessing> {
     match &m.preprocessing {
         Preprocessing::Zdc(p) => Ok(p.clone()),
         Preprocessing::Calo(_) => Err(Error::checkpoint(dir, "is a CaloChallenge model, not a ZDC one")),
     }
+}
+
+/// The condition and photon-sum scalers of a ZDC model (in `dir`).
+pub fn scalers<'m>(m: &'m Manifest, dir: &Path) -> Result<(&'m Standardizer, &'m Standardizer)> {
+    let missing = |what: &str| Error::checkpoint(&dir.join(MODEL_JSON), format!("lacks the {what} of a ZDC model"));
+    Ok((
+        m.conditions.as_ref().ok_or_else(|| missing("condition scaler"))?,
+        m.photon_sum_target.as_ref().ok_or_else(|| missing("photon-sum scaler"))?,
+    ))
+}
+
+/// Per-event diversity weights of the training and validation events (saved to
+/// `out/diversity.json`): validation conditions get their own weights, so that selecting on the
+/// validation loss weighs them as training does (they would be 0 otherwise).
+pub fn diversity_weights(distill: &DistillSection, data: &ZdcData, out: &Path) -> Result<Vec<f32>> {
+    let mut w = diversity::compute_with(&data.file, &data.split.train, distill.diversity_eps, distill.zero_diversity)?;
+    let v = diversity::compute_with(&data.file, &data.split.val, distill.diversity_eps, distill.zero_diversity)?;
+    for &e in &data.split.val {
+        w.per_event[e] = v.per_event[e];
+    }
+    w.save(&out.join("diversity.json"))?;
+    let (lo, hi) = w.weights.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    eprintln!("diversity weights: {} training conditions, weights {lo:.3} – {hi:.3}", w.counts.len());
+    Ok(w.per_event)
+}
+
+/// The channel loss of a `+ch` setup, in the teacher's pixel space.
+pub fn channel_loss(
+    distill: &DistillSection,
+    teacher: &Manifest,
+    teacher_dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<ChannelLoss> {
+    let row = |v: &[f64]| -> Result<Tensor> {
+        Ok(Tensor::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), (1, PIXELS), device)?.to_dtype(dtype)?)
+    };
+    Ok(ChannelLoss {
+        matrix: crate::data::channels::channel_matrix(dtype, device)?,
+        weight: distill.channel_weight,
+        weighted: distill.diversity_weights(),
+        pixel_affine: match &preprocessing(teacher, teacher_dir)?.pixels {
+            Some(p) => Some((row(&p.std)?, row(&p.mean)?)),
+            None => None,
+        },
+        photon_sum: match distill.channel_units {
+            ChannelUnits::Photons => {
+                let (c, _) = scalers(teacher, teacher_dir)?;
+                Some((FEATURES, c.mean[FEATURES], c.std[FEATURES]))
+            }
+            ChannelUnits::Fractions => None,
+        },
+    })
 }

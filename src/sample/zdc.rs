@@ -45,9 +45,8 @@ impl ZdcSampler {
     pub fn load(dir: &Path, m: &Manifest, device: &Device) -> Result<Self> {
         let dtype = m.dtype.dtype();
         let prep = crate::models::zdc::preprocessing(m, dir)?;
-        let missing = |what: &str| Error::checkpoint(dir, format!("model.json lacks the {what}"));
-        let conditions = m.conditions.clone().ok_or_else(|| missing("condition scaler"))?;
-        let target = m.photon_sum_target.clone().ok_or_else(|| missing("photon-sum scaler"))?;
+        let (conditions, target) = crate::models::zdc::scalers(m, dir)?;
+        let (conditions, target) = (conditions.clone(), target.clone());
         let flow = frozen_flow(dir, m, FLOW_UNIT, dtype, device)?;
         if !m.units.contains_key(PHOTON_SUM_UNIT) && m.units.contains_key("regressor") {
             return Err(Error::checkpoint(

@@ -1,6 +1,5 @@
 //! Training: Adam, schedules, batches, checkpoints and the loop shared by every trainer.
 
-pub mod adam;
 pub mod batches;
 pub mod checkpoint;
 pub mod schedule;

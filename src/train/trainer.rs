@@ -17,7 +17,6 @@ use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::adam::Adam;
 use super::batches::{batches_per_epoch, Batch, EpochStream, RowSource};
 use super::checkpoint::{self, State};
 use super::schedule;
@@ -25,6 +24,7 @@ use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::flow::io::save_varmap_as;
 use crate::flow::params::assign;
+use crate::optim::Adam;
 use crate::util::rng::{derive, tag};
 use crate::util::{interrupt, progress};
 

@@ -1,7 +1,8 @@
 //! `zdcflow demo`: the whole chain on small generated data, as a script of real command lines.
 //!
-//! Each step is an ordinary `zdcflow` command line, parsed and run in this process; the same
-//! lines are written to `<dir>/commands.sh`, so any step can be rerun or changed by hand. Every
+//! Each step is an ordinary `zdcflow` command line, parsed and run in this process by the same
+//! command functions as the binary's; the same lines are written to `<dir>/commands.sh`, so any
+//! step can be rerun or changed by hand. Every
 //! output stays in the one directory. At the end it prints teacher-versus-student tables.
 
 use std::io::Write;
@@ -10,17 +11,19 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use crate::cli::{execute, Cli, DemoArgs, Globals, Outcome};
+use super::Globals;
+use crate::cli::{Cli, Command, DemoArgs};
 use crate::error::{Error, Result};
 use crate::eval::report::MetricsFile;
+use crate::sample::Report;
 
 const MARKER: &str = "# zdcflow demo: the commands it ran";
 
 const CONFIGS: [(&str, &str); 4] = [
-    ("demo-zdc.toml", include_str!("../configs/demo-zdc.toml")),
-    ("demo-zdc-student.toml", include_str!("../configs/demo-zdc-student.toml")),
-    ("demo-ds2.toml", include_str!("../configs/demo-ds2.toml")),
-    ("demo-ds2-student.toml", include_str!("../configs/demo-ds2-student.toml")),
+    ("demo-zdc.toml", include_str!("../../configs/demo-zdc.toml")),
+    ("demo-zdc-student.toml", include_str!("../../configs/demo-zdc-student.toml")),
+    ("demo-ds2.toml", include_str!("../../configs/demo-ds2.toml")),
+    ("demo-ds2-student.toml", include_str!("../../configs/demo-ds2-student.toml")),
 ];
 
 /// Makes `dir` fresh: refuses a non-empty directory that an earlier demo did not write.
@@ -43,8 +46,8 @@ struct Script {
 }
 
 impl Script {
-    /// Runs one command line (given without the program name), logging it first.
-    fn step(&mut self, title: &str, args: &[String]) -> Result<Outcome> {
+    /// Parses one command line (given without the program name), logging it first.
+    fn parse(&mut self, title: &str, args: &[String]) -> Result<Command> {
         let line = std::iter::once("zdcflow".to_string())
             .chain(std::iter::once(format!("--device {}", self.globals.device)))
             .chain(args.iter().map(|a| shell_quote(a)))
@@ -54,7 +57,29 @@ impl Script {
         writeln!(self.log, "\n# {title}\n{line}").map_err(|e| Error::io(&self.dir.join("commands.sh"), e))?;
         let argv = std::iter::once("zdcflow").chain(args.iter().map(String::as_str));
         let cli = Cli::try_parse_from(argv).map_err(|e| Error::Invalid(format!("demo step '{title}': {e}")))?;
-        execute(&cli.command, &self.globals)
+        Ok(cli.command)
+    }
+
+    /// Runs one command line.
+    fn step(&mut self, title: &str, args: &[String]) -> Result<()> {
+        let command = self.parse(title, args)?;
+        super::execute(&command, &self.globals).map(drop)
+    }
+
+    /// Runs one `sample` command line.
+    fn sample(&mut self, title: &str, args: &[String]) -> Result<Report> {
+        match self.parse(title, args)? {
+            Command::Sample(a) => super::sample::run(&a, &self.globals),
+            _ => Err(Error::Invalid("demo: expected a sampling step".into())),
+        }
+    }
+
+    /// Runs one `evaluate` command line.
+    fn evaluate(&mut self, title: &str, args: &[String]) -> Result<MetricsFile> {
+        match self.parse(title, args)? {
+            Command::Evaluate(a) => super::evaluate::run(&a, &self.globals).map(|(m, _)| m),
+            _ => Err(Error::Invalid("demo: expected an evaluation step".into())),
+        }
     }
 
     fn path(&self, rel: &str) -> String {
@@ -72,20 +97,6 @@ fn shell_quote(s: &str) -> String {
 
 fn args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
-}
-
-fn sampled(o: Outcome) -> Result<crate::sample::Report> {
-    match o {
-        Outcome::Sampled(r) => Ok(r),
-        _ => Err(Error::Invalid("demo: expected a sampling step".into())),
-    }
-}
-
-fn evaluated(o: Outcome) -> Result<MetricsFile> {
-    match o {
-        Outcome::Evaluated(m, _) => Ok(*m),
-        _ => Err(Error::Invalid("demo: expected an evaluation step".into())),
-    }
 }
 
 fn metric(m: &MetricsFile, key: &str) -> String {
@@ -164,7 +175,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             &s.path("zdc/student"),
         ]),
     )?;
-    let zdc_sample = |s: &mut Script, model: &str, shard: Option<&str>, out: &str| -> Result<crate::sample::Report> {
+    let zdc_sample = |s: &mut Script, model: &str, shard: Option<&str>, out: &str| -> Result<Report> {
         let mut v = args(&[
             "sample",
             "--model",
@@ -179,7 +190,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         if let Some(sh) = shard {
             v.extend(args(&["--shard", sh]));
         }
-        sampled(s.step(&format!("ZDC sampling with {model}"), &v)?)
+        s.sample(&format!("ZDC sampling with {model}"), &v)
     };
     let zdc_eval = |s: &mut Script, generated: &str, name: &str| -> Result<MetricsFile> {
         let v = args(&[
@@ -193,7 +204,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             "--plots",
             &s.path(&format!("zdc/plots-{name}")),
         ]);
-        evaluated(s.step(&format!("ZDC evaluation of {name}"), &v)?)
+        s.evaluate(&format!("ZDC evaluation of {name}"), &v)
     };
     // The MAF samples one pixel per pass (1936 passes per block), so the teacher gets a slice.
     let t = zdc_sample(&mut s, "zdc/teacher", Some("1/8"), "zdc/gen-teacher.h5")?;
@@ -251,10 +262,10 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             &s.path("ds2/student"),
         ]),
     )?;
-    let calo_sample = |s: &mut Script, model: &str, events: &str, out: &str| -> Result<crate::sample::Report> {
+    let calo_sample = |s: &mut Script, model: &str, events: &str, out: &str| -> Result<Report> {
         let v =
             args(&["sample", "--model", &s.path(model), "--events", events, "--seed", &seed, "--output", &s.path(out)]);
-        sampled(s.step(&format!("DS2 sampling with {model}"), &v)?)
+        s.sample(&format!("DS2 sampling with {model}"), &v)
     };
     let calo_eval = |s: &mut Script, generated: &str, name: &str| -> Result<MetricsFile> {
         let v = args(&[
@@ -277,7 +288,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             "--classifier-batch",
             "256",
         ]);
-        evaluated(s.step(&format!("DS2 evaluation of {name}"), &v)?)
+        s.evaluate(&format!("DS2 evaluation of {name}"), &v)
     };
     let ct = calo_sample(&mut s, "ds2/teacher", "100", "ds2/gen-teacher.h5")?;
     let cs = calo_sample(&mut s, "ds2/student", "1000", "ds2/gen-student.h5")?;

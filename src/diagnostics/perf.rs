@@ -1,4 +1,4 @@
-//! `zdcflow bench`: times random-weight stacks of the papers' shapes on this machine — a MAF
+//! What `zdcflow bench` measures: times random-weight stacks of the papers' shapes on this machine — a MAF
 //! training step (log-prob + backward + Adam), IAF sampling (one pass per block) and MAF sampling
 //! (one pass per feature per block). With `--json` it prints the same JSON lines as the
 //! PyTorch+nflows peer benchmark (`impl`, `shape`, `what`, `batch`, `ms_per_batch`,
@@ -12,13 +12,16 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::config::{Config, FlowName, FlowSection};
+use crate::config::{Config, Detector, FlowName, FlowSection};
+use crate::data::channels::PIXELS;
+use crate::data::zdc::FEATURES;
 use crate::distill::objective::latent_noise;
 use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::flow::permutation::{make_permutations, PermutationScheme};
 use crate::flow::{io, Flow, FlowKind, FlowSpec, SplineConfig};
-use crate::train::adam::Adam;
+use crate::models::zdc::CONTEXT;
+use crate::optim::Adam;
 use crate::train::trainer::sorted_vars;
 
 /// A stack shape and the peer benchmark's batch sizes (train, IAF sampling, MAF sampling).
@@ -47,7 +50,7 @@ pub fn paper_shape(name: &str) -> Option<Shape> {
     match name {
         "ds2-flow3" => Some(s(144, 191, 8, 256, 2, (1000, 1000, 100))),
         "ds3-flow3" => Some(s(900, 947, 8, 256, 1, (1000, 1000, 10))),
-        "zdc" => Some(s(44 * 44, 10, 4, 1452, 2, (128, 256, 0))),
+        "zdc" => Some(s(PIXELS, CONTEXT, 4, 1452, 2, (128, 256, 0))),
         _ => None,
     }
 }
@@ -69,7 +72,7 @@ pub fn config_shapes(cfg: &Config) -> Vec<Shape> {
     match cfg.model.detector.dataset() {
         None => {
             if let Some(f) = &cfg.flow {
-                push("zdc", f, 44 * 44, 10);
+                push("zdc", f, PIXELS, CONTEXT);
             }
         }
         Some(ds) => {
@@ -253,29 +256,32 @@ pub fn shape_by_name(name: &str) -> Result<Shape> {
     paper_shape(name).ok_or_else(|| Error::Invalid(format!("unknown shape '{name}': use ds2-flow3, ds3-flow3 or zdc")))
 }
 
-/// A whole detector: full showers with the papers' architectures and random weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Detector {
-    Ds2,
-    Ds3,
-    Zdc,
+/// One unit of a paper's model: its flow kind and stack shape.
+struct PaperUnit {
+    kind: FlowKind,
+    shape: Shape,
 }
 
-/// The papers' sizes: (blocks, hidden, hidden layers) of each unit, teacher or student.
-fn paper_units(detector: Detector, student: bool) -> Vec<(&'static str, FlowKind, usize, usize, usize, usize, usize)> {
+/// The papers' sizes of each unit, teacher or student.
+fn paper_units(detector: Detector, student: bool) -> Vec<PaperUnit> {
     use FlowKind::{Iaf, Maf};
     let s = if student { Iaf } else { Maf };
+    let unit = |name: &str, kind, features, context, blocks, hidden, layers| PaperUnit {
+        kind,
+        shape: Shape { name: name.into(), features, context, blocks, hidden, layers, batches: (0, 0, 0) },
+    };
     match detector {
-        // name, kind, features, context, blocks, hidden, hidden layers
         Detector::Ds2 => vec![
-            ("flow1", Maf, 45, 1, 8, 256, 1),
-            ("flow2", s, 144, 2, 8, 256, 2),
-            ("flow3", s, 144, 191, 8, if student { 384 } else { 256 }, 2),
+            unit("flow1", Maf, 45, 1, 8, 256, 1),
+            unit("flow2", s, 144, 2, 8, 256, 2),
+            unit("flow3", s, 144, 191, 8, if student { 384 } else { 256 }, 2),
         ],
-        Detector::Ds3 => {
-            vec![("flow1", Maf, 45, 1, 8, 256, 1), ("flow2", s, 900, 2, 8, 256, 2), ("flow3", s, 900, 947, 8, 256, 1)]
-        }
-        Detector::Zdc => vec![("flow", s, 44 * 44, 10, 4, 1452, 2)],
+        Detector::Ds3 => vec![
+            unit("flow1", Maf, 45, 1, 8, 256, 1),
+            unit("flow2", s, 900, 2, 8, 256, 2),
+            unit("flow3", s, 900, 947, 8, 256, 1),
+        ],
+        Detector::Zdc => vec![unit("flow", s, PIXELS, CONTEXT, 4, 1452, 2)],
     }
 }
 
@@ -286,18 +292,16 @@ pub fn random_model(
     dir: &std::path::Path,
 ) -> Result<crate::models::manifest::Manifest> {
     use crate::data::preprocess::{CaloPreprocessing, Standardizer, ZdcPreprocessing};
-    use crate::models::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit, FORMAT};
+    use crate::models::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit};
     let mut units = std::collections::BTreeMap::new();
-    for (i, (name, kind, features, context, blocks, hidden, layers)) in
-        paper_units(detector, student).into_iter().enumerate()
-    {
-        let shape = Shape { name: name.into(), features, context, blocks, hidden, layers, batches: (0, 0, 0) };
+    for (i, PaperUnit { kind, shape }) in paper_units(detector, student).into_iter().enumerate() {
+        let name = shape.name.as_str();
         let s = spec(&shape, kind);
         let varmap = VarMap::new();
         Flow::new(&s, SeededInit::var_builder(&varmap, i as u64, DType::F32, &Device::Cpu).pp(io::PREFIX))?;
         std::fs::create_dir_all(dir.join(name)).map_err(|e| Error::io(dir, e))?;
         io::save_varmap(&varmap, &dir.join(name).join("best.safetensors"))?;
-        units.insert(name.to_string(), Unit { dir: name.into(), flow: Some(s), regressor: None });
+        units.insert(name.to_string(), Unit { dir: name.into(), flow: Some(s) });
     }
     let zdc = detector == Detector::Zdc;
     if zdc {
@@ -307,40 +311,36 @@ pub fn random_model(
         Flow::new(&spec, SeededInit::var_builder(&varmap, 9, DType::F32, &Device::Cpu).pp(io::PREFIX))?;
         std::fs::create_dir_all(dir.join(photon_sum::UNIT)).map_err(|e| Error::io(dir, e))?;
         io::save_varmap(&varmap, &dir.join(photon_sum::UNIT).join("best.safetensors"))?;
-        units.insert(photon_sum::UNIT.into(), Unit { dir: photon_sum::UNIT.into(), flow: Some(spec), regressor: None });
+        units.insert(photon_sum::UNIT.into(), Unit { dir: photon_sum::UNIT.into(), flow: Some(spec) });
     }
     let unit_scaler = |n: usize, mean: f64| Standardizer { mean: vec![mean; n], std: vec![1.0; n] };
-    let m = Manifest {
-        format: FORMAT.into(),
-        zdcflow_version: env!("CARGO_PKG_VERSION").into(),
-        detector: match detector {
-            Detector::Ds2 => crate::config::Detector::Ds2,
-            Detector::Ds3 => crate::config::Detector::Ds3,
-            Detector::Zdc => crate::config::Detector::Zdc,
-        },
-        role: if student { Role::Student } else { Role::Teacher },
-        seed: 0,
-        dtype: crate::config::Precision::F32,
-        data: DataInfo {
-            path: "random".into(),
-            events: 0,
-            used_events: 0,
-            fractions: [0.7, 0.1, 0.2],
-            split_seed: 0,
-            particles: Default::default(),
-        },
-        preprocessing: if zdc {
-            Preprocessing::Zdc(ZdcPreprocessing::default())
-        } else {
-            Preprocessing::Calo(CaloPreprocessing::default())
-        },
-        conditions: zdc.then(|| unit_scaler(10, 0.0)),
-        photon_sum_target: zdc.then(|| unit_scaler(1, 5.0)),
-        units,
-        teacher: None,
-        distill: None,
-        config: serde_json::Value::Null,
+    let data = DataInfo {
+        path: "random".into(),
+        events: 0,
+        used_events: 0,
+        fractions: [0.7, 0.1, 0.2],
+        split_seed: 0,
+        particles: Default::default(),
     };
+    let preprocessing = if zdc {
+        Preprocessing::Zdc(ZdcPreprocessing::default())
+    } else {
+        Preprocessing::Calo(CaloPreprocessing::default())
+    };
+    let mut m = Manifest::teacher(
+        detector,
+        crate::config::Precision::F32,
+        0,
+        data,
+        preprocessing,
+        units,
+        serde_json::Value::Null,
+    );
+    if student {
+        m.role = Role::Student;
+    }
+    m.conditions = zdc.then(|| unit_scaler(CONTEXT, 0.0));
+    m.photon_sum_target = zdc.then(|| unit_scaler(1, 5.0));
     m.save(dir)?;
     Ok(m)
 }
@@ -358,7 +358,7 @@ pub fn measure_showers(
     let secs = match detector {
         Detector::Zdc => {
             let sampler = crate::sample::zdc::ZdcSampler::load(&tmp, &m, device)?;
-            let particles: Vec<f32> = (0..batch * 9).map(|i| ((i % 9) as f32 - 4.0) * 0.3).collect();
+            let particles: Vec<f32> = (0..batch * FEATURES).map(|i| ((i % FEATURES) as f32 - 4.0) * 0.3).collect();
             best_of(repeats, device, || {
                 let mut noise = crate::sample::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
                 use crate::sample::{denoise::Denoise, zdc::PhotonSumSource};

@@ -1,4 +1,4 @@
-//! `zdcflow selftest`: checks this build on the chosen device — the spline against nflows' own
+//! What `zdcflow selftest` checks: this build on the chosen device — the spline against nflows' own
 //! outputs, invertibility of MAF and IAF stacks, and agreement of outputs and gradients with the
 //! CPU. It is how a GPU node (which has no Rust toolchain to run `cargo test`) verifies the `cuda`
 //! build; `scripts/gpu-check.sh` runs it.
@@ -15,7 +15,7 @@ use crate::flow::spline::{rqs, SplineConfig};
 use crate::flow::spline_reference::Reference;
 use crate::flow::{io, Flow, FlowKind, FlowSpec};
 
-const REFERENCE: &str = include_str!("../tests/data/rqs_public.json");
+const REFERENCE: &str = include_str!("../../tests/data/rqs_public.json");
 
 /// One check's outcome.
 pub struct Check {

@@ -1,4 +1,4 @@
-//! `zdcflow inspect`: detect a file's format, validate every event (streaming), summarise.
+//! What `zdcflow inspect` reports: a file's format, every event validated (streaming), a summary.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,16 +61,16 @@ pub struct ZdcSummary {
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "format", rename_all = "lowercase")]
-pub enum Summary {
+pub enum FileSummary {
     #[serde(rename = "calochallenge")]
     Calo(CaloSummary),
     Zdc(ZdcSummary),
 }
 
-pub fn inspect(path: &Path, show_progress: bool) -> Result<Summary> {
+pub fn inspect(path: &Path, show_progress: bool) -> Result<FileSummary> {
     Ok(match DataFile::open(path)? {
-        DataFile::Calo(f) => Summary::Calo(summarise_calo(&f, show_progress)?),
-        DataFile::Zdc(f) => Summary::Zdc(summarise_zdc(&f, show_progress)?),
+        DataFile::Calo(f) => FileSummary::Calo(summarise_calo(&f, show_progress)?),
+        DataFile::Zdc(f) => FileSummary::Zdc(summarise_zdc(&f, show_progress)?),
     })
 }
 
@@ -144,14 +144,14 @@ fn summarise_zdc(f: &ZdcFile, show_progress: bool) -> Result<ZdcSummary> {
 }
 
 /// The human-readable form of a summary.
-pub fn render(s: &Summary) -> String {
+pub fn render(s: &FileSummary) -> String {
     let mut out = String::new();
     let mut line = |l: String| {
         out.push_str(&l);
         out.push('\n');
     };
     match s {
-        Summary::Calo(c) => {
+        FileSummary::Calo(c) => {
             line(format!("{}: CaloChallenge dataset {} — valid", c.path, c.dataset));
             line(format!("  events              {}", c.events));
             line(format!("  voxels per event    {} (45 layers)", c.voxels));
@@ -170,7 +170,7 @@ pub fn render(s: &Summary) -> String {
                 line(format!("    layers {:>2}–{:>2}: {}", row * 9 + 1, row * 9 + chunk.len(), vals.join(" ")));
             }
         }
-        Summary::Zdc(z) => {
+        FileSummary::Zdc(z) => {
             line(format!("{}: ZDC ({}) — valid", z.path, z.layout));
             line(format!("  events              {}", z.events));
             let r = &z.responses_per_condition;

@@ -1,0 +1,71 @@
+//! `zdcflow bench`: times the papers' stack shapes (or a config's, or whole showers) on this
+//! machine, as a table or as the peer benchmark's JSON lines.
+
+use clap::ValueEnum;
+
+use super::Globals;
+use crate::cli::{BenchArgs, BenchWhat};
+use crate::diagnostics::perf::{self as bench, What};
+use crate::error::{Error, Result};
+
+pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
+    if a.batch_size == Some(0) {
+        return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
+    }
+    if a.repeats == 0 {
+        return Err(Error::Invalid("--repeats must be ≥ 1".into()));
+    }
+    let device = crate::device::open(&g.device)?;
+    if let Some(detector) = a.shower {
+        let m = bench::measure_showers(detector, !a.teacher, a.batch_size.unwrap_or(1000), a.repeats, &device)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
+        } else {
+            print!("{}", bench::render(&[m]));
+        }
+        return Ok(());
+    }
+    let shapes = match (&a.shape, &a.config) {
+        (Some(s), _) => vec![bench::shape_by_name(s.to_possible_value().expect("named").get_name())?],
+        (None, Some(path)) => bench::config_shapes(&crate::config::Config::load(path, &[])?),
+        (None, None) => vec![bench::shape_by_name("ds2-flow3")?],
+    };
+    if shapes.is_empty() {
+        let path = a.config.as_deref().unwrap_or(std::path::Path::new("--config"));
+        return Err(Error::format(path, "has no teacher flow section to time (a student config? use its teacher's)"));
+    }
+    if let Some(b) = a.batch_size {
+        for s in &shapes {
+            // Activations of every hidden layer of every block, kept for the backward pass.
+            let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features) as f64;
+            crate::util::limits::check_memory(
+                &format!("--batch-size {b} on {}", s.name),
+                4.0 * 4.0 * b as f64 * per_row,
+            )?;
+        }
+    }
+    let whats = match a.what {
+        BenchWhat::TrainStep => vec![What::TrainStep],
+        BenchWhat::SampleIaf => vec![What::SampleIaf],
+        BenchWhat::SampleMaf => vec![What::SampleMaf],
+        BenchWhat::All => vec![What::TrainStep, What::SampleIaf, What::SampleMaf],
+    };
+    let mut all = Vec::new();
+    for shape in &shapes {
+        for &what in &whats {
+            if let Some(m) = bench::measure(shape, what, a.batch_size, a.repeats, &device)? {
+                if a.json {
+                    println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
+                }
+                all.push(m);
+            }
+        }
+    }
+    if all.is_empty() {
+        return Err(Error::Invalid("bench: nothing was measured (no batch size for this measurement)".into()));
+    }
+    if !a.json {
+        print!("{}", bench::render(&all));
+    }
+    Ok(())
+}

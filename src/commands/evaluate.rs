@@ -1,0 +1,194 @@
+//! `zdcflow evaluate`: the papers' metrics of generated against reference showers, figures,
+//! and the regression gate (`--baseline`).
+
+use std::path::PathBuf;
+
+use super::Globals;
+use crate::cli::{ClassifierChoice, EvaluateArgs};
+use crate::data::open::DataFile;
+use crate::error::{Error, Result};
+use crate::eval::report::{compare, MetricsFile, Regression};
+use crate::eval::{self, classifier};
+
+/// Exit code of `evaluate --baseline` when a metric got worse (2 is clap's usage error, 1 any
+/// other error).
+pub const REGRESSION: u8 = 3;
+
+pub fn run(a: &EvaluateArgs, g: &Globals) -> Result<(MetricsFile, Vec<Regression>)> {
+    if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
+        return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
+    }
+    if a.classifier_hidden == 0
+        || a.classifier_batch == 0
+        || a.classifier_runs == 0
+        || a.classifier_lr.is_nan()
+        || a.classifier_lr <= 0.0
+    {
+        return Err(Error::Invalid(
+            "--classifier-hidden, --classifier-batch, --classifier-runs and --classifier-lr must be > 0".into(),
+        ));
+    }
+    let req = Request {
+        reference: a.reference.clone(),
+        reference2: a.reference2.clone(),
+        generated: a.generated.clone(),
+        output: a.output.clone(),
+        plots: a.plots.clone(),
+        baseline: a.baseline.clone(),
+        tolerance: a.tolerance,
+        classifier: classifier::Settings {
+            epochs: a.classifier_epochs,
+            hidden: a.classifier_hidden,
+            layers: a.classifier_layers,
+            batch_size: a.classifier_batch,
+            lr: a.classifier_lr,
+            seed: a.seed,
+        },
+        classifier_inputs: if a.classifier_epochs == 0 {
+            Vec::new()
+        } else {
+            let mut v: Vec<eval::calo::ClassifierInput> = a
+                .classifiers
+                .iter()
+                .map(|c| match c {
+                    ClassifierChoice::Low => eval::calo::ClassifierInput::Low,
+                    ClassifierChoice::LowNormed => eval::calo::ClassifierInput::LowNormed,
+                    ClassifierChoice::High => eval::calo::ClassifierInput::High,
+                })
+                .collect();
+            v.dedup();
+            v
+        },
+        classifier_runs: a.classifier_runs,
+        classifier_showers: a.classifier_showers,
+        features_out: a.features_out.clone(),
+        show_progress: g.show_progress,
+    };
+    let (metrics, regressions) = evaluate(&req, &crate::device::open(&g.device)?)?;
+    print!("{}", eval::render(&metrics));
+    if let Some(p) = &a.output {
+        println!("metrics: {}", p.display());
+    }
+    if let Some(p) = &a.plots {
+        println!("plots: {}", p.display());
+    }
+    if let Some(b) = &a.baseline {
+        if regressions.is_empty() {
+            println!("gate: no metric worse than {} by more than {:.1} %", b.display(), 100.0 * a.tolerance);
+        } else {
+            for r in &regressions {
+                eprintln!(
+                    "gate: {} got worse: {:.6} → {:.6} ({:+.1} %)",
+                    r.metric,
+                    r.baseline,
+                    r.current,
+                    100.0 * r.worse_by
+                );
+            }
+            eprintln!(
+                "gate: {} metric(s) worse than {} by more than {:.1} %",
+                regressions.len(),
+                b.display(),
+                100.0 * a.tolerance
+            );
+        }
+    }
+    Ok((metrics, regressions))
+}
+
+struct Request {
+    reference: PathBuf,
+    /// ZDC: a second reference file for the noise floor (default: halves of the reference).
+    reference2: Option<PathBuf>,
+    generated: PathBuf,
+    output: Option<PathBuf>,
+    plots: Option<PathBuf>,
+    baseline: Option<PathBuf>,
+    tolerance: f64,
+    classifier: classifier::Settings,
+    /// CaloChallenge: classifier tests to run, runs each, showers per class (None: all), features file.
+    classifier_inputs: Vec<eval::calo::ClassifierInput>,
+    classifier_runs: usize,
+    classifier_showers: Option<usize>,
+    features_out: Option<PathBuf>,
+    show_progress: bool,
+}
+
+/// Computes the metrics (and figures), writes them, and applies the gate.
+fn evaluate(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, Vec<Regression>)> {
+    if let Some(o) = &req.output {
+        let mut inputs = vec![("--reference", req.reference.as_path()), ("--generated", req.generated.as_path())];
+        inputs.extend(req.baseline.as_deref().map(|b| ("--baseline", b)));
+        crate::util::atomic::ensure_not_input(o, "--output", &inputs)?;
+    }
+    // The baseline is checked before the (long) evaluation: an unusable one fails at once.
+    let baseline = req
+        .baseline
+        .as_deref()
+        .map(|b| MetricsFile::load(b).and_then(|m| eval::report::check_baseline(&m, b).map(|()| m)))
+        .transpose()?;
+    let reference = DataFile::open(&req.reference)?;
+    let generated = DataFile::open(&req.generated)?;
+    let mut out = MetricsFile::new(
+        match &reference {
+            DataFile::Zdc(_) => "zdc",
+            DataFile::Calo(c) if c.geometry.dataset == 2 => "ds2",
+            DataFile::Calo(_) => "ds3",
+        },
+        eval::info(&req.reference, reference.events()),
+        eval::info(&req.generated, generated.events()),
+        req.classifier.seed,
+    );
+    let (metrics, details) = match (&reference, &generated) {
+        (DataFile::Zdc(r), DataFile::Zdc(g)) => {
+            let r2 = match &req.reference2 {
+                Some(p) => match DataFile::open(p)? {
+                    DataFile::Zdc(f) => Some(f),
+                    _ => return Err(Error::format(p, "--reference2 must be a ZDC file like --reference")),
+                },
+                None => None,
+            };
+            eval::zdc::evaluate(r, g, r2.as_ref(), req.plots.as_deref(), req.show_progress)?
+        }
+        (DataFile::Calo(r), DataFile::Calo(g)) => {
+            let opts = eval::calo::Options {
+                classifier: req.classifier.clone(),
+                inputs: req.classifier_inputs.clone(),
+                runs: req.classifier_runs,
+                showers: req.classifier_showers,
+                features_out: req.features_out.clone(),
+                device: device.clone(),
+            };
+            eval::calo::evaluate(r, g, &opts, req.plots.as_deref(), req.show_progress)?
+        }
+        (r, g) => {
+            return Err(Error::format(
+                &req.generated,
+                format!(
+                    "holds {} data but the reference {} holds {}",
+                    eval::describe(g),
+                    req.reference.display(),
+                    eval::describe(r)
+                ),
+            ))
+        }
+    };
+    out.metrics = metrics;
+    out.details = details;
+    if let Some(path) = &req.output {
+        out.save(path)?;
+    }
+    let regressions = match (&req.baseline, baseline) {
+        (Some(b), Some(base)) => {
+            if base.detector != out.detector {
+                return Err(Error::format(
+                    b,
+                    format!("is a {} baseline; these files are {}", base.detector, out.detector),
+                ));
+            }
+            compare(&out, &base, req.tolerance).map_err(|m| Error::format(b, m))?
+        }
+        _ => Vec::new(),
+    };
+    Ok((out, regressions))
+}
