@@ -444,7 +444,7 @@ pub struct DistillSection {
     /// Weight of a condition with f_div = 0 (seen once, or identical responses): "top" (the
     /// normalised maximum, default) or "eps" (ε only).
     #[serde(default)]
-    pub zero_diversity: crate::eval::zdc_metrics::ZeroDiversity,
+    pub zero_diversity: crate::distill::diversity::ZeroDiversity,
     #[serde(default)]
     pub selection: Selection,
 }

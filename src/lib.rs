@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod detector;
 pub mod device;
 pub mod diagnostics;
 pub mod distill;

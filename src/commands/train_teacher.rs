@@ -120,7 +120,7 @@ fn calo_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summa
         let section =
             cfg.flow_section(Some(f)).ok_or_else(|| Error::config(f.as_str(), "missing: the flow's architecture"))?;
         let tc = cfg.train_config(section.train.as_ref(), &format!("{}.train", f.as_str()))?;
-        let (dx, dc) = calo::dims(f, &g);
+        let (dx, dc) = crate::detector::calo::dims(f, &g);
         let spec = teacher_spec(section, dx, dc, derive_seed(tc.seed, &[tag::INIT, calo::index(f)]));
         units.insert(f.as_str().to_string(), Unit { dir: f.as_str().into(), flow: Some(spec) });
     }

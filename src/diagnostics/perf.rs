@@ -15,12 +15,12 @@ use serde::Serialize;
 use crate::config::{Config, Detector, FlowName, FlowSection};
 use crate::data::channels::PIXELS;
 use crate::data::zdc::FEATURES;
+use crate::detector::zdc::CONTEXT;
 use crate::distill::objective::latent_noise;
 use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::flow::permutation::{make_permutations, PermutationScheme};
 use crate::flow::{io, Flow, FlowKind, FlowSpec, SplineConfig};
-use crate::models::zdc::CONTEXT;
 use crate::optim::Adam;
 use crate::train::trainer::sorted_vars;
 
@@ -79,7 +79,7 @@ pub fn config_shapes(cfg: &Config) -> Vec<Shape> {
             let g = crate::data::geometry::CaloGeometry::for_dataset(ds).expect("2 or 3");
             for f in [FlowName::Flow1, FlowName::Flow2, FlowName::Flow3] {
                 if let Some(section) = cfg.flow_section(Some(f)) {
-                    let (dx, dc) = crate::models::calo::dims(f, &g);
+                    let (dx, dc) = crate::detector::calo::dims(f, &g);
                     push(&format!("ds{ds}-{}", f.as_str()), section, dx, dc);
                 }
             }

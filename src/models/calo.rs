@@ -18,18 +18,9 @@ use crate::data::calo::CaloFile;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::CaloPreprocessing;
 use crate::data::split::{split, Split};
+use crate::detector::calo::{dims, flow2_context, flow3_context, layer_pattern};
 use crate::error::{Error, Result};
 use crate::train::{RowSource, Rows};
-
-/// Feature and context sizes of a flow.
-pub fn dims(flow: FlowName, g: &CaloGeometry) -> (usize, usize) {
-    let v = g.voxels_per_layer();
-    match flow {
-        FlowName::Flow1 => (LAYERS, 1),
-        FlowName::Flow2 => (v, 2),
-        FlowName::Flow3 => (v, 3 + v + (LAYERS - 1)),
-    }
-}
 
 /// Index of a flow (for derived seeds).
 pub fn index(flow: FlowName) -> u64 {
@@ -117,27 +108,10 @@ pub fn process(
         }
         layer_logits.push(prep.layer_energy(e));
         if l < voxel_layers {
-            prep.voxels(layer, rng, &mut voxel_logits[l * v..(l + 1) * v]);
+            layer_pattern(prep, layer, rng, &mut voxel_logits[l * v..(l + 1) * v]);
         }
     }
     Ok(Processed { e_inc: prep.e_inc(e_inc), layer_logits, voxel_logits })
-}
-
-/// Flow-2's context from preprocessed values.
-pub fn flow2_context(prep: &CaloPreprocessing, e_inc: f32, e1_logit: f32) -> [f32; 2] {
-    [e_inc, (e1_logit as f64 / prep.flow2_e1_divisor) as f32]
-}
-
-/// Writes Flow-3's context for target layer `t` (1..45, 0-based) into `out`.
-pub fn flow3_context(e_inc: f32, e_t: f32, e_prev: f32, prev_logits: &[f32], t: usize, out: &mut [f32]) {
-    let v = prev_logits.len();
-    out[0] = e_inc;
-    out[1] = e_t;
-    out[2] = e_prev;
-    out[3..3 + v].copy_from_slice(prev_logits);
-    let onehot = &mut out[3 + v..];
-    onehot.iter_mut().for_each(|x| *x = 0.0);
-    onehot[t - 1] = 1.0;
 }
 
 /// Rows of one flow from a CaloChallenge file.

@@ -17,13 +17,12 @@ use crate::data::channels::PIXELS;
 use crate::data::preprocess::{Standardizer, ZdcPreprocessing};
 use crate::data::split::{split, Particles, Split};
 use crate::data::zdc::{ZdcFile, FEATURES};
+pub use crate::detector::zdc::CONTEXT;
 use crate::distill::{diversity, ChannelLoss};
 use crate::error::{Error, Result};
 use crate::train::{RowSource, Rows};
 use crate::util::rng::{derive_seed, tag};
 
-/// Flow conditions: 9 particle features + photon sum.
-pub const CONTEXT: usize = FEATURES + 1;
 pub const FLOW_UNIT: &str = "flow";
 pub const PHOTON_SUM_UNIT: &str = photon_sum::UNIT;
 
@@ -87,10 +86,7 @@ impl ZdcData {
 }
 
 fn raw_condition(file: &ZdcFile, i: usize) -> [f32; CONTEXT] {
-    let mut c = [0f32; CONTEXT];
-    c[..FEATURES].copy_from_slice(file.conditions.row(i));
-    c[FEATURES] = file.conditions.photon_sum[i];
-    c
+    crate::detector::zdc::raw_condition(file.conditions.row(i), file.conditions.photon_sum[i])
 }
 
 /// Fits the condition and photon-sum (log(1 + S)) scalers on the training events.

@@ -14,6 +14,7 @@ use super::noise::BatchNoise;
 use crate::config::FlowName;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::{inverse_logit_tensor, logit_tensor, threshold_tensor, CaloPreprocessing};
+use crate::detector::calo::{flow2_context_tensor, flow3_context_tensor, layer_pattern_tensor};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::models::manifest::Manifest;
@@ -60,9 +61,7 @@ impl CaloChain {
 
     /// Flow-3's view of a generated layer: noised, normalised to unit sum, logit.
     fn pattern(&self, layer: &Tensor, noise: &mut BatchNoise) -> candle_core::Result<Tensor> {
-        let noised = (layer + (noise.uniform(layer.dim(1)?)? * self.prep.noise_mev)?)?;
-        let normalised = noised.broadcast_div(&noised.sum_keepdim(1)?)?;
-        logit_tensor(&normalised, self.prep.alpha)
+        layer_pattern_tensor(&self.prep, layer, &noise.uniform(layer.dim(1)?)?)
     }
 
     /// Showers (n × voxels, MeV, row-major) for incident energies in MeV.
@@ -81,21 +80,15 @@ impl CaloChain {
         )?;
         let e_logits = logit_tensor(&(&energies / self.prep.layer_scale_mev)?, self.prep.alpha)?;
 
-        let ctx2 = Tensor::cat(&[&e_pre, &(Self::column(&e_logits, 0)? / self.prep.flow2_e1_divisor)?], 1)?;
+        let ctx2 = flow2_context_tensor(&self.prep, &e_pre, &Self::column(&e_logits, 0)?)?;
         let y = flow2.to_data(&noise.normal(v)?, Some(&ctx2), None, false)?.output;
         let mut layer = self.voxels(&y, &Self::column(&energies, 0)?)?;
         let mut layers = Vec::with_capacity(LAYERS);
         layers.push(layer.clone());
         for t in 1..LAYERS {
             let prev = self.pattern(&layer, noise)?;
-            let mut onehot = vec![0f32; LAYERS - 1];
-            onehot[t - 1] = 1.0;
-            let onehot =
-                Tensor::from_vec(onehot, (1, LAYERS - 1), dev)?.to_dtype(self.dtype)?.broadcast_as((n, LAYERS - 1))?;
-            let ctx3 = Tensor::cat(
-                &[&e_pre, &Self::column(&e_logits, t)?, &Self::column(&e_logits, t - 1)?, &prev, &onehot.contiguous()?],
-                1,
-            )?;
+            let ctx3 =
+                flow3_context_tensor(&e_pre, &Self::column(&e_logits, t)?, &Self::column(&e_logits, t - 1)?, &prev, t)?;
             let y = flow3.to_data(&noise.normal(v)?, Some(&ctx3), None, false)?.output;
             layer = self.voxels(&y, &Self::column(&energies, t)?)?;
             layers.push(layer.clone());

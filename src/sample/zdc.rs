@@ -14,12 +14,13 @@ use super::noise::BatchNoise;
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{Standardizer, ZdcPreprocessing};
 use crate::data::zdc::FEATURES;
+use crate::detector::zdc::{conditions, CONTEXT};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::models::manifest::Manifest;
 use crate::models::photon_sum::PhotonSumModel;
 use crate::models::student::frozen_flow;
-use crate::models::zdc::{CONTEXT, FLOW_UNIT, PHOTON_SUM_UNIT};
+use crate::models::zdc::{FLOW_UNIT, PHOTON_SUM_UNIT};
 
 /// Where the photon sums that condition generation come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default, clap::ValueEnum)]
@@ -78,13 +79,7 @@ impl ZdcSampler {
             PhotonSumSource::Model => self.photon_sum.sample(particles, &z_sum)?,
             PhotonSumSource::Data => file_sums.iter().map(|&s| s.max(0.0)).collect(),
         };
-        let mut ctx = vec![0f32; n * CONTEXT];
-        for (k, out) in ctx.chunks_mut(CONTEXT).enumerate() {
-            let mut raw = [0f32; CONTEXT];
-            raw[..FEATURES].copy_from_slice(&particles[k * FEATURES..(k + 1) * FEATURES]);
-            raw[FEATURES] = sums[k];
-            self.conditions.apply(&raw, out);
-        }
+        let ctx = conditions(&self.conditions, particles, &sums);
         let ctx = Tensor::from_vec(ctx, (n, CONTEXT), &self.device)?.to_dtype(self.dtype)?;
         let y = self.flow.to_data(&noise.normal(PIXELS)?, Some(&ctx), None, false)?.output;
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
