@@ -4,20 +4,20 @@
 //! Import rules: `commands` may import every library module and [`crate::cli`]'s structs; no
 //! library module imports `commands` or `cli` (the demo calls the other commands' functions).
 
-pub mod bench;
-pub mod demo;
-pub mod distill_student;
-pub mod evaluate;
-pub mod export_onnx;
-pub mod flow;
-pub mod flow_dir;
+pub(crate) mod bench;
+pub(crate) mod demo;
+pub(crate) mod distill_student;
+pub(crate) mod evaluate;
+pub(crate) mod export_onnx;
+pub(crate) mod flow;
+pub(crate) mod flow_dir;
 pub mod generate;
-pub mod import_nflows;
-pub mod inspect;
-pub mod merge;
-pub mod sample;
-pub mod selftest;
-pub mod train_teacher;
+pub(crate) mod import_nflows;
+pub(crate) mod inspect;
+pub(crate) mod merge;
+pub(crate) mod sample;
+pub(crate) mod selftest;
+pub(crate) mod train_teacher;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -2,6 +2,6 @@
 //! device (`selftest`) and timings of the papers' stacks (`bench`). The subcommands that print
 //! them are in [`crate::commands`].
 
-pub mod inspect;
+pub(crate) mod inspect;
 pub mod perf;
-pub mod selftest;
+pub(crate) mod selftest;

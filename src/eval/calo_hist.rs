@@ -110,10 +110,6 @@ impl Binned {
         b.add(values, edges);
         b
     }
-
-    pub fn in_range(&self) -> f64 {
-        self.counts.iter().sum()
-    }
 }
 
 /// `evaluate_plotting_helper._separation_power` of two histograms on the same edges.

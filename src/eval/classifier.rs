@@ -49,13 +49,6 @@ pub struct Settings {
     pub seed: u64,
 }
 
-impl Settings {
-    /// `evaluate.py`'s defaults.
-    pub fn official(seed: u64) -> Self {
-        Self { epochs: 50, hidden: 2048, layers: 2, batch_size: 1000, lr: 2e-4, seed }
-    }
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
     /// Calibrated AUC on the val part.
@@ -75,17 +68,17 @@ pub struct Outcome {
 pub struct RowStore {
     dim: usize,
     n: usize,
-    rows: Rows,
+    rows: Storage,
 }
 
-enum Rows {
+enum Storage {
     Memory(Vec<f32>),
     File { file: RefCell<std::fs::File>, path: PathBuf },
 }
 
 impl Drop for RowStore {
     fn drop(&mut self) {
-        if let Rows::File { path, .. } = &self.rows {
+        if let Storage::File { path, .. } = &self.rows {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -127,7 +120,7 @@ impl RowWriter {
     pub fn finish(self) -> Result<RowStore> {
         let (dim, n) = (self.dim, self.n);
         if let Some(m) = self.memory {
-            return Ok(RowStore { dim, n, rows: Rows::Memory(m) });
+            return Ok(RowStore { dim, n, rows: Storage::Memory(m) });
         }
         let (w, path) = self.file.expect("memory or file");
         let file = match w.into_inner() {
@@ -136,14 +129,15 @@ impl RowWriter {
         };
         drop(file);
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(RowStore { dim, n, rows: Rows::File { file: RefCell::new(file), path } })
+        Ok(RowStore { dim, n, rows: Storage::File { file: RefCell::new(file), path } })
     }
 }
 
 impl RowStore {
     /// Rows already in memory (`values.len()` a multiple of `dim`).
+    #[cfg(test)]
     pub fn from_vec(values: Vec<f32>, dim: usize) -> Self {
-        Self { dim, n: values.len() / dim, rows: Rows::Memory(values) }
+        Self { dim, n: values.len() / dim, rows: Storage::Memory(values) }
     }
 
     pub fn n(&self) -> usize {
@@ -155,14 +149,14 @@ impl RowStore {
     }
 
     pub fn in_memory(&self) -> bool {
-        matches!(self.rows, Rows::Memory(_))
+        matches!(self.rows, Storage::Memory(_))
     }
 
     /// Appends row `i` to `out`.
     fn append_row(&self, i: usize, out: &mut Vec<f32>) -> Result<()> {
         match &self.rows {
-            Rows::Memory(v) => out.extend_from_slice(&v[i * self.dim..(i + 1) * self.dim]),
-            Rows::File { file, path } => {
+            Storage::Memory(v) => out.extend_from_slice(&v[i * self.dim..(i + 1) * self.dim]),
+            Storage::File { file, path } => {
                 let mut f = file.borrow_mut();
                 let mut buf = vec![0u8; 4 * self.dim];
                 f.seek(SeekFrom::Start((i * self.dim * 4) as u64)).map_err(|e| Error::io(path, e))?;
@@ -324,18 +318,18 @@ pub fn repeated(
     s: &Settings,
     runs: usize,
     device: &Device,
-) -> Result<Summary> {
+) -> Result<RunsSummary> {
     let mut outcomes = Vec::with_capacity(runs.max(1));
     for r in 0..runs.max(1) {
         let seed = if r == 0 { s.seed } else { derive_seed(s.seed, &[0xc1a5_0000 + r as u64]) };
         outcomes.push(run(reference, generated, &Settings { seed, ..s.clone() }, device)?);
     }
-    Ok(Summary::of(outcomes))
+    Ok(RunsSummary::of(outcomes))
 }
 
 /// Mean and standard deviation (n − 1; 0 for one run) over runs.
 #[derive(Clone, Debug, Serialize)]
-pub struct Summary {
+pub struct RunsSummary {
     pub auc: f64,
     pub auc_std: f64,
     pub jsd: f64,
@@ -343,7 +337,7 @@ pub struct Summary {
     pub runs: Vec<Outcome>,
 }
 
-impl Summary {
+impl RunsSummary {
     pub fn of(runs: Vec<Outcome>) -> Self {
         let (auc, auc_std) = mean_std(&runs.iter().map(|o| o.auc).collect::<Vec<_>>());
         let (jsd, jsd_std) = mean_std(&runs.iter().map(|o| o.jsd).collect::<Vec<_>>());
@@ -526,8 +520,8 @@ mod tests {
         }
         let store = w.finish().unwrap();
         let path = match &store.rows {
-            Rows::File { path, .. } => path.clone(),
-            Rows::Memory(_) => unreachable!(),
+            Storage::File { path, .. } => path.clone(),
+            Storage::Memory(_) => unreachable!(),
         };
         let mut out = Vec::new();
         store.append_row(3, &mut out).unwrap();

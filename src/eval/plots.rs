@@ -185,21 +185,6 @@ pub(crate) fn heat_color(t: f64) -> RGBColor {
     }
 }
 
-/// Heat maps on a shared log10 colour scale.
-pub fn heatmaps(path: &Path, title: &str, panels: &[HeatPanel]) -> Result<()> {
-    // Drawn to a temporary file and renamed: a full disk never leaves a truncated figure.
-    crate::util::atomic::write_keeping_extension(path, |path| {
-        let (root, areas) = canvas(path, panels.len(), title)?;
-        let logs = |v: &[f64]| v.iter().map(|&x| if x > 0.0 { x.log10() } else { f64::NAN }).collect::<Vec<_>>();
-        let all: Vec<f64> = panels.iter().flat_map(|p| logs(&p.values)).filter(|v| v.is_finite()).collect();
-        let (lo, hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        for (p, area) in panels.iter().zip(areas.iter()) {
-            draw_heatmap(area, p, lo, hi).map_err(|e| draw_err(path, e))?;
-        }
-        root.present().map_err(|e| draw_err(path, e))
-    })
-}
-
 /// ZDC mean images: heat maps side by side on one shared log10 colour scale, with a colour bar
 /// (in photons) on the right. Pixels with no photons are white.
 pub fn heatmaps_with_colorbar(path: &Path, title: &str, panels: &[HeatPanel], unit: &str) -> Result<()> {

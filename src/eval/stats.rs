@@ -84,15 +84,6 @@ pub fn normalised(h: &[f64]) -> Vec<f64> {
     h.iter().map(|v| v / total).collect()
 }
 
-/// CaloChallenge separation power ½ Σ (p − q)² / (p + q) of the normalised histograms p, q;
-/// 0 for identical shapes, 1 for disjoint ones.
-pub fn separation_power(h1: &[f64], h2: &[f64]) -> f64 {
-    assert_eq!(h1.len(), h2.len(), "histograms differ in length");
-    let (p, q) = (normalised(h1), normalised(h2));
-    let sum: f64 = p.iter().zip(&q).filter(|(p, q)| *p + *q > 0.0).map(|(p, q)| (p - q).powi(2) / (p + q)).sum();
-    0.5 * sum
-}
-
 /// `bins + 1` equal-width edges for comparing reference `a` with `b`.
 ///
 /// The range is the union of both samples' central 99.8 % ([0.1 %, 99.9 %] quantiles, linear
@@ -389,15 +380,6 @@ mod tests {
     fn normalised_sums_to_one_and_zero_stays_zero() {
         assert_eq!(normalised(&[1.0, 3.0]), vec![0.25, 0.75]);
         assert_eq!(normalised(&[0.0, 0.0]), vec![0.0, 0.0]);
-    }
-
-    #[test]
-    fn separation_power_by_hand() {
-        // p = (0.5, 0.5, 0), q = (0.25, 0.25, 0.5):
-        // ½ [0.25²/0.75 · 2 + 0.5²/0.5] = ½ [0.0625/0.75 · 2 + 0.5] = ½ [1/6 + 1/2] = 1/3.
-        assert!(close(separation_power(&[2.0, 2.0, 0.0], &[1.0, 1.0, 2.0]), 1.0 / 3.0, 1e-12));
-        assert_eq!(separation_power(&[1.0, 0.0], &[0.0, 5.0]), 1.0);
-        assert_eq!(separation_power(&[3.0, 1.0, 0.0], &[6.0, 2.0, 0.0]), 0.0);
     }
 
     #[test]

@@ -273,9 +273,9 @@ fn draw(dir: &Path, r: &Scan, g: &Scan) -> Result<()> {
         "photons",
     )?;
     let sums = |s: &Scan| s.channels.iter().map(|c| c.iter().sum::<f64>()).collect::<Vec<f64>>();
-    let radius = |s: &Scan| s.shapes.iter().flatten().map(|x| x.1).collect::<Vec<f64>>();
-    let centre_col = |s: &Scan| s.shapes.iter().flatten().map(|x| x.0 .1).collect::<Vec<f64>>();
-    let centre_row = |s: &Scan| s.shapes.iter().flatten().map(|x| x.0 .0).collect::<Vec<f64>>();
+    let radius = |s: &Scan| s.shapes.iter().flatten().map(|x| x.radius).collect::<Vec<f64>>();
+    let centre_col = |s: &Scan| s.shapes.iter().flatten().map(|x| x.col).collect::<Vec<f64>>();
+    let centre_row = |s: &Scan| s.shapes.iter().flatten().map(|x| x.row).collect::<Vec<f64>>();
     let shape_panels = [
         HistPanel { title: "photon sum".into(), xlabel: "photons".into(), reference: sums(r), generated: sums(g) },
         HistPanel {

@@ -155,6 +155,7 @@ struct ConditionShape {
 /// variances. Per-condition errors are the Euclidean distance between the mean centres and the
 /// absolute differences of the other three. Aggregates are MAE and RMSE over conditions, weighted by
 /// each condition's number of non-empty reference images. NaN when no condition is shared.
+#[cfg(test)]
 pub fn shape_errors(ref_images: &[f32], ref_group: &[usize], gen_images: &[f32], gen_group: &[usize]) -> ShapeErrors {
     shape_errors_from(&image_shapes(ref_images), ref_group, &image_shapes(gen_images), gen_group)
 }
@@ -192,12 +193,23 @@ fn weighted_error_pair(errors: impl Iterator<Item = (f64, f64)>) -> ErrorPair {
     ErrorPair { mae: abs_sum / weights, rmse: (sq_sum / weights).sqrt() }
 }
 
-/// An image's shower centre (row, col) and 90 % radius.
-pub type CentreAndRadius = ((f64, f64), f64);
+/// An image's shower centre and 90 % radius (pixels).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CentreAndRadius {
+    pub row: f64,
+    pub col: f64,
+    pub radius: f64,
+}
 
 /// The centre and 90 % radius of each image (`n × PIXELS` flat); None for an empty image.
 pub fn image_shapes(images: &[f32]) -> Vec<Option<CentreAndRadius>> {
-    images.par_chunks(PIXELS).map(|img| Some((shower_centre(img)?, radius_90(img)?))).collect()
+    images
+        .par_chunks(PIXELS)
+        .map(|img| {
+            let (row, col) = shower_centre(img)?;
+            Some(CentreAndRadius { row, col, radius: radius_90(img)? })
+        })
+        .collect()
 }
 
 /// `ConditionShape` of every group with at least one non-empty image.
@@ -214,9 +226,9 @@ fn shapes_by_group(per_image: &[Option<CentreAndRadius>], group: &[usize]) -> BT
 
 /// Mean centre, centre variance, and mean and variance of the radius of (centre, radius) pairs.
 fn condition_shape(shapes: &[CentreAndRadius]) -> ConditionShape {
-    let rows: Vec<f64> = shapes.iter().map(|s| s.0 .0).collect();
-    let cols: Vec<f64> = shapes.iter().map(|s| s.0 .1).collect();
-    let radii: Vec<f64> = shapes.iter().map(|s| s.1).collect();
+    let rows: Vec<f64> = shapes.iter().map(|s| s.row).collect();
+    let cols: Vec<f64> = shapes.iter().map(|s| s.col).collect();
+    let radii: Vec<f64> = shapes.iter().map(|s| s.radius).collect();
     let (row_mean, row_var) = mean_and_population_variance(&rows);
     let (col_mean, col_var) = mean_and_population_variance(&cols);
     let (radius, radius_variance) = mean_and_population_variance(&radii);
@@ -328,7 +340,10 @@ mod tests {
     #[test]
     fn condition_shape_radius_statistics() {
         // Radii 1 and 3: mean 2, population variance 1; one centre → centre variance 0.
-        let s = condition_shape(&[((5.0, 5.0), 1.0), ((5.0, 5.0), 3.0)]);
+        let s = condition_shape(&[
+            CentreAndRadius { row: 5.0, col: 5.0, radius: 1.0 },
+            CentreAndRadius { row: 5.0, col: 5.0, radius: 3.0 },
+        ]);
         assert_eq!((s.radius, s.radius_variance, s.centre_variance, s.images), (2.0, 1.0, 0.0, 2));
     }
 

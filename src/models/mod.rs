@@ -2,11 +2,11 @@
 //! saved, and how a trained model directory is loaded. The subcommands that train them are in
 //! [`crate::commands`].
 
-pub mod calo;
-pub mod manifest;
-pub mod photon_sum;
-pub mod student;
-pub mod zdc;
+pub(crate) mod calo;
+pub(crate) mod manifest;
+pub(crate) mod photon_sum;
+pub(crate) mod student;
+pub(crate) mod zdc;
 
 use std::path::Path;
 
