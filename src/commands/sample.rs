@@ -13,10 +13,10 @@ use crate::config::Detector;
 use crate::data::calo::{CaloChunk, CaloFile, CaloWriter};
 use crate::data::split::Part;
 use crate::data::zdc::{ZdcFile, ZdcWriter};
+use crate::detector::noise::BatchNoise;
 use crate::error::{Error, Result};
 use crate::models::manifest::Manifest;
 use crate::sample::calo::CaloChain;
-use crate::sample::noise::BatchNoise;
 use crate::sample::zdc::ZdcSampler;
 use crate::sample::{
     check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Report,

@@ -360,7 +360,7 @@ pub fn measure_showers(
             let sampler = crate::sample::zdc::ZdcSampler::load(&tmp, &m, device)?;
             let particles: Vec<f32> = (0..batch * FEATURES).map(|i| ((i % FEATURES) as f32 - 4.0) * 0.3).collect();
             best_of(repeats, device, || {
-                let mut noise = crate::sample::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
+                let mut noise = crate::detector::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
                 use crate::sample::{denoise::Denoise, zdc::PhotonSumSource};
                 sampler.generate(&particles, &[], PhotonSumSource::Model, Denoise::default(), &mut noise)?;
                 Ok(())
@@ -370,7 +370,7 @@ pub fn measure_showers(
             let chain = crate::sample::calo::CaloChain::load(&tmp, &m, device)?;
             let e_inc: Vec<f32> = (0..batch).map(|i| crate::sample::log_uniform_energy(1, i)).collect();
             best_of(repeats, device, || {
-                let mut noise = crate::sample::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
+                let mut noise = crate::detector::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
                 chain.generate(&e_inc, &mut noise)?;
                 Ok(())
             })?

@@ -240,3 +240,62 @@ pub fn check_output_dir(dir: &Path, reuse: Reuse) -> Result<bool> {
         _ => Ok(exists),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn teacher(units: BTreeMap<String, Unit>) -> Manifest {
+        let data = DataInfo {
+            path: "data.h5".into(),
+            events: 10,
+            used_events: 10,
+            fractions: [0.6, 0.2, 0.2],
+            split_seed: 1,
+            particles: Particles::default(),
+        };
+        let prep = Preprocessing::Zdc(ZdcPreprocessing::default());
+        Manifest::teacher(Detector::Zdc, Precision::F32, 1, data, prep, units, serde_json::Value::Null)
+    }
+
+    /// A hand-edited model.json without the unit's flow or the ZDC scalers is an error that names
+    /// the file, not a panic.
+    #[test]
+    fn a_model_without_its_flow_or_scalers_is_a_clear_error() {
+        let dir = Path::new("runs/t");
+        let m = teacher(BTreeMap::from([("flow".to_string(), Unit { dir: "flow".into(), flow: None })]));
+        let e = m.flow(dir, "flow").unwrap_err().to_string();
+        assert!(e.contains("runs/t/model.json") && e.contains("unit 'flow' is not a flow"), "{e}");
+        let e = m.flow(dir, "flow3").unwrap_err().to_string();
+        assert!(e.contains("runs/t/model.json") && e.contains("no 'flow3' unit"), "{e}");
+        let e = crate::models::zdc::scalers(&m, dir).unwrap_err().to_string();
+        assert!(e.contains("runs/t/model.json") && e.contains("condition scaler"), "{e}");
+        let mut m = m;
+        m.conditions = Some(Standardizer { mean: vec![0.0], std: vec![1.0] });
+        let e = crate::models::zdc::scalers(&m, dir).unwrap_err().to_string();
+        assert!(e.contains("photon-sum scaler"), "{e}");
+        assert!(m.role == Role::Teacher && m.format == FORMAT);
+    }
+
+    #[test]
+    fn the_output_dir_check_refuses_what_each_command_must_not_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (empty, model, file) = (tmp.path().join("new"), tmp.path().join("model"), tmp.path().join("file"));
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join(MODEL_JSON), "{}").unwrap();
+        std::fs::write(&file, "x").unwrap();
+        for reuse in [Reuse::Never, Reuse::Resume(false), Reuse::Extend(false)] {
+            assert!(!check_output_dir(&empty, reuse).unwrap());
+        }
+        for reuse in [Reuse::Resume(true), Reuse::Extend(true)] {
+            assert!(check_output_dir(&empty, reuse).unwrap_err().to_string().contains("no model to resume"));
+            assert!(check_output_dir(&model, reuse).unwrap());
+        }
+        assert!(check_output_dir(&model, Reuse::Extend(false)).unwrap());
+        let never = check_output_dir(&model, Reuse::Never).unwrap_err().to_string();
+        assert!(never.contains("already holds a model; choose another --output-dir"), "{never}");
+        let fresh = check_output_dir(&model, Reuse::Resume(false)).unwrap_err().to_string();
+        assert!(fresh.contains("pass --resume to continue it"), "{fresh}");
+        assert!(check_output_dir(&file, Reuse::Never).unwrap_err().to_string().contains("is a file"));
+    }
+}

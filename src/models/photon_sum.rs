@@ -179,7 +179,7 @@ pub fn test_report(model: &PhotonSumModel, source: &PhotonSumRows, test: &[usize
     let nll = model.nll(source, test, &mut derive(seed, &[tag::VALIDATION, 15]))?;
     let particles: Vec<f32> =
         test.iter().flat_map(|&e| source.particles[e * FEATURES..(e + 1) * FEATURES].iter().copied()).collect();
-    let mut noise = crate::sample::noise::BatchNoise::new(
+    let mut noise = crate::detector::noise::BatchNoise::new(
         crate::util::rng::derive_seed(seed, &[tag::SAMPLE, 15]),
         0,
         test.len(),
@@ -257,7 +257,7 @@ mod tests {
                 p[e * FEATURES] = if c == 0 { -1.0 } else { 1.0 };
                 p[e * FEATURES + 1] = 0.5;
             }
-            let mut noise = crate::sample::noise::BatchNoise::new(11 + c as u64, 0, m, DType::F32, &device).unwrap();
+            let mut noise = crate::detector::noise::BatchNoise::new(11 + c as u64, 0, m, DType::F32, &device).unwrap();
             let s = model.sample(&p, &noise.normal(1).unwrap()).unwrap();
             let logs: Vec<f64> = s.iter().map(|&v| (v as f64).ln_1p()).collect();
             let (mean, std) = mean_std(&logs);

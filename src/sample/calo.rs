@@ -10,11 +10,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::noise::BatchNoise;
 use crate::config::FlowName;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::{inverse_logit_tensor, logit_tensor, threshold_tensor, CaloPreprocessing};
 use crate::detector::calo::{flow2_context_tensor, flow3_context_tensor, layer_pattern_tensor};
+use crate::detector::noise::BatchNoise;
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::models::manifest::Manifest;

@@ -1,10 +1,9 @@
-//! Generation: the detectors' samplers ([`zdc`], [`calo`]) with their noise and noise removal,
+//! Generation: the detectors' samplers ([`zdc`], [`calo`]) and their noise removal ([`denoise`]),
 //! which events of a conditions file to generate for, and deterministic shards for job arrays.
 //! `zdcflow sample` and `zdcflow merge` ([`crate::commands`]) write them in chunks.
 
 pub mod calo;
 pub mod denoise;
-pub mod noise;
 pub mod zdc;
 
 use std::path::{Path, PathBuf};

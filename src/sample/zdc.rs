@@ -10,10 +10,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::denoise::{self, Denoise};
-use super::noise::BatchNoise;
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{Standardizer, ZdcPreprocessing};
 use crate::data::zdc::FEATURES;
+use crate::detector::noise::BatchNoise;
 use crate::detector::zdc::{conditions, CONTEXT};
 use crate::error::{Error, Result};
 use crate::flow::Flow;

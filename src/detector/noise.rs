@@ -1,4 +1,4 @@
-//! Random numbers for sampling.
+//! Random numbers for sampling (the sampler's and the photon-sum flow's test report's).
 //!
 //! On the CPU every event draws from its own streams, derived from (seed, event index, draw), so
 //! a batch's numbers do not depend on how events are batched or sharded: the shards of a job
