@@ -14,6 +14,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::layers::{add_bias, torch_default_init};
+
 /// The shape of one MADE network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,12 +109,6 @@ fn staircase(mask: &[f32], rows: usize, cols: usize) -> Option<Vec<(usize, usize
     )
 }
 
-/// nflows' `nn.Linear` default initialisation: U(±1/√fan_in) for weight and bias.
-pub fn torch_default_init(fan_in: usize) -> Init {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
-}
-
 /// `t` with its dimension `dim` reordered by `order` (new index → old index), if any.
 fn reorder(t: &Tensor, order: Option<&[usize]>, dim: usize) -> candle_core::Result<Tensor> {
     match order {
@@ -131,24 +127,24 @@ struct Orders<'a> {
 }
 
 impl MaskedLinear {
-    /// `in_deg` / `out_deg` are the degrees in the order used; frozen weights are reordered to it
-    /// (`orders` map a used index to the stored one).
+    /// `in_deg` / `out_deg` are the degrees in the order used; frozen weights (`orders` given)
+    /// are reordered to it (`orders` map a used index to the stored one).
     fn new(
         vb: VarBuilder,
         in_deg: &[usize],
         out_deg: &[usize],
         strict: bool,
         init: Option<Init>,
-        orders: Orders,
+        orders: Option<Orders>,
     ) -> candle_core::Result<Self> {
         let (i, o) = (in_deg.len(), out_deg.len());
         let weight = vb.get_with_hints((o, i), "weight", init.unwrap_or(torch_default_init(i)))?;
         let bias = vb.get_with_hints(o, "bias", init.unwrap_or(torch_default_init(i)))?;
         let mask_values = mask(out_deg, in_deg, strict);
         let mask = Tensor::from_vec(mask_values.clone(), (o, i), vb.device())?.to_dtype(vb.dtype())?;
-        if weight.is_variable() {
+        let Some(orders) = orders else {
             return Ok(Self { weight, bias, mask, frozen: None });
-        }
+        };
         let weight = reorder(&reorder(&weight, orders.outputs, 0)?, orders.inputs, 1)?;
         let bias = reorder(&bias, orders.outputs, 0)?;
         let masked = (&weight * &mask)?;
@@ -203,7 +199,7 @@ impl MaskedLinear {
             }
             None => xs.matmul(&self.masked_weight()?.t()?)?,
         };
-        crate::nn::add_bias(&ys, &self.bias)
+        add_bias(&ys, &self.bias)
     }
 }
 
@@ -214,17 +210,23 @@ struct Dense {
 }
 
 impl Dense {
-    fn new(vb: VarBuilder, inputs: usize, outputs: usize, order: Option<&[usize]>) -> candle_core::Result<Self> {
+    /// `order` (new index → stored one) is given for a frozen layer.
+    fn new(
+        vb: VarBuilder,
+        inputs: usize,
+        outputs: usize,
+        order: Option<Option<&[usize]>>,
+    ) -> candle_core::Result<Self> {
         let weight = vb.get_with_hints((outputs, inputs), "weight", torch_default_init(inputs))?;
         let bias = vb.get_with_hints(outputs, "bias", torch_default_init(inputs))?;
-        if weight.is_variable() {
+        let Some(order) = order else {
             return Ok(Self { weight, bias });
-        }
+        };
         Ok(Self { weight: reorder(&weight, order, 0)?, bias: reorder(&bias, order, 0)? })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::add_bias(&xs.matmul(&self.weight.t()?)?, &self.bias)
+        add_bias(&xs.matmul(&self.weight.t()?)?, &self.bias)
     }
 }
 
@@ -261,13 +263,21 @@ fn dropout(xs: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> candle_core::Result<Ten
 }
 
 impl Made {
-    /// A frozen MADE (weights that are not variables) orders its hidden units by degree, an
-    /// equivalent network whose masks are staircases, so its layers multiply by blocks.
+    /// A trainable MADE: its parameters are `vb`'s (variables in training), used as stored.
     pub fn new(cfg: &MadeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(cfg, vb, false)
+    }
+
+    /// A frozen (inference) MADE from fixed weights: it orders its hidden units by degree, an
+    /// equivalent network whose masks are staircases, so its layers multiply by blocks.
+    pub fn frozen(cfg: &MadeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(cfg, vb, true)
+    }
+
+    fn build(cfg: &MadeConfig, vb: VarBuilder, frozen: bool) -> candle_core::Result<Self> {
         let (d, h) = (cfg.features, cfg.hidden_features);
         let in_deg = input_degrees(d);
         let stored_deg = hidden_degrees(h, d);
-        let frozen = !vb.get_with_hints((h, d), "initial.weight", torch_default_init(d))?.is_variable();
         let order: Option<Vec<usize>> = frozen.then(|| {
             let mut o: Vec<usize> = (0..h).collect();
             o.sort_by_key(|&i| stored_deg[i]);
@@ -278,15 +288,23 @@ impl Made {
             None => stored_deg,
         };
         let o = order.as_deref();
+        // Frozen layers are reordered to `o`; trainable ones use their parameters as stored.
+        let fo = frozen.then_some(o);
         let out_deg = output_degrees(d, cfg.output_multiplier);
-        let initial =
-            MaskedLinear::new(vb.pp("initial"), &in_deg, &hid_deg, false, None, Orders { inputs: None, outputs: o })?;
+        let initial = MaskedLinear::new(
+            vb.pp("initial"),
+            &in_deg,
+            &hid_deg,
+            false,
+            None,
+            frozen.then_some(Orders { inputs: None, outputs: o }),
+        )?;
         let context = if cfg.context_features > 0 {
-            Some(Dense::new(vb.pp("context"), cfg.context_features, h, o)?)
+            Some(Dense::new(vb.pp("context"), cfg.context_features, h, fo)?)
         } else {
             None
         };
-        let hidden = Orders { inputs: o, outputs: o };
+        let hidden = frozen.then_some(Orders { inputs: o, outputs: o });
         let mut layers = Vec::with_capacity(cfg.hidden_layers);
         for i in 0..cfg.hidden_layers {
             let vb = vb.pp("layers").pp(i);
@@ -302,7 +320,7 @@ impl Made {
                         hidden,
                     )?,
                     context: if cfg.context_features > 0 {
-                        Some(Dense::new(vb.pp("context"), cfg.context_features, h, o)?)
+                        Some(Dense::new(vb.pp("context"), cfg.context_features, h, fo)?)
                     } else {
                         None
                     },
@@ -311,8 +329,14 @@ impl Made {
                 HiddenLayer::FeedForward(MaskedLinear::new(vb, &hid_deg, &hid_deg, false, None, hidden)?)
             });
         }
-        let last =
-            MaskedLinear::new(vb.pp("final"), &hid_deg, &out_deg, true, None, Orders { inputs: o, outputs: None })?;
+        let last = MaskedLinear::new(
+            vb.pp("final"),
+            &hid_deg,
+            &out_deg,
+            true,
+            None,
+            frozen.then_some(Orders { inputs: o, outputs: None }),
+        )?;
         Ok(Self { cfg: cfg.clone(), initial, context, layers, last })
     }
 

@@ -47,7 +47,7 @@ pub fn frozen_flow(dir: &Path, m: &Manifest, unit: &str, dtype: DType, device: &
         .flow
         .as_ref()
         .ok_or_else(|| Error::checkpoint(dir, format!("unit '{unit}' is not a flow")))?;
-    io::load_frozen_flow(spec, &m.weights(dir, unit)?, io::PREFIX, dtype, device)
+    Ok(io::load_frozen_flow(spec, &m.weights(dir, unit)?, io::PREFIX, dtype, device)?)
 }
 
 /// A trainable student, optionally starting from the teacher's weights.

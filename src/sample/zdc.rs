@@ -87,7 +87,7 @@ impl ZdcSampler {
             self.conditions.apply(&raw, out);
         }
         let ctx = Tensor::from_vec(ctx, (n, CONTEXT), &self.device)?.to_dtype(self.dtype)?;
-        let y = self.flow.to_data(&noise.normal(PIXELS)?, Some(&ctx), None, false)?.output;
+        let y = self.flow.to_data(&noise.normal(PIXELS)?, Some(&ctx))?.output;
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; n * PIXELS];
         out.par_chunks_mut(PIXELS).zip(y.par_chunks(PIXELS)).zip(sums.par_iter()).for_each(|((o, y), &s)| {

@@ -24,7 +24,7 @@ use super::schedule;
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::flow::io::save_varmap_as;
-use crate::flow::params::assign;
+use crate::flow::params::{assign, first_non_finite};
 use crate::util::rng::{derive, tag};
 use crate::util::{interrupt, progress};
 
@@ -216,20 +216,6 @@ fn resume(run: &Run, adam: &mut Adam) -> Result<State> {
         loaded.state.batch_in_epoch
     );
     Ok(loaded.state)
-}
-
-/// The first tensor (by name) holding a NaN or an infinity.
-pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<String>> {
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for name in names {
-        let t = &tensors[name];
-        let finite = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
-        if !finite {
-            return Ok(Some(name.clone()));
-        }
-    }
-    Ok(None)
 }
 
 /// Opens metrics.jsonl for appending; on resume, drops lines after the checkpoint's step.
@@ -433,7 +419,7 @@ impl Loop<'_, '_> {
 
     fn save_weights(&self, name: &str) -> Result<()> {
         let role = self.objective.role();
-        save_varmap_as(self.run.varmap, &self.run.dir.join(name), Some(&self.run.unit), Some(role))
+        Ok(save_varmap_as(self.run.varmap, &self.run.dir.join(name), Some(&self.run.unit), Some(role))?)
     }
 
     fn save_checkpoint(&mut self) -> Result<()> {
