@@ -36,7 +36,7 @@ use rand::Rng;
 use rand_distr::{Distribution, Exp1, Gamma, StandardNormal};
 use rayon::prelude::*;
 
-use super::calo::{event_rng, sample_poisson};
+use super::draws::{event_rng, sample_poisson};
 use crate::data::channels::{PIXELS, SIDE};
 
 /// Condition features per particle: energy, px, py, pz, vx, vy, vz, mass, charge.
