@@ -2,6 +2,7 @@
 
 pub mod calo;
 pub mod channels;
+pub mod check;
 pub mod geometry;
 pub mod h5;
 pub mod open;

@@ -55,10 +55,7 @@ use super::special::GammaCdf;
 pub use crate::data::calo::CaloChunk;
 use crate::data::geometry::CaloGeometry;
 
-/// Fraction of the shower energy seen by the silicon; the files store visible energy divided by it.
-pub const SAMPLING_FRACTION: f64 = 0.033;
-/// The official 0.5 keV readout threshold on visible energy, in file units (≈ 15.15 keV).
-pub const READOUT_THRESHOLD_MEV: f64 = 0.5e-3 / SAMPLING_FRACTION;
+pub use crate::data::calo::{READOUT_THRESHOLD_MEV, SAMPLING_FRACTION};
 /// Hard bounds on E_tot / E_inc: every generated event lies inside.
 pub const ENERGY_RATIO_RANGE: (f64, f64) = (0.3, 1.6);
 
