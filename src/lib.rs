@@ -22,10 +22,10 @@ pub mod flow;
 pub mod generate;
 pub mod inspect;
 pub mod models;
-pub mod nn;
+pub(crate) mod nn;
 pub mod sample;
 pub mod selftest;
 pub mod train;
-pub mod util;
+pub(crate) mod util;
 
 pub use error::{Error, Result};

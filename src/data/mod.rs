@@ -2,11 +2,11 @@
 
 pub mod calo;
 pub mod channels;
-pub mod check;
+pub(crate) mod check;
 pub mod geometry;
-pub mod h5;
-pub mod open;
-pub mod preprocess;
-pub mod split;
+pub(crate) mod h5;
+pub(crate) mod open;
+pub(crate) mod preprocess;
+pub(crate) mod split;
 pub mod synth;
 pub mod zdc;

@@ -3,4 +3,4 @@
 pub mod calo;
 mod draws;
 mod special;
-pub mod zdc;
+pub(crate) mod zdc;
