@@ -433,6 +433,37 @@ mod tests {
     }
 
     #[test]
+    fn frozen_made_computes_what_the_trainable_one_does() -> candle_core::Result<()> {
+        use candle_core::{DType, Device};
+        use candle_nn::VarMap;
+        let dev = Device::Cpu;
+        let cfg = MadeConfig {
+            features: 5,
+            context_features: 3,
+            hidden_features: 300,
+            hidden_layers: 2,
+            output_multiplier: 4,
+            residual: true,
+            dropout: 0.0,
+        };
+        let varmap = VarMap::new();
+        let vb = super::super::params::SeededInit::var_builder(&varmap, 3, DType::F64, &dev);
+        let trainable = Made::new(&cfg, vb)?;
+        assert!(trainable.initial.frozen.is_none());
+        let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let frozen = Made::frozen(&cfg, VarBuilder::from_tensors(tensors, DType::F64, &dev))?;
+        assert!(frozen.initial.frozen.as_ref().is_some_and(|f| f.blocks.is_some()), "staircase blocks");
+        // 300 rows: the frozen layers multiply by blocks.
+        let xs = Tensor::arange(0f64, 1500.0, &dev)?.reshape((300, 5))?.affine(1e-3, -0.7)?.sin()?;
+        let ctx = Tensor::arange(0f64, 900.0, &dev)?.reshape((300, 3))?.affine(1e-2, 0.1)?.cos()?;
+        let a = trainable.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
+        let b = frozen.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-12, "largest difference {worst}");
+        Ok(())
+    }
+
+    #[test]
     fn made_masks_are_strict_only_at_the_output() {
         let m = mask(&[1, 2], &[1, 2], false);
         assert_eq!(m, vec![1.0, 0.0, 1.0, 1.0]);
