@@ -395,6 +395,10 @@ pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
         Command::Evaluate(a) => evaluate(a, g),
         Command::Bench(a) => bench(a, g),
         Command::Demo(a) => crate::demo::run(a, g).map(|()| Outcome::Done),
+        Command::ImportNflows(a) if a.detector.detector.is_some() => {
+            println!("{}", crate::commands::import_detector::run(a)?);
+            Ok(Outcome::Done)
+        }
         Command::ImportNflows(a) => {
             let spec = crate::commands::import_nflows::run(a)?;
             println!(

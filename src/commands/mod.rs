@@ -4,4 +4,5 @@
 pub mod export_onnx;
 pub mod flow;
 pub mod flow_dir;
+pub mod import_detector;
 pub mod import_nflows;
