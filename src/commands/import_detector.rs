@@ -160,9 +160,8 @@ fn write_unit(
 
 fn read_scaler(path: &Path) -> Result<Standardizer> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let s: Standardizer = serde_json::from_str(&text).map_err(|e| {
-        Error::format(path, format!("not a condition scaler {{\"mean\": [...], \"std\": [...]}}: {e}"))
-    })?;
+    let s: Standardizer = serde_json::from_str(&text)
+        .map_err(|e| Error::format(path, format!("not a condition scaler {{\"mean\": [...], \"std\": [...]}}: {e}")))?;
     let n = crate::models::zdc::CONTEXT;
     if s.mean.len() != n || s.std.len() != n {
         return Err(Error::format(path, format!("the scaler needs {n} means and {n} stds (9 features, photon sum)")));
@@ -194,7 +193,9 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
         return Err(Error::Invalid(format!("--alpha {}: must lie in (0, 0.5)", d.alpha)));
     }
     let data_path = d.data.clone().ok_or_else(|| {
-        Error::Invalid("--detector needs --data FILE: the data file the model belongs to (recorded in model.json)".into())
+        Error::Invalid(
+            "--detector needs --data FILE: the data file the model belongs to (recorded in model.json)".into(),
+        )
     })?;
     // The splits train-teacher uses by default (config `[data] split`).
     let default_fractions = match detector {
@@ -237,7 +238,8 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
             if d.condition_scaler.is_some() {
                 return Err(Error::Invalid("--condition-scaler is for --detector zdc".into()));
             }
-            let missing = |f: &str| Error::Invalid(format!("--detector {detector:?} needs --{f} CHECKPOINT").to_lowercase());
+            let missing =
+                |f: &str| Error::Invalid(format!("--detector {detector:?} needs --{f} CHECKPOINT").to_lowercase());
             let flow2 = d.flow2.as_deref().ok_or_else(|| missing("flow2"))?;
             let flow3 = d.flow3.as_deref().ok_or_else(|| missing("flow3"))?;
             for (name, v) in [("--layer-scale-mev", d.layer_scale_mev), ("--noise-mev", d.noise_mev)] {
@@ -304,10 +306,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
         write_unit(out, p.unit, spec, tensors, precision, role)?;
         units.insert(p.unit.to_string(), Unit { dir: p.unit.into(), flow: Some(spec.clone()), regressor: None });
         let ck = p.checkpoint.canonicalize().unwrap_or_else(|_| p.checkpoint.to_path_buf());
-        sources.insert(
-            p.unit.into(),
-            serde_json::json!({"checkpoint": ck, "kind": kind_of(p.kind), "key": a.key}),
-        );
+        sources.insert(p.unit.into(), serde_json::json!({"checkpoint": ck, "kind": kind_of(p.kind), "key": a.key}));
     }
     let scaler_source = match (&d.condition_scaler, detector) {
         (Some(p), _) => serde_json::json!(p.canonicalize().unwrap_or_else(|_| p.clone())),
@@ -342,7 +341,9 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
     let summary: Vec<String> = parts
         .iter()
         .zip(&imported)
-        .map(|(p, (s, _, _))| format!("{} ({:?}, {} blocks, {} parameters)", p.unit, s.kind, s.blocks, s.parameter_count()))
+        .map(|(p, (s, _, _))| {
+            format!("{} ({:?}, {} blocks, {} parameters)", p.unit, s.kind, s.blocks, s.parameter_count())
+        })
         .collect();
     Ok(format!(
         "imported a {detector:?} {role_name} ({}) into {}; data {} ({} events)",
