@@ -242,6 +242,26 @@ fn three_imported_icaloflow_flows_sample_evaluate_and_distil() {
         ],
     );
     ok(d, &["sample", "--model", "s", "--events", "4", "--seed", "1", "--output", "gs.h5"]);
+
+    // Each shower's log-density under the factorisation, with the preprocessing's log|det|.
+    ok(d, &["log-prob", "--model", "t", "--showers", "ds2.h5", "--batch-size", "25", "--output", "lp.h5"]);
+    ok(d, &["log-prob", "--model", "s", "--showers", "ds2.h5", "--output", "lp-s.h5"]);
+    {
+        let _g = common::hdf5_in_process();
+        let f = hdf5::File::open(d.join("lp.h5")).unwrap();
+        let get = |n: &str| f.dataset(n).unwrap().read_raw::<f64>().unwrap();
+        let lp = get("log_prob");
+        assert_eq!(lp.len(), 60);
+        assert!(lp.iter().all(|v| v.is_finite()), "{lp:?}");
+        let (q1, q2, q3, det) = (get("log_q_flow1"), get("log_q_flow2"), get("log_q_flow3"), get("log_det"));
+        for i in 0..60 {
+            assert!((lp[i] - (q1[i] + q2[i] + q3[i] + det[i])).abs() < 1e-9 * (1.0 + lp[i].abs()));
+        }
+        let s = hdf5::File::open(d.join("lp-s.h5")).unwrap().dataset("log_prob").unwrap().read_raw::<f64>().unwrap();
+        assert_ne!(s, lp, "the student's flows give other densities");
+    }
+    let err = fails(d, &["log-prob", "--model", "t", "--showers", "ds2.h5", "--output", "ds2.h5"]);
+    assert!(err.contains("--output"), "{err}");
     // Flow-2 given Flow-3's checkpoint: the shapes say so.
     let err = fails(
         d,

@@ -6,3 +6,4 @@ pub mod flow;
 pub mod flow_dir;
 pub mod import_detector;
 pub mod import_nflows;
+pub mod log_prob;
