@@ -109,8 +109,11 @@ struct Part<'a> {
     dims: (usize, usize),
 }
 
+/// An imported flow: its spec, its tensors (names under the flow prefix) and the checkpoint's dtype.
+type ImportedPart = (FlowSpec, Vec<(String, candle_core::Tensor)>, DType);
+
 /// Imports a checkpoint's flow and checks its shape against the detector's.
-fn import_part(a: &ImportNflowsArgs, p: &Part) -> Result<(FlowSpec, Vec<(String, candle_core::Tensor)>, DType)> {
+fn import_part(a: &ImportNflowsArgs, p: &Part) -> Result<ImportedPart> {
     let opts = ImportOptions {
         kind: kind_of(p.kind),
         tail_bound: a.tail_bound,

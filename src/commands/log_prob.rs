@@ -50,6 +50,9 @@ pub struct LogProbArgs {
     pub batch_size: usize,
 }
 
+/// `(u, y, log_det)` of one shower.
+pub type Preprocessed = (Vec<f64>, Vec<f64>, f64);
+
 /// One shower's preprocessed values: `u` (45 layer logits), `y` (45 × V pattern logits) and the
 /// log|det| of the preprocessing (see [`DEFINITION`]); `Err((layer, E))` when a layer's energy
 /// reaches the layer scale (the logit's domain).
@@ -57,7 +60,7 @@ pub fn preprocess(
     prep: &CaloPreprocessing,
     noised: &[f64],
     v: usize,
-) -> std::result::Result<(Vec<f64>, Vec<f64>, f64), (usize, f64)> {
+) -> std::result::Result<Preprocessed, (usize, f64)> {
     let a = prep.alpha;
     // log|d logit(α + (1 − 2α)q) / dq| = log(1 − 2α) − log w − log(1 − w), w = α + (1 − 2α)q.
     let log_dlogit = |q: f64| {
@@ -103,13 +106,7 @@ fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
 /// Per shower: (log q1, log q2, Σ log q3, log_det).
 type Parts = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
-fn score(
-    c: &Chain,
-    prep: &CaloPreprocessing,
-    e_inc: &[f64],
-    rows: &[(Vec<f64>, Vec<f64>, f64)],
-    v: usize,
-) -> Result<Parts> {
+fn score(c: &Chain, prep: &CaloPreprocessing, e_inc: &[f64], rows: &[Preprocessed], v: usize) -> Result<Parts> {
     let n = rows.len();
     let e_pre: Vec<f64> = e_inc.iter().map(|&e| e.log10() - prep.log10_e_inc_offset).collect();
     let [f1, f2, f3] = &c.flows;
@@ -247,11 +244,10 @@ mod tests {
             let p = (c..n).max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs())).unwrap();
             m.swap(c, p);
             s += m[c][c].abs().ln();
-            for r in c + 1..n {
-                let f = m[r][c] / m[c][c];
-                for k in c..n {
-                    m[r][k] -= f * m[c][k];
-                }
+            let pivot = m[c].clone();
+            for row in m.iter_mut().skip(c + 1) {
+                let f = row[c] / pivot[c];
+                row.iter_mut().zip(&pivot).skip(c).for_each(|(x, p)| *x -= f * p);
             }
         }
         s
