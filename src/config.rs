@@ -92,7 +92,12 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// The input file (HDF5, or a ZDC `…responses.npz`).
+    #[serde(default)]
     pub path: PathBuf,
+    /// CaloChallenge: several files of one dataset read as one (instead of `path`), e.g. DS3's
+    /// `dataset_3_1.hdf5` and `dataset_3_2.hdf5`; one split over their union.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathBuf>,
     /// ZDC particle group: all, n, lambda, k0s, sigma+.
     #[serde(default)]
     pub particles: Particles,
@@ -108,6 +113,33 @@ pub struct DataSection {
 }
 
 impl DataSection {
+    /// The data files: `paths`, or `path` alone.
+    pub fn files(&self) -> Vec<PathBuf> {
+        if self.paths.is_empty() {
+            vec![self.path.clone()]
+        } else {
+            self.paths.clone()
+        }
+    }
+
+    /// Exactly one of `path` and `paths`; `paths` only for CaloChallenge.
+    fn check_files(&self, detector: Detector) -> Result<()> {
+        let has_path = !self.path.as_os_str().is_empty();
+        match (has_path, self.paths.is_empty()) {
+            (false, true) => Err(Error::config("data.path", "is empty")),
+            (true, false) => {
+                Err(Error::config("data.paths", "give either data.path (one file) or data.paths, not both"))
+            }
+            _ if detector == Detector::Zdc && !self.paths.is_empty() => {
+                Err(Error::config("data.paths", "the ZDC model reads one file: use data.path"))
+            }
+            _ if self.paths.iter().any(|p| p.as_os_str().is_empty()) => {
+                Err(Error::config("data.paths", "holds an empty path"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn fractions(&self, detector: Detector) -> [f64; 3] {
         self.split.unwrap_or(match detector {
             Detector::Zdc => [0.7, 0.1, 0.2],
@@ -270,6 +302,11 @@ pub struct TrainConfig {
     /// Cap on validation batches (0: the whole validation split).
     #[serde(default)]
     pub val_batches: usize,
+    /// Epochs on each data file in turn (`[data] paths`), e.g. `[20, 20]`: 20 epochs on the
+    /// first file's training showers, then 20 on the second's; replaces `epochs` (their sum).
+    /// Empty: every epoch visits the whole training split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs_per_file: Vec<usize>,
 }
 
 impl TrainConfig {
@@ -620,6 +657,13 @@ impl Config {
                 }
             }
         })?;
+        let mut tc = tc;
+        if !tc.epochs_per_file.is_empty() {
+            if tc.epochs_per_file.contains(&0) {
+                return Err(Error::config(format!("{key}.epochs_per_file"), "every entry must be ≥ 1"));
+            }
+            tc.epochs = tc.epochs_per_file.iter().sum();
+        }
         tc.validate(key)?;
         Ok(tc)
     }
@@ -627,9 +671,7 @@ impl Config {
     fn validate(&self) -> Result<()> {
         let detector = self.model.detector;
         validate_fractions(self.data.fractions(detector)).map_err(|m| Error::config("data.split", m))?;
-        if self.data.path.as_os_str().is_empty() {
-            return Err(Error::config("data.path", "is empty"));
-        }
+        self.data.check_files(detector)?;
         match detector {
             Detector::Zdc => {
                 if !self.model.flows.is_empty() || self.flow1.is_some() || self.flow2.is_some() || self.flow3.is_some()

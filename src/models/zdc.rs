@@ -173,6 +173,7 @@ fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64) ->
         dtype: cfg.model.dtype,
         data: DataInfo {
             path: cfg.data.path.clone(),
+            files: Vec::new(),
             events: data.file.events,
             used_events: data.used_events,
             fractions: cfg.data.fractions(cfg.model.detector),
