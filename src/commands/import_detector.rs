@@ -223,6 +223,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
             let prep = ZdcPreprocessing { noise_mul: d.noise_mul, alpha: d.alpha, pixels: None };
             let info = DataInfo {
                 path: data_path.clone(),
+                files: Vec::new(),
                 events: zd.file.events,
                 used_events: zd.used_events,
                 fractions: default_fractions,
@@ -250,7 +251,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
                     return Err(Error::Invalid(format!("{name} {v}: must be positive")));
                 }
             }
-            let cd = crate::models::calo::CaloData::open(&data_path, detector, 0, default_fractions, split_seed)?;
+            let cd = crate::models::calo::CaloData::open(std::slice::from_ref(&data_path), detector, 0, default_fractions, split_seed)?;
             let g: CaloGeometry = cd.file.geometry.clone();
             let dims = |f| crate::models::calo::dims(f, &g);
             let prep = CaloPreprocessing {
@@ -262,6 +263,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
             };
             let info = DataInfo {
                 path: data_path.clone(),
+                files: Vec::new(),
                 events: cd.file.events,
                 used_events: cd.used_events,
                 fractions: default_fractions,
