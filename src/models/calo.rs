@@ -63,7 +63,9 @@ impl CaloData {
         fractions: [f64; 3],
         split_seed: u64,
     ) -> Result<Self> {
-        let file = CaloFile::open(path)?;
+        let mut file = CaloFile::open(path)?;
+        // Training reads every epoch: a small file is read (and decompressed) once.
+        file.cache_if_at_most(crate::train::batches::CACHE_BYTES)?;
         if Some(file.geometry.dataset) != detector.dataset() {
             return Err(Error::config(
                 "model.detector",
