@@ -64,6 +64,17 @@ impl CaloFiles {
         Ok(Self { files, starts, geometry, events })
     }
 
+    /// Reads every file into memory once when the union holds at most `bytes` of voxel energies.
+    pub fn cache_if_at_most(&mut self, bytes: usize) -> Result<bool> {
+        if self.events * self.geometry.voxels() * 4 > bytes {
+            return Ok(false);
+        }
+        for f in &mut self.files {
+            f.cache_if_at_most(bytes)?;
+        }
+        Ok(true)
+    }
+
     /// The file holding union event `i`, and its index there.
     pub fn locate(&self, i: usize) -> (usize, usize) {
         let k = self.starts.partition_point(|&s| s <= i).saturating_sub(1).min(self.files.len() - 1);

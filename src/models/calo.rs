@@ -63,7 +63,9 @@ impl CaloData {
         fractions: [f64; 3],
         split_seed: u64,
     ) -> Result<Self> {
-        let file = CaloFiles::open(paths)?;
+        let mut file = CaloFiles::open(paths)?;
+        // Training reads every epoch: small files are read (and decompressed) once.
+        file.cache_if_at_most(crate::train::batches::CACHE_BYTES)?;
         if Some(file.geometry.dataset) != detector.dataset() {
             return Err(Error::config(
                 "model.detector",

@@ -44,7 +44,9 @@ impl ZdcData {
         fractions: [f64; 3],
         split_seed: u64,
     ) -> Result<Self> {
-        let file = ZdcFile::open(path)?;
+        let mut file = ZdcFile::open(path)?;
+        // Training reads every epoch: a small file is read (and decompressed) once.
+        file.cache_if_at_most(crate::train::batches::CACHE_BYTES)?;
         let mut candidates = particles.select(&file.conditions.pdg);
         if max_events > 0 {
             candidates.truncate(max_events);
