@@ -323,6 +323,7 @@ pub fn random_model(
         dtype: crate::config::Precision::F32,
         data: DataInfo {
             path: "random".into(),
+            files: Vec::new(),
             events: 0,
             used_events: 0,
             fractions: [0.7, 0.1, 0.2],

@@ -72,6 +72,8 @@ pub enum Command {
     Selftest,
     /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
     ImportNflows(crate::commands::import_nflows::ImportNflowsArgs),
+    /// Each CaloChallenge shower's log-density (MeV space, given E_inc) under a model's Flow-1 · Flow-2 · ∏ Flow-3.
+    LogProb(crate::commands::log_prob::LogProbArgs),
     /// One flow's raw passes on .npy arrays: log-prob, to-data (z → x), to-latent (x → z).
     Flow(crate::commands::flow::FlowArgs),
     /// Write a flow's sampling direction (z, context → x) as an ONNX graph for ONNX Runtime (Geant4, O2).
@@ -395,6 +397,10 @@ pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
         Command::Evaluate(a) => evaluate(a, g),
         Command::Bench(a) => bench(a, g),
         Command::Demo(a) => crate::demo::run(a, g).map(|()| Outcome::Done),
+        Command::ImportNflows(a) if a.detector.detector.is_some() => {
+            println!("{}", crate::commands::import_detector::run(a)?);
+            Ok(Outcome::Done)
+        }
         Command::ImportNflows(a) => {
             let spec = crate::commands::import_nflows::run(a)?;
             println!(
@@ -409,6 +415,11 @@ pub fn execute(command: &Command, g: &Globals) -> Result<Outcome> {
                 spec.parameter_count(),
                 a.output_dir.display()
             );
+            Ok(Outcome::Done)
+        }
+        Command::LogProb(a) => {
+            let (n, mean) = crate::commands::log_prob::run(a, &crate::device::open(&g.device)?)?;
+            println!("log-prob: {n} showers, mean log_prob {mean:.3} → {}", a.output.display());
             Ok(Outcome::Done)
         }
         Command::Flow(a) => {

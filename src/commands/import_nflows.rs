@@ -59,6 +59,8 @@ pub struct ImportNflowsArgs {
     /// The model directory to write (must not already hold a model).
     #[arg(long)]
     pub output_dir: PathBuf,
+    #[command(flatten)]
+    pub detector: super::import_detector::DetectorArgs,
 }
 
 /// Reads the state dict of a checkpoint.
@@ -83,6 +85,10 @@ pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<Vec<(String, ca
 }
 
 pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
+    let d = &a.detector;
+    if d.data.is_some() || d.condition_scaler.is_some() || d.flow2.is_some() || d.flow3.is_some() {
+        return Err(Error::Invalid("--data, --condition-scaler, --flow2 and --flow3 need --detector".into()));
+    }
     if a.output_dir.join(MODEL_JSON).exists() {
         return Err(Error::checkpoint(&a.output_dir, "already holds a model; choose another --output-dir"));
     }

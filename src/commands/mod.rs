@@ -4,4 +4,6 @@
 pub mod export_onnx;
 pub mod flow;
 pub mod flow_dir;
+pub mod import_detector;
 pub mod import_nflows;
+pub mod log_prob;

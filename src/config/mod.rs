@@ -156,6 +156,13 @@ impl Config {
             Some(field) => format!("{}.{field}", owner(field)),
             None => format!("{}.{path}", owner(path.split('.').next().unwrap_or_default())),
         })?;
+        let mut tc = tc;
+        if !tc.epochs_per_file.is_empty() {
+            if tc.epochs_per_file.contains(&0) {
+                return Err(Error::config(format!("{key}.epochs_per_file"), "every entry must be ≥ 1"));
+            }
+            tc.epochs = tc.epochs_per_file.iter().sum();
+        }
         tc.validate(key)?;
         Ok(tc)
     }
@@ -163,9 +170,7 @@ impl Config {
     fn validate(&self) -> Result<()> {
         let detector = self.model.detector;
         validate_fractions(self.data.fractions(detector)).map_err(|m| Error::config("data.split", m))?;
-        if self.data.path.as_os_str().is_empty() {
-            return Err(Error::config("data.path", "is empty"));
-        }
+        self.data.check_files(detector)?;
         match detector {
             Detector::Zdc => {
                 if !self.model.flows.is_empty() || self.flow1.is_some() || self.flow2.is_some() || self.flow3.is_some()

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::data::split::Particles;
+use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,7 +84,12 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// The input file (HDF5, or a ZDC `…responses.npz`).
+    #[serde(default)]
     pub path: PathBuf,
+    /// CaloChallenge: several files of one dataset read as one (instead of `path`), e.g. DS3's
+    /// `dataset_3_1.hdf5` and `dataset_3_2.hdf5`; one split over their union.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathBuf>,
     /// ZDC particle group: all, n, lambda, k0s, sigma+.
     #[serde(default)]
     pub particles: Particles,
@@ -99,6 +105,33 @@ pub struct DataSection {
 }
 
 impl DataSection {
+    /// The data files: `paths`, or `path` alone.
+    pub fn files(&self) -> Vec<PathBuf> {
+        if self.paths.is_empty() {
+            vec![self.path.clone()]
+        } else {
+            self.paths.clone()
+        }
+    }
+
+    /// Exactly one of `path` and `paths`; `paths` only for CaloChallenge.
+    pub(super) fn check_files(&self, detector: Detector) -> Result<()> {
+        let has_path = !self.path.as_os_str().is_empty();
+        match (has_path, self.paths.is_empty()) {
+            (false, true) => Err(Error::config("data.path", "is empty")),
+            (true, false) => {
+                Err(Error::config("data.paths", "give either data.path (one file) or data.paths, not both"))
+            }
+            _ if detector == Detector::Zdc && !self.paths.is_empty() => {
+                Err(Error::config("data.paths", "the ZDC model reads one file: use data.path"))
+            }
+            _ if self.paths.iter().any(|p| p.as_os_str().is_empty()) => {
+                Err(Error::config("data.paths", "holds an empty path"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn fractions(&self, detector: Detector) -> [f64; 3] {
         self.split.unwrap_or(match detector {
             Detector::Zdc => [0.7, 0.1, 0.2],

@@ -61,6 +61,11 @@ pub struct TrainConfig {
     /// Cap on validation batches (0: the whole validation split).
     #[serde(default)]
     pub val_batches: usize,
+    /// Epochs on each data file in turn (`[data] paths`), e.g. `[20, 20]`: 20 epochs on the
+    /// first file's training showers, then 20 on the second's; replaces `epochs` (their sum).
+    /// Empty: every epoch visits the whole training split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs_per_file: Vec<usize>,
 }
 
 impl TrainConfig {

@@ -1,6 +1,7 @@
 //! Data: detector geometry, file formats, preprocessing, splits and synthetic generators.
 
 pub mod calo;
+pub mod calo_files;
 pub mod channels;
 pub(crate) mod check;
 pub mod geometry;

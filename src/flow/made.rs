@@ -88,11 +88,13 @@ const MIN_ROWS_FOR_BLOCKS: usize = 256;
 
 /// If every mask row is a prefix of ones and the prefixes never shrink, the row groups and how
 /// many leading inputs each group reads.
-fn staircase(mask: &[f32], rows: usize, cols: usize) -> Option<Vec<(usize, usize, usize)>> {
+/// `keep(row, col)` is the mask (evaluated, not stored: the output layer's mask of a ZDC MADE
+/// has 64 M entries).
+fn staircase(rows: usize, cols: usize, keep: impl Fn(usize, usize) -> bool) -> Option<Vec<(usize, usize, usize)>> {
     let mut prefix = Vec::with_capacity(rows);
-    for r in mask.chunks(cols) {
-        let l = r.iter().take_while(|&&v| v != 0.0).count();
-        if r[l..].iter().any(|&v| v != 0.0) || prefix.last().is_some_and(|&p| l < p) {
+    for r in 0..rows {
+        let l = (0..cols).take_while(|&c| keep(r, c)).count();
+        if (l..cols).any(|c| keep(r, c)) || prefix.last().is_some_and(|&p| l < p) {
             return None;
         }
         prefix.push(l);
@@ -140,21 +142,49 @@ impl MaskedLinear {
         let (i, o) = (in_deg.len(), out_deg.len());
         let weight = vb.get_with_hints((o, i), "weight", init.unwrap_or(torch_default_init(i)))?;
         let bias = vb.get_with_hints(o, "bias", init.unwrap_or(torch_default_init(i)))?;
-        let mask_values = mask(out_deg, in_deg, strict);
-        let mask = Tensor::from_vec(mask_values.clone(), (o, i), vb.device())?.to_dtype(vb.dtype())?;
-        let Some(orders) = orders else {
-            return Ok(Self { weight, bias, mask, frozen: None });
+        if let Some(orders) = orders {
+            return Self::frozen(weight, bias, in_deg, out_deg, strict, orders);
+        }
+        let mask = Tensor::from_vec(mask(out_deg, in_deg, strict), (o, i), vb.device())?.to_dtype(vb.dtype())?;
+        Ok(Self { weight, bias, mask, frozen: None })
+    }
+
+    /// A frozen layer keeps one copy of its weights: the masked weight in the used order (the
+    /// stored weight and the mask are dropped once it is made). On the CPU its staircase blocks
+    /// are strided views into it, not copies; CUDA's GEMM wants them contiguous.
+    fn frozen(
+        weight: Tensor,
+        bias: Tensor,
+        in_deg: &[usize],
+        out_deg: &[usize],
+        strict: bool,
+        orders: Orders,
+    ) -> candle_core::Result<Self> {
+        let (i, o) = (in_deg.len(), out_deg.len());
+        let dev = weight.device().clone();
+        let keep_at = |r: usize, c: usize| if strict { out_deg[r] > in_deg[c] } else { out_deg[r] >= in_deg[c] };
+        // The stored weight is dropped as soon as it is reordered.
+        let weight = {
+            let stored = weight;
+            reorder(&reorder(&stored, orders.outputs, 0)?, orders.inputs, 1)?
         };
-        let weight = reorder(&reorder(&weight, orders.outputs, 0)?, orders.inputs, 1)?;
+        let masked = {
+            let keep: Vec<u8> = (0..o * i).map(|k| keep_at(k / i, k % i) as u8).collect();
+            let keep = Tensor::from_vec(keep, (o, i), &dev)?;
+            let zero = Tensor::zeros((), weight.dtype(), &dev)?.broadcast_as((o, i))?;
+            keep.where_cond(&weight, &zero)?
+        };
+        drop(weight);
         let bias = reorder(&bias, orders.outputs, 0)?;
-        let masked = (&weight * &mask)?;
-        let blocks = staircase(&mask_values, o, i)
+        let views = dev.is_cpu();
+        let blocks = staircase(o, i, keep_at)
             .map(|groups| {
                 groups
                     .into_iter()
                     .map(|(start, len, cols)| {
                         let weight_t = if cols > 0 {
-                            Some(masked.narrow(0, start, len)?.narrow(1, 0, cols)?.t()?.contiguous()?)
+                            let w = masked.narrow(0, start, len)?.narrow(1, 0, cols)?.t()?;
+                            Some(if views { w } else { w.contiguous()? })
                         } else {
                             None
                         };
@@ -163,7 +193,9 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
-        Ok(Self { weight, bias, mask, frozen: Some(Frozen { masked, blocks }) })
+        // `weight` and `mask` are not used by a frozen layer (see `masked_weight`): they share
+        // the masked weight's storage rather than hold copies.
+        Ok(Self { weight: masked.clone(), bias, mask: masked.clone(), frozen: Some(Frozen { masked, blocks }) })
     }
 
     /// `weight · mask` (for a frozen MADE, in its hidden-unit order).

@@ -15,6 +15,7 @@ pub mod spline;
 mod spline_cuda;
 pub mod spline_reference;
 pub mod stack;
+pub mod weights_file;
 
 pub use spline::{Direction, SplineConfig};
 pub use stack::{Flow, FlowKind, FlowSpec, Pass, PassOptions, Trace};

@@ -136,18 +136,18 @@ pub fn assign(varmap: &VarMap, values: &HashMap<String, Tensor>) -> candle_core:
     Ok(())
 }
 
-/// Builds a frozen (inference) model from a weights file: `build` is called once on a seeded
-/// skeleton to learn the expected names and shapes, the file is checked against them, then
-/// `build` runs again on the file's tensors.
+/// Builds a frozen (inference) model from a weights file: `build` runs once on a backend that
+/// reads each tensor from the file when asked for it, checking names, shapes and values (see
+/// [`super::weights_file`]); no seeded skeleton is built and the file is never held whole.
 pub fn load_frozen_model<T>(
     weights: &Path,
     dtype: DType,
     device: &Device,
     build: impl Fn(VarBuilder) -> candle_core::Result<T>,
 ) -> super::error::Result<T> {
-    let expected = VarMap::new();
-    build(SeededInit::var_builder(&expected, 0, dtype, device))?;
-    let tensors =
-        load_frozen(weights, &expected, dtype, device).map_err(|m| super::error::FlowError::checkpoint(weights, m))?;
-    Ok(build(VarBuilder::from_tensors(tensors, dtype, device))?)
+    use super::weights_file::{load_model, LoadError};
+    load_model(weights, dtype, device, build).map_err(|e| match e {
+        LoadError::Weights(m) => super::error::FlowError::checkpoint(weights, m),
+        LoadError::Build(e) => e.into(),
+    })
 }

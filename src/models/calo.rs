@@ -9,7 +9,7 @@
 //! Flow-3's 44 pairs are built from it, as the published code does.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::manifest::{DataInfo, Manifest, Preprocessing, Role, Unit, MODEL_JSON};
 use super::{teacher_spec, train_unit, NllObjective, RunOptions, UnitJob};
 use crate::config::{Config, Detector, FlowName};
-use crate::data::calo::CaloFile;
+use crate::data::calo_files::CaloFiles;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::CaloPreprocessing;
 use crate::data::split::{split, Split};
@@ -46,28 +46,30 @@ fn index(flow: FlowName) -> u64 {
     }
 }
 
-/// The data file with the configured event cap and split.
+/// The data file(s) with the configured event cap and split (one split over the union).
 pub struct CaloData {
-    pub file: CaloFile,
+    pub file: CaloFiles,
     pub split: Split,
     pub used_events: usize,
 }
 
 impl CaloData {
-    /// Opens `path` (which must hold `detector`'s dataset), keeps its first `max_events` (0: all)
-    /// and splits them.
+    /// Opens `paths` (which must hold `detector`'s dataset), keeps the first `max_events` (0: all)
+    /// of their union and splits them.
     pub fn open(
-        path: &Path,
+        paths: &[PathBuf],
         detector: Detector,
         max_events: usize,
         fractions: [f64; 3],
         split_seed: u64,
     ) -> Result<Self> {
-        let file = CaloFile::open(path)?;
+        let mut file = CaloFiles::open(paths)?;
+        // Training reads every epoch: small files are read (and decompressed) once.
+        file.cache_if_at_most(crate::train::batches::CACHE_BYTES)?;
         if Some(file.geometry.dataset) != detector.dataset() {
             return Err(Error::config(
                 "model.detector",
-                format!("is {detector:?} but {} holds dataset {}", path.display(), file.geometry.dataset),
+                format!("is {detector:?} but {} holds dataset {}", paths[0].display(), file.geometry.dataset),
             ));
         }
         let used = if max_events > 0 { max_events.min(file.events) } else { file.events };
@@ -77,8 +79,22 @@ impl CaloData {
     }
 
     /// The data and split a model was trained on.
-    pub fn open_like(path: &Path, detector: Detector, info: &DataInfo) -> Result<Self> {
-        let data = Self::open(path, detector, info.used_events, info.fractions, info.split_seed)?;
+    pub fn open_like(paths: &[PathBuf], detector: Detector, info: &DataInfo) -> Result<Self> {
+        let data = Self::open(paths, detector, info.used_events, info.fractions, info.split_seed)?;
+        let sizes = |files: Vec<usize>| files.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" + ");
+        let trained: Vec<usize> = info.files.iter().map(|f| f.events).collect();
+        let now: Vec<usize> = data.file.files.iter().map(|f| f.events).collect();
+        if !trained.is_empty() && trained != now {
+            return Err(Error::format(
+                &paths[0],
+                format!(
+                    "the data files hold {} events; the teacher was trained on files with {}",
+                    sizes(now),
+                    sizes(trained)
+                ),
+            ));
+        }
+        let path = &paths[0];
         if data.file.events != info.events {
             return Err(Error::format(
                 path,
@@ -148,7 +164,7 @@ pub fn flow3_context(e_inc: f32, e_t: f32, e_prev: f32, prev_logits: &[f32], t: 
 
 /// Rows of one flow from a CaloChallenge file.
 pub struct CaloRows<'a> {
-    pub file: &'a CaloFile,
+    pub file: &'a CaloFiles,
     pub prep: &'a CaloPreprocessing,
     pub flow: FlowName,
 }
@@ -175,6 +191,10 @@ impl RowSource for CaloRows<'_> {
         ((32 << 20) / shower.max(rows)).max(1)
     }
 
+    fn by_file(&self, events: &[usize]) -> Vec<Vec<usize>> {
+        self.file.by_file(events)
+    }
+
     fn rows(&self, events: &[usize], rng: &mut ChaCha8Rng) -> Result<Rows> {
         let g = &self.file.geometry;
         let chunk = self.file.read_at(events)?;
@@ -192,11 +212,11 @@ impl RowSource for CaloRows<'_> {
             let shower = &chunk.showers[k * g.voxels()..(k + 1) * g.voxels()];
             let p = process(self.prep, g, *e_inc, shower, voxel_layers, rng).map_err(|(l, e)| {
                 Error::data(
-                    &self.file.path,
+                    self.file.path_of(events[k]),
                     crate::data::calo::SHOWERS,
                     format!(
                         "event {}: layer {} holds {:.1} GeV, above the {:.0} GeV layer scale of the iCaloFlow preprocessing",
-                        events[k],
+                        self.file.locate(events[k]).1,
                         l + 1,
                         e / 1e3,
                         self.prep.layer_scale_mev / 1e3
@@ -241,7 +261,8 @@ impl RowSource for CaloRows<'_> {
 
 fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
     DataInfo {
-        path: cfg.data.path.clone(),
+        path: data.file.files[0].path.clone(),
+        files: if data.file.files.len() > 1 { data.file.infos() } else { Vec::new() },
         events: data.file.events,
         used_events: data.used_events,
         fractions: cfg.data.fractions(cfg.model.detector),
@@ -257,7 +278,7 @@ pub fn train_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<
     let base = cfg.train_config(first.train.as_ref(), &format!("{}.train", flows[0].as_str()))?;
     let split_seed = cfg.split_seed(&base);
     let data = CaloData::open(
-        &cfg.data.path,
+        &cfg.data.files(),
         cfg.model.detector,
         cfg.data.max_events,
         cfg.data.fractions(cfg.model.detector),
@@ -384,7 +405,7 @@ pub fn distill_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunO
     if flows.is_empty() {
         return Err(Error::config("student", "name the students to distil: [student.flow2] and/or [student.flow3]"));
     }
-    let data = CaloData::open_like(&cfg.data.path, cfg.model.detector, &teacher.data)?;
+    let data = CaloData::open_like(&cfg.data.files(), cfg.model.detector, &teacher.data)?;
     let mut manifest = teacher.clone();
     manifest.role = Role::Student;
     manifest.teacher = Some(std::fs::canonicalize(teacher_dir).unwrap_or_else(|_| teacher_dir.to_path_buf()));

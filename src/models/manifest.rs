@@ -41,6 +41,9 @@ pub enum Preprocessing {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataInfo {
     pub path: PathBuf,
+    /// CaloChallenge `[data] paths`: every file (path and events) of the union; empty for one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::data::calo_files::FileInfo>,
     pub events: usize,
     pub used_events: usize,
     pub fractions: [f64; 3],

@@ -37,6 +37,14 @@ pub fn load_teacher(dir: &Path, detector: Detector) -> Result<Manifest> {
     if m.detector != detector {
         return Err(Error::checkpoint(dir, format!("is a {:?} teacher; the config is for {:?}", m.detector, detector)));
     }
+    if let Some(name) =
+        m.units.iter().find(|(_, u)| u.flow.as_ref().is_some_and(|f| !f.base.is_standard())).map(|u| u.0)
+    {
+        return Err(Error::checkpoint(
+            dir,
+            format!("unit '{name}' has a conditional base (an imported nflows ConditionalDiagonalNormal); distilling such a teacher is not supported (the student's latent space is the standard normal)"),
+        ));
+    }
     Ok(m)
 }
 

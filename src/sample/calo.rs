@@ -74,7 +74,7 @@ impl CaloChain {
         let e_pre = Tensor::from_vec(e_pre, (n, 1), dev)?.to_dtype(self.dtype)?;
         let [flow1, flow2, flow3] = &self.flows;
 
-        let x1 = flow1.to_data(&noise.normal(LAYERS)?, Some(&e_pre))?.output;
+        let x1 = flow1.sample_from(&noise.normal(LAYERS)?, Some(&e_pre))?.0;
         let energies = threshold_tensor(
             &(inverse_logit_tensor(&x1, self.prep.alpha)? * self.prep.layer_scale_mev)?,
             self.prep.threshold_mev,
@@ -82,7 +82,7 @@ impl CaloChain {
         let e_logits = logit_tensor(&(&energies / self.prep.layer_scale_mev)?, self.prep.alpha)?;
 
         let ctx2 = Tensor::cat(&[&e_pre, &(Self::column(&e_logits, 0)? / self.prep.flow2_e1_divisor)?], 1)?;
-        let y = flow2.to_data(&noise.normal(v)?, Some(&ctx2))?.output;
+        let y = flow2.sample_from(&noise.normal(v)?, Some(&ctx2))?.0;
         let mut layer = self.voxels(&y, &Self::column(&energies, 0)?)?;
         let mut layers = Vec::with_capacity(LAYERS);
         layers.push(layer.clone());
@@ -96,7 +96,7 @@ impl CaloChain {
                 &[&e_pre, &Self::column(&e_logits, t)?, &Self::column(&e_logits, t - 1)?, &prev, &onehot.contiguous()?],
                 1,
             )?;
-            let y = flow3.to_data(&noise.normal(v)?, Some(&ctx3))?.output;
+            let y = flow3.sample_from(&noise.normal(v)?, Some(&ctx3))?.0;
             layer = self.voxels(&y, &Self::column(&energies, t)?)?;
             layers.push(layer.clone());
         }

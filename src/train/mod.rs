@@ -3,6 +3,7 @@
 pub mod adam;
 pub mod batches;
 pub mod checkpoint;
+pub mod file_schedule;
 pub mod schedule;
 pub mod trainer;
 
