@@ -70,6 +70,8 @@ pub enum Command {
     Selftest,
     /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
     ImportNflows(ImportNflowsArgs),
+    /// Each CaloChallenge shower's log-density (MeV space, given E_inc) under a model's Flow-1 · Flow-2 · ∏ Flow-3.
+    LogProb(LogProbArgs),
     /// One flow's raw passes on .npy arrays: log-prob, to-data (z → x), to-latent (x → z).
     Flow(FlowArgs),
     /// Write a flow's sampling direction (z, context → x) as an ONNX graph for ONNX Runtime (Geant4, O2).
@@ -391,6 +393,8 @@ pub struct ImportNflowsArgs {
     /// The model directory to write (must not already hold a model).
     #[arg(long)]
     pub output_dir: PathBuf,
+    #[command(flatten)]
+    pub detector: DetectorArgs,
 }
 
 #[derive(Args, Debug)]
@@ -445,4 +449,83 @@ pub struct ExportOnnxArgs {
     /// ONNX operator set (13 or later).
     #[arg(long, default_value_t = 17)]
     pub opset: i64,
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = crate::commands::log_prob::DEFINITION)]
+pub struct LogProbArgs {
+    /// A CaloChallenge model directory holding flow1, flow2 and flow3 (train-teacher, distill-student or
+    /// import-nflows --detector ds2|ds3 output).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Showers to score: a CaloChallenge HDF5 file of the model's dataset (`incident_energies`, `showers` in MeV).
+    #[arg(long)]
+    pub showers: PathBuf,
+    /// Output HDF5: `log_prob` (N) and its parts `log_q_flow1`, `log_q_flow2`, `log_q_flow3`, `log_det` (N),
+    /// `incident_energies` (N, MeV), with the definition as the attribute `definition`.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Seed of the uniform noise added to the voxels (the density is of the noised shower).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Showers per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DetectorArg {
+    Zdc,
+    Ds2,
+    Ds3,
+}
+
+/// The flags of `import-nflows --detector`.
+#[derive(Args, Debug, Clone)]
+pub struct DetectorArgs {
+    /// Wrap the imported flow(s) into a detector model that `sample`, `evaluate` and
+    /// `distill-student --teacher` take: zdc (the checkpoint is the image flow; needs --data or
+    /// --condition-scaler), ds2/ds3 (the checkpoint is Flow-1; needs --flow2 and --flow3).
+    #[arg(long, value_enum, help_heading = "Detector model")]
+    pub detector: Option<DetectorArg>,
+    /// With --detector: the data file the model belongs to (ZDC: conditions and responses, from which
+    /// the condition scaler is refitted; DS2/DS3: a CaloChallenge file of that dataset). It is
+    /// recorded as the model's data, which `distill-student` and `sample --split` use.
+    #[arg(long, help_heading = "Detector model")]
+    pub data: Option<PathBuf>,
+    /// ZDC: the condition scaler as JSON `{"mean": [10 numbers], "std": [10 numbers]}` (sklearn's
+    /// `scaler.mean_` and `scaler.scale_`; the 9 particle features, then the photon sum) instead of
+    /// refitting it from --data by the published rule.
+    #[arg(long, help_heading = "Detector model")]
+    pub condition_scaler: Option<PathBuf>,
+    /// ZDC: the particle group of --data the model is for: all, n, lambda, k0s, sigma+.
+    #[arg(long, default_value = "all", help_heading = "Detector model")]
+    pub particles: String,
+    /// ZDC: the uniform noise U[0, noise_mul) added to each pixel count in training (`noise_mul`).
+    #[arg(long, default_value_t = 0.5, help_heading = "Detector model")]
+    pub noise_mul: f64,
+    /// ZDC and DS2/DS3: α of the logit transform.
+    #[arg(long, default_value_t = 1e-6, help_heading = "Detector model")]
+    pub alpha: f64,
+    /// DS2/DS3: the Flow-2 checkpoint.
+    #[arg(long, help_heading = "Detector model")]
+    pub flow2: Option<PathBuf>,
+    /// DS2/DS3: the Flow-3 checkpoint.
+    #[arg(long, help_heading = "Detector model")]
+    pub flow3: Option<PathBuf>,
+    /// DS2/DS3: how Flow-2's blocks are read (default: --kind).
+    #[arg(long, value_enum, help_heading = "Detector model")]
+    pub flow2_kind: Option<KindArg>,
+    /// DS2/DS3: how Flow-3's blocks are read (default: --kind).
+    #[arg(long, value_enum, help_heading = "Detector model")]
+    pub flow3_kind: Option<KindArg>,
+    /// DS2/DS3: the layer-energy scale in MeV (`run.py`'s `args.normalization`).
+    #[arg(long, default_value_t = 6.5e4, help_heading = "Detector model")]
+    pub layer_scale_mev: f64,
+    /// DS2/DS3: the uniform noise U[0, noise) in MeV added in training (`run.py --noise_level`).
+    #[arg(long, default_value_t = 5e-3, help_heading = "Detector model")]
+    pub noise_mev: f64,
+    /// DS2/DS3: generated voxels below this (MeV) are set to zero (`run.py --threshold_cut`).
+    #[arg(long, default_value_t = 1.5e-2, help_heading = "Detector model")]
+    pub threshold_mev: f64,
 }

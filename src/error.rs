@@ -65,3 +65,16 @@ impl Error {
         Self::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
     }
 }
+
+/// The flow library's errors, as the same one-line messages.
+impl From<crate::flow::error::FlowError> for Error {
+    fn from(e: crate::flow::error::FlowError) -> Self {
+        use crate::flow::error::FlowError as F;
+        match e {
+            F::Io { path, err } => Self::Io { path, err },
+            F::Checkpoint { path, msg } => Self::Checkpoint { path, msg },
+            F::Invalid(m) => Self::Invalid(m),
+            F::Candle(e) => Self::Candle(e),
+        }
+    }
+}

@@ -21,10 +21,10 @@ pub(crate) mod eval;
 pub mod export;
 pub mod flow;
 pub mod models;
-pub mod nn;
+pub(crate) mod nn;
 pub(crate) mod optim;
 pub(crate) mod sample;
 pub mod train;
-pub mod util;
+pub(crate) mod util;
 
 pub use error::{Error, Result};

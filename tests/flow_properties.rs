@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zdcflow::flow::params::SeededInit;
 use zdcflow::flow::permutation::{make_permutations, Permutation, PermutationScheme};
-use zdcflow::flow::{io, ElementwiseSpline, Flow, FlowKind, FlowSpec, SplineConfig, Transform};
+use zdcflow::flow::{io, ElementwiseSpline, Flow, FlowKind, FlowSpec, PassOptions, SplineConfig, Transform};
 
 const DEV: Device = Device::Cpu;
 
@@ -231,8 +231,8 @@ fn block_outputs_depend_only_on_earlier_features() {
             let ctx = randn(&mut rng, (4, 2), 1.0, DType::F64);
             // The fast pass of the block (MAF: x → z, IAF: z → x) and its MADE output.
             let fast = |x: &Tensor| match kind {
-                FlowKind::Maf => flow.to_latent(x, Some(&ctx), None, true).unwrap(),
-                FlowKind::Iaf => flow.to_data(x, Some(&ctx), None, true).unwrap(),
+                FlowKind::Maf => flow.to_latent_with(x, Some(&ctx), PassOptions::traced()).unwrap(),
+                FlowKind::Iaf => flow.to_data_with(x, Some(&ctx), PassOptions::traced()).unwrap(),
             };
             let out = jacobian_rows(&|x| fast(x).output, &xs);
             for (i, row) in out.iter().enumerate() {

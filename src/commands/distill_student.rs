@@ -121,7 +121,7 @@ fn calo_students(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions
     if flows.is_empty() {
         return Err(Error::config("student", "name the students to distil: [student.flow2] and/or [student.flow3]"));
     }
-    let data = CaloData::open_like(&cfg.data.path, cfg.model.detector, &teacher.data)?;
+    let data = CaloData::open_like(&cfg.data.files(), cfg.model.detector, &teacher.data)?;
     let mut manifest = student_manifest(&teacher, teacher_dir, cfg);
     let mut jobs = Vec::new();
     for &f in &flows {

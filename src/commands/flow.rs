@@ -103,8 +103,8 @@ pub fn apply(
         let cs = ctx.map(|c| to_tensor(c, rows.clone(), flow.dtype(), flow.device())).transpose()?;
         let y = match which {
             FlowPass::LogProb(_) => flow.log_prob(&xs, cs.as_ref())?.unsqueeze(1)?,
-            FlowPass::ToData(_) => flow.to_data(&xs, cs.as_ref(), None, false)?.output,
-            FlowPass::ToLatent(_) => flow.to_latent(&xs, cs.as_ref(), None, false)?.output,
+            FlowPass::ToData(_) => flow.to_data(&xs, cs.as_ref())?.output,
+            FlowPass::ToLatent(_) => flow.to_latent(&xs, cs.as_ref())?.output,
         };
         let y = y.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         for (i, row) in y.into_iter().enumerate() {

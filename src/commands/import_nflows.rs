@@ -37,6 +37,10 @@ pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<Vec<(String, ca
 }
 
 pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
+    let d = &a.detector;
+    if d.data.is_some() || d.condition_scaler.is_some() || d.flow2.is_some() || d.flow3.is_some() {
+        return Err(Error::Invalid("--data, --condition-scaler, --flow2 and --flow3 need --detector".into()));
+    }
     check_output_dir(&a.output_dir, Reuse::Never)?;
     let kind = match a.kind {
         KindArg::Maf => NflowsKind::Maf,

@@ -12,8 +12,10 @@ pub(crate) mod export_onnx;
 pub(crate) mod flow;
 pub(crate) mod flow_dir;
 pub mod generate;
+pub(crate) mod import_detector;
 pub(crate) mod import_nflows;
 pub(crate) mod inspect;
+pub(crate) mod log_prob;
 pub(crate) mod merge;
 pub(crate) mod sample;
 pub(crate) mod selftest;
@@ -72,6 +74,7 @@ fn execute(command: &Command, g: &Globals) -> Result<ExitCode> {
         Command::Bench(a) => bench::run(a, g)?,
         Command::Demo(a) => demo::run(a, g)?,
         Command::Selftest => selftest::run(g)?,
+        Command::ImportNflows(a) if a.detector.detector.is_some() => println!("{}", import_detector::run(a)?),
         Command::ImportNflows(a) => {
             let spec = import_nflows::run(a)?;
             println!(
@@ -86,6 +89,10 @@ fn execute(command: &Command, g: &Globals) -> Result<ExitCode> {
                 spec.parameter_count(),
                 a.output_dir.display()
             );
+        }
+        Command::LogProb(a) => {
+            let (n, mean) = log_prob::run(a, &crate::device::open(&g.device)?)?;
+            println!("log-prob: {n} showers, mean log_prob {mean:.3} → {}", a.output.display());
         }
         Command::Flow(a) => {
             let n = flow::run(a, &crate::device::open(&g.device)?)?;

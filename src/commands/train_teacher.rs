@@ -108,7 +108,7 @@ fn calo_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summa
     let base = cfg.train_config(first.train.as_ref(), &format!("{}.train", flows[0].as_str()))?;
     let split_seed = cfg.split_seed(&base);
     let data = CaloData::open(
-        &cfg.data.path,
+        &cfg.data.files(),
         cfg.model.detector,
         cfg.data.max_events,
         cfg.data.fractions(cfg.model.detector),

@@ -7,12 +7,19 @@ use std::path::{Path, PathBuf};
 
 use hdf5::{Dataset, File};
 
+use super::check::check_energies;
 use super::geometry::CaloGeometry;
 use super::h5::{self, Matrix};
 use crate::error::{Error, Result};
 
 pub const E_INC: &str = "incident_energies";
 pub const SHOWERS: &str = "showers";
+
+/// Fraction of the shower energy seen by the silicon; the files store visible energy divided by it.
+pub const SAMPLING_FRACTION: f64 = 0.033;
+/// The official 0.5 keV readout threshold on visible energy, in file units (≈ 15.15 keV): what
+/// the synthetic readout zeroes and what the evaluation (`evaluate.py`) thresholds at.
+pub const READOUT_THRESHOLD_MEV: f64 = 0.5e-3 / SAMPLING_FRACTION;
 
 /// Bytes of showers read per chunk by default (bounds memory when streaming).
 pub const CHUNK_BYTES: usize = 64 << 20;
@@ -163,17 +170,6 @@ fn check_incident(path: &Path, e: &[f32], first: usize) -> Result<()> {
             E_INC,
             format!("event {} has incident energy {v}; must be finite and > 0", first + i),
         ));
-    }
-    Ok(())
-}
-
-/// Checks that every value is finite and ≥ 0, naming the first bad event.
-pub fn check_energies(path: &Path, dataset: &str, values: &[f32], per_event: usize, first: usize) -> Result<()> {
-    if let Some(i) = values.iter().position(|v| !v.is_finite() || *v < 0.0) {
-        let v = values[i];
-        let what =
-            if v.is_finite() { format!("a negative energy ({v} MeV)") } else { format!("a non-finite value ({v})") };
-        return Err(Error::data(path, dataset, format!("event {} holds {what}", first + i / per_event.max(1))));
     }
     Ok(())
 }

@@ -87,23 +87,9 @@ impl CaloPreprocessing {
         ((e_mev as f64).log10() - self.log10_e_inc_offset) as f32
     }
 
-    pub fn e_inc_inverse(&self, y: f32) -> f32 {
-        10f64.powf(y as f64 + self.log10_e_inc_offset) as f32
-    }
-
     /// A layer energy (MeV, noise already added) → its logit.
     pub fn layer_energy(&self, e_mev: f64) -> f32 {
         logit(e_mev / self.layer_scale_mev, self.alpha) as f32
-    }
-
-    /// Flow-1's output → a layer energy in MeV, thresholded like the published sampler.
-    pub fn layer_energy_inverse(&self, y: f32) -> f32 {
-        let e = inverse_logit(y as f64, self.alpha) * self.layer_scale_mev;
-        if e < self.threshold_mev {
-            0.0
-        } else {
-            e as f32
-        }
     }
 
     /// Noise for one energy.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use hdf5::{Dataset, File};
 
 use super::channels::PIXELS;
+use super::check::check_energies;
 use super::h5::{self, Matrix};
 use crate::error::{Error, Result};
 
@@ -176,7 +177,7 @@ impl ZdcFile {
         if n == 0 {
             return Err(Error::data(path, "arr_0", "holds no events"));
         }
-        super::calo::check_energies(path, "arr_0", &responses, PIXELS, 0)?;
+        check_energies(path, "arr_0", &responses, PIXELS, 0)?;
         let (pshape, table) = read_npz_f32(&sibling)?;
         if pshape.len() != 2 || pshape[0] != n || !(pshape[1] == FEATURES + 1 || pshape[1] == FEATURES + 2) {
             return Err(Error::data(
@@ -233,7 +234,7 @@ impl ZdcFile {
             Responses::InMemory(v) => Ok(v[start * PIXELS..end * PIXELS].to_vec()),
             Responses::Hdf5 { matrix, .. } => {
                 let v = matrix.read_rows_f32(start, end)?;
-                super::calo::check_energies(&self.path, RESPONSES, &v, PIXELS, start)?;
+                check_energies(&self.path, RESPONSES, &v, PIXELS, start)?;
                 Ok(v)
             }
         }
@@ -269,7 +270,7 @@ fn sums_by_streaming(m: &Matrix, path: &Path) -> Result<Vec<f32>> {
     for s in (0..m.rows).step_by(step) {
         let e = (s + step).min(m.rows);
         let v = m.read_rows_f32(s, e)?;
-        super::calo::check_energies(path, RESPONSES, &v, PIXELS, s)?;
+        check_energies(path, RESPONSES, &v, PIXELS, s)?;
         sums.extend(v.chunks(PIXELS).map(|r| r.iter().sum::<f32>()));
     }
     Ok(sums)

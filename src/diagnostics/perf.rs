@@ -145,7 +145,7 @@ fn stack(shape: &Shape, kind: FlowKind, trainable: bool, device: &Device) -> Res
     }
     let tensors =
         varmap.data().lock().expect("varmap").iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-    let frozen = Flow::new(&s, candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device).pp(io::PREFIX))?;
+    let frozen = Flow::frozen(&s, candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device).pp(io::PREFIX))?;
     Ok((frozen, varmap))
 }
 
@@ -197,7 +197,7 @@ pub fn measure(
             let (flow, varmap) = stack(shape, FlowKind::Maf, true, device)?;
             let mut adam = Adam::new(sorted_vars(&varmap), 1e-4, 0.9, 0.999, 1e-8)?;
             best_of(repeats, device, || {
-                let pass = flow.to_latent(&x, Some(&ctx), None, false)?;
+                let pass = flow.to_latent(&x, Some(&ctx))?;
                 let logp = (crate::flow::stack::standard_normal_log_prob(&pass.output)? + pass.ladj)?;
                 let grads = logp.mean_all()?.neg()?.backward()?;
                 adam.step(&grads, 1.0)?;
@@ -209,7 +209,7 @@ pub fn measure(
             let (flow, _) = stack(shape, kind, false, device)?;
             let reps = if what == What::SampleMaf { 1 } else { repeats };
             best_of(reps, device, || {
-                flow.to_data(&x, Some(&ctx), None, false)?;
+                flow.to_data(&x, Some(&ctx))?;
                 Ok(())
             })?
         }
@@ -316,6 +316,7 @@ pub fn random_model(
     let unit_scaler = |n: usize, mean: f64| Standardizer { mean: vec![mean; n], std: vec![1.0; n] };
     let data = DataInfo {
         path: "random".into(),
+        files: Vec::new(),
         events: 0,
         used_events: 0,
         fractions: [0.7, 0.1, 0.2],

@@ -91,12 +91,12 @@ fn flow_checks(kind: FlowKind, device: &Device) -> Result<Vec<Check>> {
     let x = Tensor::from_vec(xv.clone(), (n, d), device)?;
     let ctx = Tensor::from_vec(cv.clone(), (n, c), device)?;
     let name = format!("{kind:?}");
-    let z = flow.to_latent(&x, Some(&ctx), None, false)?;
-    let back = flow.to_data(&z.output, Some(&ctx), None, false)?;
+    let z = flow.to_latent(&x, Some(&ctx))?;
+    let back = flow.to_data(&z.output, Some(&ctx))?;
     let mut out = vec![check(&format!("{name} inverse(forward(x)) = x"), max_abs(&back.output, &x)?, 1e-4, "|Δx|")];
     let x_cpu = Tensor::from_vec(xv, (n, d), &Device::Cpu)?;
     let ctx_cpu = Tensor::from_vec(cv, (n, c), &Device::Cpu)?;
-    let z_cpu = cpu_flow.to_latent(&x_cpu, Some(&ctx_cpu), None, false)?;
+    let z_cpu = cpu_flow.to_latent(&x_cpu, Some(&ctx_cpu))?;
     out.push(check(
         &format!("{name} x → z agrees with the CPU"),
         max_abs(&z.output.to_device(&Device::Cpu)?, &z_cpu.output)?,
@@ -106,8 +106,8 @@ fn flow_checks(kind: FlowKind, device: &Device) -> Result<Vec<Check>> {
     // Gradients of the fast pass, as training computes them.
     let loss = |f: &Flow, x: &Tensor, ctx: &Tensor| -> Result<Tensor> {
         let p = match kind {
-            FlowKind::Maf => f.to_latent(x, Some(ctx), None, false)?,
-            FlowKind::Iaf => f.to_data(x, Some(ctx), None, false)?,
+            FlowKind::Maf => f.to_latent(x, Some(ctx))?,
+            FlowKind::Iaf => f.to_data(x, Some(ctx))?,
         };
         Ok((p.output.sqr()?.mean_all()? + p.ladj.mean_all()?)?)
     };

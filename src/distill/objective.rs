@@ -17,7 +17,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::flow::stack::standard_normal_log_prob;
-use crate::flow::{Flow, Pass, Trace};
+use crate::flow::{Flow, Pass, PassOptions, Trace};
 use crate::train::{Batch, Objective};
 
 /// Which terms the loss has.
@@ -129,8 +129,12 @@ impl Distillation<'_> {
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let ctx = batch.ctx.as_ref();
         let w = self.weights(batch);
-        let t = self.teacher.to_latent(&batch.x, ctx, None, true)?;
-        let s = self.student.to_data(&t.output.detach(), ctx, train.then_some(rng), true)?;
+        let t = self.teacher.to_latent_with(&batch.x, ctx, PassOptions::traced())?;
+        let s = self.student.to_data_with(
+            &t.output.detach(),
+            ctx,
+            PassOptions { rng: train.then_some(rng), traced: true },
+        )?;
         let mut loss = squared_error(&batch.x, &s.output, w)?;
         if let Some(extra) =
             trace_terms(t.trace.as_ref().expect("traced"), s.trace.as_ref().expect("traced"), &self.terms, w)?
@@ -157,8 +161,8 @@ impl Distillation<'_> {
         let w = self.weights(batch);
         let (n, d) = batch.x.dims2()?;
         let z = latent_noise(rng, n, d, self.terms.latent_width, &batch.x)?;
-        let s = self.student.to_data(&z, ctx, train.then_some(rng), true)?;
-        let t = self.teacher.to_latent(&s.output, ctx, None, true)?;
+        let s = self.student.to_data_with(&z, ctx, PassOptions { rng: train.then_some(rng), traced: true })?;
+        let t = self.teacher.to_latent_with(&s.output, ctx, PassOptions::traced())?;
         let mut loss = squared_error(&z, &t.output, w)?;
         if let Some(extra) =
             trace_terms(t.trace.as_ref().expect("traced"), s.trace.as_ref().expect("traced"), &self.terms, w)?
@@ -208,9 +212,9 @@ impl Distillation<'_> {
         let ctx = batch.ctx.as_ref();
         let (n, d) = batch.x.dims2()?;
         let z = latent_noise(rng, n, d, 1.0, &batch.x)?;
-        let Pass { output: x, ladj: ladj_s, .. } = self.student.to_data(&z, ctx, None, false)?;
+        let Pass { output: x, ladj: ladj_s, .. } = self.student.to_data(&z, ctx)?;
         let log_q = (standard_normal_log_prob(&z)? - ladj_s)?;
-        let t = self.teacher.to_latent(&x, ctx, None, false)?;
+        let t = self.teacher.to_latent(&x, ctx)?;
         let log_p = (standard_normal_log_prob(&t.output)? + t.ladj)?;
         Ok(scalar(&(log_q - log_p)?.sum_all()?))
     }

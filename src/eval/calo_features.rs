@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 
 /// `evaluate.py`'s voxel readout threshold for datasets 2 and 3: 0.5 keV / 0.033 sampling fraction.
-pub const EVALUATION_THRESHOLD_MEV: f64 = 0.5e-3 / 0.033;
+pub const EVALUATION_THRESHOLD_MEV: f64 = crate::data::calo::READOUT_THRESHOLD_MEV;
 
 /// Columns of `high_level_matrix`: E_inc, E_tot and eight per-layer features.
 pub const HIGH_LEVEL_COLUMNS: usize = 2 + 8 * LAYERS;

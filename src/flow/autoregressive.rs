@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
+use super::layers::add_bias;
 use super::made::{Made, MadeConfig};
 use super::spline::{rqs, Direction, SplineConfig};
 
@@ -37,8 +38,19 @@ fn opposite(dir: Direction) -> Direction {
 }
 
 impl MadeRqs {
+    /// A trainable block.
     pub fn new(made: &MadeConfig, spline: &SplineConfig, fast: Direction, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self { made: Made::new(made, vb.pp("made"))?, spline: *spline, fast })
+    }
+
+    /// A frozen (inference) block from fixed weights (see [`Made::frozen`]).
+    pub fn frozen(
+        made: &MadeConfig,
+        spline: &SplineConfig,
+        fast: Direction,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        Ok(Self { made: Made::frozen(made, vb.pp("made"))?, spline: *spline, fast })
     }
 
     fn spline_step(
@@ -85,8 +97,7 @@ impl MadeRqs {
         let mut ladj: Option<Tensor> = None;
         for t in 0..d {
             let h = self.made.trunk(pre.clone(), &terms, None)?;
-            let params =
-                crate::nn::add_bias(&h.matmul(&w_out.narrow(0, t * m, m)?.t()?)?, &b_out.narrow(0, t * m, m)?)?;
+            let params = add_bias(&h.matmul(&w_out.narrow(0, t * m, m)?.t()?)?, &b_out.narrow(0, t * m, m)?)?;
             let (y, l) = rqs(&target.narrow(1, t, 1)?, &params, &self.spline, dir)?;
             let l = l.squeeze(1)?;
             ladj = Some(match ladj {

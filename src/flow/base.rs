@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::made::torch_default_init;
+use super::layers::torch_default_init;
 
 /// Which base a flow has (recorded in its spec).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -7,10 +7,63 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 
+use super::error::{FlowError as Error, Result};
 use super::params::load_frozen_model;
 use super::stack::{Flow, FlowSpec};
-use crate::error::{Error, Result};
-use crate::util::atomic;
+
+/// Writes that never leave a half-written file behind: a temporary sibling (`.<name>.tmp-<pid>`,
+/// the application's naming), flushed, then renamed over the target.
+mod atomic {
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::{Error, Result};
+
+    /// Temporary files of this process that may exist (see [`super::remove_temps`]).
+    pub(super) static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn temp_path(path: &Path) -> PathBuf {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        if let Ok(mut live) = LIVE_TEMPS.lock() {
+            if !live.contains(&tmp) {
+                live.push(tmp.clone());
+            }
+        }
+        tmp
+    }
+
+    /// Runs `write` on a temporary path, then renames it to `path`.
+    pub(super) fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let tmp = temp_path(path);
+        let result = write(&tmp).and_then(|()| {
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub(super) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+        write_with(path, |tmp| {
+            let mut f = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
+            f.write_all(bytes).map_err(|e| Error::io(path, e))
+        })
+    }
+}
+
+/// Deletes every temporary file of a write of this module still on disk (for a signal handler;
+/// never blocks).
+pub fn remove_temps() {
+    if let Ok(live) = atomic::LIVE_TEMPS.try_lock() {
+        for p in live.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 /// The prefix of a stack's parameters in a weights file.
 pub const PREFIX: &str = "flow";
@@ -155,7 +208,7 @@ pub fn read_spec(path: &Path) -> Result<FlowSpec> {
 
 /// Builds a frozen (inference) stack of `spec` from the tensors under `prefix` in `weights`.
 pub fn load_frozen_flow(spec: &FlowSpec, weights: &Path, prefix: &str, dtype: DType, device: &Device) -> Result<Flow> {
-    load_frozen_model(weights, dtype, device, |vb| Flow::new(spec, vb.pp(prefix)))
+    load_frozen_model(weights, dtype, device, |vb| Flow::frozen(spec, vb.pp(prefix)))
 }
 
 /// Loads a stack saved by [`save`].

@@ -14,6 +14,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::layers::{add_bias, torch_default_init};
+
 /// The shape of one MADE network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,11 +88,13 @@ const MIN_ROWS_FOR_BLOCKS: usize = 256;
 
 /// If every mask row is a prefix of ones and the prefixes never shrink, the row groups and how
 /// many leading inputs each group reads.
-fn staircase(mask: &[f32], rows: usize, cols: usize) -> Option<Vec<(usize, usize, usize)>> {
+/// `keep(row, col)` is the mask (evaluated, not stored: the output layer's mask of a ZDC MADE
+/// has 64 M entries).
+fn staircase(rows: usize, cols: usize, keep: impl Fn(usize, usize) -> bool) -> Option<Vec<(usize, usize, usize)>> {
     let mut prefix = Vec::with_capacity(rows);
-    for r in mask.chunks(cols) {
-        let l = r.iter().take_while(|&&v| v != 0.0).count();
-        if r[l..].iter().any(|&v| v != 0.0) || prefix.last().is_some_and(|&p| l < p) {
+    for r in 0..rows {
+        let l = (0..cols).take_while(|&c| keep(r, c)).count();
+        if (l..cols).any(|c| keep(r, c)) || prefix.last().is_some_and(|&p| l < p) {
             return None;
         }
         prefix.push(l);
@@ -105,12 +109,6 @@ fn staircase(mask: &[f32], rows: usize, cols: usize) -> Option<Vec<(usize, usize
             })
             .collect(),
     )
-}
-
-/// nflows' `nn.Linear` default initialisation: U(±1/√fan_in) for weight and bias.
-pub fn torch_default_init(fan_in: usize) -> Init {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    Init::Uniform { lo: -bound, up: bound }
 }
 
 /// `t` with its dimension `dim` reordered by `order` (new index → old index), if any.
@@ -131,34 +129,62 @@ struct Orders<'a> {
 }
 
 impl MaskedLinear {
-    /// `in_deg` / `out_deg` are the degrees in the order used; frozen weights are reordered to it
-    /// (`orders` map a used index to the stored one).
+    /// `in_deg` / `out_deg` are the degrees in the order used; frozen weights (`orders` given)
+    /// are reordered to it (`orders` map a used index to the stored one).
     fn new(
         vb: VarBuilder,
         in_deg: &[usize],
         out_deg: &[usize],
         strict: bool,
         init: Option<Init>,
-        orders: Orders,
+        orders: Option<Orders>,
     ) -> candle_core::Result<Self> {
         let (i, o) = (in_deg.len(), out_deg.len());
         let weight = vb.get_with_hints((o, i), "weight", init.unwrap_or(torch_default_init(i)))?;
         let bias = vb.get_with_hints(o, "bias", init.unwrap_or(torch_default_init(i)))?;
-        let mask_values = mask(out_deg, in_deg, strict);
-        let mask = Tensor::from_vec(mask_values.clone(), (o, i), vb.device())?.to_dtype(vb.dtype())?;
-        if weight.is_variable() {
-            return Ok(Self { weight, bias, mask, frozen: None });
+        if let Some(orders) = orders {
+            return Self::frozen(weight, bias, in_deg, out_deg, strict, orders);
         }
-        let weight = reorder(&reorder(&weight, orders.outputs, 0)?, orders.inputs, 1)?;
+        let mask = Tensor::from_vec(mask(out_deg, in_deg, strict), (o, i), vb.device())?.to_dtype(vb.dtype())?;
+        Ok(Self { weight, bias, mask, frozen: None })
+    }
+
+    /// A frozen layer keeps one copy of its weights: the masked weight in the used order (the
+    /// stored weight and the mask are dropped once it is made). On the CPU its staircase blocks
+    /// are strided views into it, not copies; CUDA's GEMM wants them contiguous.
+    fn frozen(
+        weight: Tensor,
+        bias: Tensor,
+        in_deg: &[usize],
+        out_deg: &[usize],
+        strict: bool,
+        orders: Orders,
+    ) -> candle_core::Result<Self> {
+        let (i, o) = (in_deg.len(), out_deg.len());
+        let dev = weight.device().clone();
+        let keep_at = |r: usize, c: usize| if strict { out_deg[r] > in_deg[c] } else { out_deg[r] >= in_deg[c] };
+        // The stored weight is dropped as soon as it is reordered.
+        let weight = {
+            let stored = weight;
+            reorder(&reorder(&stored, orders.outputs, 0)?, orders.inputs, 1)?
+        };
+        let masked = {
+            let keep: Vec<u8> = (0..o * i).map(|k| keep_at(k / i, k % i) as u8).collect();
+            let keep = Tensor::from_vec(keep, (o, i), &dev)?;
+            let zero = Tensor::zeros((), weight.dtype(), &dev)?.broadcast_as((o, i))?;
+            keep.where_cond(&weight, &zero)?
+        };
+        drop(weight);
         let bias = reorder(&bias, orders.outputs, 0)?;
-        let masked = (&weight * &mask)?;
-        let blocks = staircase(&mask_values, o, i)
+        let views = dev.is_cpu();
+        let blocks = staircase(o, i, keep_at)
             .map(|groups| {
                 groups
                     .into_iter()
                     .map(|(start, len, cols)| {
                         let weight_t = if cols > 0 {
-                            Some(masked.narrow(0, start, len)?.narrow(1, 0, cols)?.t()?.contiguous()?)
+                            let w = masked.narrow(0, start, len)?.narrow(1, 0, cols)?.t()?;
+                            Some(if views { w } else { w.contiguous()? })
                         } else {
                             None
                         };
@@ -167,7 +193,9 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
-        Ok(Self { weight, bias, mask, frozen: Some(Frozen { masked, blocks }) })
+        // `weight` and `mask` are not used by a frozen layer (see `masked_weight`): they share
+        // the masked weight's storage rather than hold copies.
+        Ok(Self { weight: masked.clone(), bias, mask: masked.clone(), frozen: Some(Frozen { masked, blocks }) })
     }
 
     /// `weight · mask` (for a frozen MADE, in its hidden-unit order).
@@ -203,7 +231,7 @@ impl MaskedLinear {
             }
             None => xs.matmul(&self.masked_weight()?.t()?)?,
         };
-        crate::nn::add_bias(&ys, &self.bias)
+        add_bias(&ys, &self.bias)
     }
 }
 
@@ -214,17 +242,23 @@ struct Dense {
 }
 
 impl Dense {
-    fn new(vb: VarBuilder, inputs: usize, outputs: usize, order: Option<&[usize]>) -> candle_core::Result<Self> {
+    /// `order` (new index → stored one) is given for a frozen layer.
+    fn new(
+        vb: VarBuilder,
+        inputs: usize,
+        outputs: usize,
+        order: Option<Option<&[usize]>>,
+    ) -> candle_core::Result<Self> {
         let weight = vb.get_with_hints((outputs, inputs), "weight", torch_default_init(inputs))?;
         let bias = vb.get_with_hints(outputs, "bias", torch_default_init(inputs))?;
-        if weight.is_variable() {
+        let Some(order) = order else {
             return Ok(Self { weight, bias });
-        }
+        };
         Ok(Self { weight: reorder(&weight, order, 0)?, bias: reorder(&bias, order, 0)? })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::add_bias(&xs.matmul(&self.weight.t()?)?, &self.bias)
+        add_bias(&xs.matmul(&self.weight.t()?)?, &self.bias)
     }
 }
 
@@ -261,13 +295,21 @@ fn dropout(xs: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> candle_core::Result<Ten
 }
 
 impl Made {
-    /// A frozen MADE (weights that are not variables) orders its hidden units by degree, an
-    /// equivalent network whose masks are staircases, so its layers multiply by blocks.
+    /// A trainable MADE: its parameters are `vb`'s (variables in training), used as stored.
     pub fn new(cfg: &MadeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(cfg, vb, false)
+    }
+
+    /// A frozen (inference) MADE from fixed weights: it orders its hidden units by degree, an
+    /// equivalent network whose masks are staircases, so its layers multiply by blocks.
+    pub fn frozen(cfg: &MadeConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(cfg, vb, true)
+    }
+
+    fn build(cfg: &MadeConfig, vb: VarBuilder, frozen: bool) -> candle_core::Result<Self> {
         let (d, h) = (cfg.features, cfg.hidden_features);
         let in_deg = input_degrees(d);
         let stored_deg = hidden_degrees(h, d);
-        let frozen = !vb.get_with_hints((h, d), "initial.weight", torch_default_init(d))?.is_variable();
         let order: Option<Vec<usize>> = frozen.then(|| {
             let mut o: Vec<usize> = (0..h).collect();
             o.sort_by_key(|&i| stored_deg[i]);
@@ -278,15 +320,23 @@ impl Made {
             None => stored_deg,
         };
         let o = order.as_deref();
+        // Frozen layers are reordered to `o`; trainable ones use their parameters as stored.
+        let fo = frozen.then_some(o);
         let out_deg = output_degrees(d, cfg.output_multiplier);
-        let initial =
-            MaskedLinear::new(vb.pp("initial"), &in_deg, &hid_deg, false, None, Orders { inputs: None, outputs: o })?;
+        let initial = MaskedLinear::new(
+            vb.pp("initial"),
+            &in_deg,
+            &hid_deg,
+            false,
+            None,
+            frozen.then_some(Orders { inputs: None, outputs: o }),
+        )?;
         let context = if cfg.context_features > 0 {
-            Some(Dense::new(vb.pp("context"), cfg.context_features, h, o)?)
+            Some(Dense::new(vb.pp("context"), cfg.context_features, h, fo)?)
         } else {
             None
         };
-        let hidden = Orders { inputs: o, outputs: o };
+        let hidden = frozen.then_some(Orders { inputs: o, outputs: o });
         let mut layers = Vec::with_capacity(cfg.hidden_layers);
         for i in 0..cfg.hidden_layers {
             let vb = vb.pp("layers").pp(i);
@@ -302,7 +352,7 @@ impl Made {
                         hidden,
                     )?,
                     context: if cfg.context_features > 0 {
-                        Some(Dense::new(vb.pp("context"), cfg.context_features, h, o)?)
+                        Some(Dense::new(vb.pp("context"), cfg.context_features, h, fo)?)
                     } else {
                         None
                     },
@@ -311,8 +361,14 @@ impl Made {
                 HiddenLayer::FeedForward(MaskedLinear::new(vb, &hid_deg, &hid_deg, false, None, hidden)?)
             });
         }
-        let last =
-            MaskedLinear::new(vb.pp("final"), &hid_deg, &out_deg, true, None, Orders { inputs: o, outputs: None })?;
+        let last = MaskedLinear::new(
+            vb.pp("final"),
+            &hid_deg,
+            &out_deg,
+            true,
+            None,
+            frozen.then_some(Orders { inputs: o, outputs: None }),
+        )?;
         Ok(Self { cfg: cfg.clone(), initial, context, layers, last })
     }
 
@@ -406,6 +462,37 @@ mod tests {
         assert_eq!(hidden_degrees(7, 4), vec![1, 2, 3, 1, 2, 3, 1]);
         assert_eq!(hidden_degrees(3, 1), vec![0, 0, 0]);
         assert_eq!(output_degrees(3, 2), vec![1, 1, 2, 2, 3, 3]);
+    }
+
+    #[test]
+    fn frozen_made_computes_what_the_trainable_one_does() -> candle_core::Result<()> {
+        use candle_core::{DType, Device};
+        use candle_nn::VarMap;
+        let dev = Device::Cpu;
+        let cfg = MadeConfig {
+            features: 5,
+            context_features: 3,
+            hidden_features: 300,
+            hidden_layers: 2,
+            output_multiplier: 4,
+            residual: true,
+            dropout: 0.0,
+        };
+        let varmap = VarMap::new();
+        let vb = super::super::params::SeededInit::var_builder(&varmap, 3, DType::F64, &dev);
+        let trainable = Made::new(&cfg, vb)?;
+        assert!(trainable.initial.frozen.is_none());
+        let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let frozen = Made::frozen(&cfg, VarBuilder::from_tensors(tensors, DType::F64, &dev))?;
+        assert!(frozen.initial.frozen.as_ref().is_some_and(|f| f.blocks.is_some()), "staircase blocks");
+        // 300 rows: the frozen layers multiply by blocks.
+        let xs = Tensor::arange(0f64, 1500.0, &dev)?.reshape((300, 5))?.affine(1e-3, -0.7)?.sin()?;
+        let ctx = Tensor::arange(0f64, 900.0, &dev)?.reshape((300, 3))?.affine(1e-2, 0.1)?.cos()?;
+        let a = trainable.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
+        let b = frozen.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-12, "largest difference {worst}");
+        Ok(())
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 pub mod autoregressive;
 pub mod base;
+pub mod error;
 pub mod io;
+pub mod layers;
 pub mod made;
 pub mod nflows;
 pub mod params;
@@ -13,9 +15,10 @@ pub mod spline;
 mod spline_cuda;
 pub mod spline_reference;
 pub mod stack;
+pub mod weights_file;
 
 pub use spline::{Direction, SplineConfig};
-pub use stack::{Flow, FlowKind, FlowSpec, Pass, Trace};
+pub use stack::{Flow, FlowKind, FlowSpec, Pass, PassOptions, Trace};
 
 use candle_core::Tensor;
 
@@ -28,12 +31,12 @@ pub trait Transform {
 
 impl Transform for Flow {
     fn forward(&self, xs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
-        let p = self.to_latent(xs, ctx, None, false)?;
+        let p = self.to_latent(xs, ctx)?;
         Ok((p.output, p.ladj))
     }
 
     fn inverse(&self, zs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
-        let p = self.to_data(zs, ctx, None, false)?;
+        let p = self.to_data(zs, ctx)?;
         Ok((p.output, p.ladj))
     }
 }

@@ -104,10 +104,24 @@ pub fn load_frozen(
         }
     }
     drop(want);
-    if let Some(name) = crate::train::trainer::first_non_finite(&tensors).map_err(|e| e.to_string())? {
+    if let Some(name) = first_non_finite(&tensors).map_err(|e| e.to_string())? {
         return Err(format!("tensor '{name}' holds non-finite values (NaN or infinity): these weights are unusable"));
     }
     tensors.into_iter().map(|(k, t)| t.to_dtype(dtype).map(|t| (k, t)).map_err(|e| e.to_string())).collect()
+}
+
+/// The name of the first tensor (in name order) holding a NaN or an infinity.
+pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> candle_core::Result<Option<String>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        let finite = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
+        if !finite {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Copies loaded values into the variables of `varmap` (resume, or a student initialised from
@@ -122,18 +136,18 @@ pub fn assign(varmap: &VarMap, values: &HashMap<String, Tensor>) -> candle_core:
     Ok(())
 }
 
-/// Builds a frozen (inference) model from a weights file: `build` is called once on a seeded
-/// skeleton to learn the expected names and shapes, the file is checked against them, then
-/// `build` runs again on the file's tensors.
+/// Builds a frozen (inference) model from a weights file: `build` runs once on a backend that
+/// reads each tensor from the file when asked for it, checking names, shapes and values (see
+/// [`super::weights_file`]); no seeded skeleton is built and the file is never held whole.
 pub fn load_frozen_model<T>(
     weights: &Path,
     dtype: DType,
     device: &Device,
     build: impl Fn(VarBuilder) -> candle_core::Result<T>,
-) -> crate::error::Result<T> {
-    let expected = VarMap::new();
-    build(SeededInit::var_builder(&expected, 0, dtype, device))?;
-    let tensors =
-        load_frozen(weights, &expected, dtype, device).map_err(|m| crate::error::Error::checkpoint(weights, m))?;
-    Ok(build(VarBuilder::from_tensors(tensors, dtype, device))?)
+) -> super::error::Result<T> {
+    use super::weights_file::{load_model, LoadError};
+    load_model(weights, dtype, device, build).map_err(|e| match e {
+        LoadError::Weights(m) => super::error::FlowError::checkpoint(weights, m),
+        LoadError::Build(e) => e.into(),
+    })
 }

@@ -1,4 +1,4 @@
-// The rational-quadratic spline on the GPU: the same formulas as `Knots` in spline.rs (nflows
+// The rational-quadratic spline on the GPU: the same formulas as `Knots` in spline/kernel.rs (nflows
 // 0.14's `unconstrained_rational_quadratic_spline` with linear tails), one thread per element.
 // Compiled at run time with NVRTC; instantiated for float and double.
 

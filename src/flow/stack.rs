@@ -138,14 +138,42 @@ pub fn standard_normal_log_prob(zs: &Tensor) -> candle_core::Result<Tensor> {
     zs.sqr()?.sum(1)?.affine(-0.5, -0.5 * d * (2.0 * std::f64::consts::PI).ln())
 }
 
+/// What a pass does beyond mapping its input: dropout drawn from `rng` (training), and a
+/// [`Trace`] of every block (distillation). The default is neither.
+#[derive(Default)]
+pub struct PassOptions<'a> {
+    pub rng: Option<&'a mut ChaCha8Rng>,
+    pub traced: bool,
+}
+
+impl PassOptions<'_> {
+    /// A traced pass without dropout.
+    pub fn traced() -> Self {
+        Self { rng: None, traced: true }
+    }
+}
+
 impl Flow {
-    /// Builds the stack; parameters come from `vb` under `<prefix>.<i>.made.…`.
+    /// Builds a trainable stack; parameters come from `vb` under `<prefix>.<i>.made.…`.
     pub fn new(spec: &FlowSpec, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(spec, vb, MadeRqs::new)
+    }
+
+    /// Builds a frozen (inference) stack from fixed weights (see [`super::made::Made::frozen`]).
+    pub fn frozen(spec: &FlowSpec, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(spec, vb, MadeRqs::frozen)
+    }
+
+    fn build(
+        spec: &FlowSpec,
+        vb: VarBuilder,
+        block: fn(&MadeConfig, &SplineConfig, Direction, VarBuilder) -> candle_core::Result<MadeRqs>,
+    ) -> candle_core::Result<Self> {
         spec.validate().map_err(candle_core::Error::Msg)?;
         let fast = spec.fast_direction();
         let made = spec.made_config();
         let blocks = (0..spec.blocks)
-            .map(|i| MadeRqs::new(&made, &spec.spline, fast, vb.pp(i)))
+            .map(|i| block(&made, &spec.spline, fast, vb.pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let perms = spec
             .permutations
@@ -196,14 +224,19 @@ impl Flow {
         })
     }
 
-    /// x → z. `rng` enables dropout (training); `traced` keeps every block's tensors.
-    pub fn to_latent(
-        &self,
-        xs: &Tensor,
-        ctx: Option<&Tensor>,
-        mut rng: Option<&mut ChaCha8Rng>,
-        traced: bool,
-    ) -> candle_core::Result<Pass> {
+    /// x → z, without dropout or trace.
+    pub fn to_latent(&self, xs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<Pass> {
+        self.to_latent_with(xs, ctx, PassOptions::default())
+    }
+
+    /// z → x, without dropout or trace; `ladj` is log|∂x/∂z|.
+    pub fn to_data(&self, zs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<Pass> {
+        self.to_data_with(zs, ctx, PassOptions::default())
+    }
+
+    /// x → z. `opts.rng` enables dropout (training); `opts.traced` keeps every block's tensors.
+    pub fn to_latent_with(&self, xs: &Tensor, ctx: Option<&Tensor>, opts: PassOptions) -> candle_core::Result<Pass> {
+        let PassOptions { mut rng, traced } = opts;
         let mut trace = self.new_trace(traced);
         let mut h = xs.clone();
         let mut ladj: Option<Tensor> = None;
@@ -226,14 +259,9 @@ impl Flow {
         Ok(Pass { output: h, ladj: ladj.expect("a flow has at least one block"), trace })
     }
 
-    /// z → x; `ladj` is log|∂x/∂z|.
-    pub fn to_data(
-        &self,
-        zs: &Tensor,
-        ctx: Option<&Tensor>,
-        mut rng: Option<&mut ChaCha8Rng>,
-        traced: bool,
-    ) -> candle_core::Result<Pass> {
+    /// z → x; `ladj` is log|∂x/∂z|. Options as [`Self::to_latent_with`].
+    pub fn to_data_with(&self, zs: &Tensor, ctx: Option<&Tensor>, opts: PassOptions) -> candle_core::Result<Pass> {
+        let PassOptions { mut rng, traced } = opts;
         let n = self.blocks.len();
         let mut data_side = vec![None; n];
         let mut latent_side = vec![None; n];
@@ -266,7 +294,7 @@ impl Flow {
 
     /// log p(x | c) per row (with the base's density, conditional where the base is).
     pub fn log_prob(&self, xs: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let pass = self.to_latent(xs, ctx, None, false)?;
+        let pass = self.to_latent(xs, ctx)?;
         self.base.log_prob(&pass.output, ctx)? + pass.ladj
     }
 
@@ -274,7 +302,7 @@ impl Flow {
     /// base, z = ε otherwise) and the transform to data; returns `(xs, log q(xs))`.
     pub fn sample_from(&self, eps: &Tensor, ctx: Option<&Tensor>) -> candle_core::Result<(Tensor, Tensor)> {
         let (zs, ladj_base) = self.base.from_noise(eps, ctx)?;
-        let pass = self.to_data(&zs, ctx, None, false)?;
+        let pass = self.to_data(&zs, ctx)?;
         let log_q = ((standard_normal_log_prob(eps)? - ladj_base)? - pass.ladj)?;
         Ok((pass.output, log_q))
     }

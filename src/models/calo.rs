@@ -8,13 +8,13 @@
 //! Each shower is preprocessed once per visit (one noise draw per voxel and per layer energy) and
 //! Flow-3's 44 pairs are built from it, as the published code does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand_chacha::ChaCha8Rng;
 
 use super::manifest::{DataInfo, Manifest, Preprocessing, MODEL_JSON};
 use crate::config::{Config, Detector, FlowName};
-use crate::data::calo::CaloFile;
+use crate::data::calo_files::CaloFiles;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::CaloPreprocessing;
 use crate::data::split::{split, Split};
@@ -31,28 +31,30 @@ pub fn index(flow: FlowName) -> u64 {
     }
 }
 
-/// The data file with the configured event cap and split.
+/// The data file(s) with the configured event cap and split (one split over the union).
 pub struct CaloData {
-    pub file: CaloFile,
+    pub file: CaloFiles,
     pub split: Split,
     pub used_events: usize,
 }
 
 impl CaloData {
-    /// Opens `path` (which must hold `detector`'s dataset), keeps its first `max_events` (0: all)
-    /// and splits them.
+    /// Opens `paths` (which must hold `detector`'s dataset), keeps the first `max_events` (0: all)
+    /// of their union and splits them.
     pub fn open(
-        path: &Path,
+        paths: &[PathBuf],
         detector: Detector,
         max_events: usize,
         fractions: [f64; 3],
         split_seed: u64,
     ) -> Result<Self> {
-        let file = CaloFile::open(path)?;
+        let mut file = CaloFiles::open(paths)?;
+        // Training reads every epoch: small files are read (and decompressed) once.
+        file.cache_if_at_most(crate::train::batches::CACHE_BYTES)?;
         if Some(file.geometry.dataset) != detector.dataset() {
             return Err(Error::config(
                 "model.detector",
-                format!("is {detector:?} but {} holds dataset {}", path.display(), file.geometry.dataset),
+                format!("is {detector:?} but {} holds dataset {}", paths[0].display(), file.geometry.dataset),
             ));
         }
         let used = if max_events > 0 { max_events.min(file.events) } else { file.events };
@@ -62,8 +64,22 @@ impl CaloData {
     }
 
     /// The data and split a model was trained on.
-    pub fn open_like(path: &Path, detector: Detector, info: &DataInfo) -> Result<Self> {
-        let data = Self::open(path, detector, info.used_events, info.fractions, info.split_seed)?;
+    pub fn open_like(paths: &[PathBuf], detector: Detector, info: &DataInfo) -> Result<Self> {
+        let data = Self::open(paths, detector, info.used_events, info.fractions, info.split_seed)?;
+        let sizes = |files: Vec<usize>| files.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" + ");
+        let trained: Vec<usize> = info.files.iter().map(|f| f.events).collect();
+        let now: Vec<usize> = data.file.files.iter().map(|f| f.events).collect();
+        if !trained.is_empty() && trained != now {
+            return Err(Error::format(
+                &paths[0],
+                format!(
+                    "the data files hold {} events; the teacher was trained on files with {}",
+                    sizes(now),
+                    sizes(trained)
+                ),
+            ));
+        }
+        let path = &paths[0];
         if data.file.events != info.events {
             return Err(Error::format(
                 path,
@@ -116,7 +132,7 @@ pub fn process(
 
 /// Rows of one flow from a CaloChallenge file.
 pub struct CaloRows<'a> {
-    pub file: &'a CaloFile,
+    pub file: &'a CaloFiles,
     pub prep: &'a CaloPreprocessing,
     pub flow: FlowName,
 }
@@ -143,6 +159,10 @@ impl RowSource for CaloRows<'_> {
         ((32 << 20) / shower.max(rows)).max(1)
     }
 
+    fn by_file(&self, events: &[usize]) -> Vec<Vec<usize>> {
+        self.file.by_file(events)
+    }
+
     fn rows(&self, events: &[usize], rng: &mut ChaCha8Rng) -> Result<Rows> {
         let g = &self.file.geometry;
         let chunk = self.file.read_at(events)?;
@@ -160,11 +180,11 @@ impl RowSource for CaloRows<'_> {
             let shower = &chunk.showers[k * g.voxels()..(k + 1) * g.voxels()];
             let p = process(self.prep, g, *e_inc, shower, voxel_layers, rng).map_err(|(l, e)| {
                 Error::data(
-                    &self.file.path,
+                    self.file.path_of(events[k]),
                     crate::data::calo::SHOWERS,
                     format!(
                         "event {}: layer {} holds {:.1} GeV, above the {:.0} GeV layer scale of the iCaloFlow preprocessing",
-                        events[k],
+                        self.file.locate(events[k]).1,
                         l + 1,
                         e / 1e3,
                         self.prep.layer_scale_mev / 1e3
@@ -210,7 +230,8 @@ impl RowSource for CaloRows<'_> {
 /// What a model records of the data it was trained on.
 pub fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
     DataInfo {
-        path: cfg.data.path.clone(),
+        path: data.file.files[0].path.clone(),
+        files: if data.file.files.len() > 1 { data.file.infos() } else { Vec::new() },
         events: data.file.events,
         used_events: data.used_events,
         fractions: cfg.data.fractions(cfg.model.detector),

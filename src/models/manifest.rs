@@ -40,6 +40,9 @@ pub enum Preprocessing {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataInfo {
     pub path: PathBuf,
+    /// CaloChallenge `[data] paths`: every file (path and events) of the union; empty for one file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::data::calo_files::FileInfo>,
     pub events: usize,
     pub used_events: usize,
     pub fractions: [f64; 3],
@@ -248,6 +251,7 @@ mod tests {
     fn teacher(units: BTreeMap<String, Unit>) -> Manifest {
         let data = DataInfo {
             path: "data.h5".into(),
+            files: Vec::new(),
             events: 10,
             used_events: 10,
             fractions: [0.6, 0.2, 0.2],

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::TrainConfig;
 use crate::data::split::Split;
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowKind, FlowSpec};
+use crate::flow::{Flow, FlowKind, FlowSpec, PassOptions};
 use crate::train::{self, checkpoint, Batch, Objective, RowSource, Summary};
 use manifest::{save_unit_file, UnitFile};
 
@@ -36,7 +36,7 @@ pub struct NllObjective<'a> {
 
 impl NllObjective<'_> {
     fn log_prob(&self, batch: &Batch, rng: Option<&mut ChaCha8Rng>) -> candle_core::Result<Tensor> {
-        let pass = self.flow.to_latent(&batch.x, batch.ctx.as_ref(), rng, false)?;
+        let pass = self.flow.to_latent_with(&batch.x, batch.ctx.as_ref(), PassOptions { rng, traced: false })?;
         crate::flow::stack::standard_normal_log_prob(&pass.output)? + pass.ladj
     }
 }

@@ -112,7 +112,7 @@ impl PhotonSumModel {
         let n = particles.len() / FEATURES;
         let ctx = Tensor::from_vec(standardised(particles, &self.conditions), (n, FEATURES), &self.device)?
             .to_dtype(self.dtype)?;
-        let y = self.flow.to_data(z, Some(&ctx), None, false)?.output;
+        let y = self.flow.to_data(z, Some(&ctx))?.output;
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(y.into_iter().map(|v| sum_of(self.target.invert(0, v))).collect())
     }
@@ -122,7 +122,7 @@ impl PhotonSumModel {
         let rows = source.rows(events, rng)?;
         let x = Tensor::from_vec(rows.x, (rows.n, 1), &self.device)?.to_dtype(self.dtype)?;
         let ctx = Tensor::from_vec(rows.ctx, (rows.n, FEATURES), &self.device)?.to_dtype(self.dtype)?;
-        let pass = self.flow.to_latent(&x, Some(&ctx), None, false)?;
+        let pass = self.flow.to_latent(&x, Some(&ctx))?;
         let lp = (crate::flow::stack::standard_normal_log_prob(&pass.output)? + pass.ladj)?;
         let mean = lp.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?;
         Ok(-mean + self.target.std[0].ln())

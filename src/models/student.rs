@@ -37,6 +37,14 @@ pub fn load_teacher(dir: &Path, detector: Detector) -> Result<Manifest> {
     if m.detector != detector {
         return Err(Error::checkpoint(dir, format!("is a {:?} teacher; the config is for {:?}", m.detector, detector)));
     }
+    if let Some(name) =
+        m.units.iter().find(|(_, u)| u.flow.as_ref().is_some_and(|f| !f.base.is_standard())).map(|u| u.0)
+    {
+        return Err(Error::checkpoint(
+            dir,
+            format!("unit '{name}' has a conditional base (an imported nflows ConditionalDiagonalNormal); distilling such a teacher is not supported (the student's latent space is the standard normal)"),
+        ));
+    }
     Ok(m)
 }
 
@@ -47,7 +55,7 @@ pub fn frozen_flow(dir: &Path, m: &Manifest, unit: &str, dtype: DType, device: &
         .flow
         .as_ref()
         .ok_or_else(|| Error::checkpoint(dir, format!("unit '{unit}' is not a flow")))?;
-    io::load_frozen_flow(spec, &m.weights(dir, unit)?, io::PREFIX, dtype, device)
+    Ok(io::load_frozen_flow(spec, &m.weights(dir, unit)?, io::PREFIX, dtype, device)?)
 }
 
 /// A trainable student, optionally starting from the teacher's weights.

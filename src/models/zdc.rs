@@ -42,7 +42,9 @@ impl ZdcData {
         fractions: [f64; 3],
         split_seed: u64,
     ) -> Result<Self> {
-        let file = ZdcFile::open(path)?;
+        let mut file = ZdcFile::open(path)?;
+        // Training reads every epoch: a small file is read (and decompressed) once.
+        file.cache_if_at_most(crate::train::batches::CACHE_BYTES)?;
         let mut candidates = particles.select(&file.conditions.pdg);
         if max_events > 0 {
             candidates.truncate(max_events);
@@ -156,6 +158,7 @@ pub fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64
     );
     let data_info = DataInfo {
         path: cfg.data.path.clone(),
+        files: Vec::new(),
         events: data.file.events,
         used_events: data.used_events,
         fractions: cfg.data.fractions(cfg.model.detector),

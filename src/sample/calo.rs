@@ -73,7 +73,7 @@ impl CaloChain {
         let e_pre = Tensor::from_vec(e_pre, (n, 1), dev)?.to_dtype(self.dtype)?;
         let [flow1, flow2, flow3] = &self.flows;
 
-        let x1 = flow1.to_data(&noise.normal(LAYERS)?, Some(&e_pre), None, false)?.output;
+        let x1 = flow1.sample_from(&noise.normal(LAYERS)?, Some(&e_pre))?.0;
         let energies = threshold_tensor(
             &(inverse_logit_tensor(&x1, self.prep.alpha)? * self.prep.layer_scale_mev)?,
             self.prep.threshold_mev,
@@ -81,7 +81,7 @@ impl CaloChain {
         let e_logits = logit_tensor(&(&energies / self.prep.layer_scale_mev)?, self.prep.alpha)?;
 
         let ctx2 = flow2_context_tensor(&self.prep, &e_pre, &Self::column(&e_logits, 0)?)?;
-        let y = flow2.to_data(&noise.normal(v)?, Some(&ctx2), None, false)?.output;
+        let y = flow2.sample_from(&noise.normal(v)?, Some(&ctx2))?.0;
         let mut layer = self.voxels(&y, &Self::column(&energies, 0)?)?;
         let mut layers = Vec::with_capacity(LAYERS);
         layers.push(layer.clone());
@@ -89,7 +89,7 @@ impl CaloChain {
             let prev = self.pattern(&layer, noise)?;
             let ctx3 =
                 flow3_context_tensor(&e_pre, &Self::column(&e_logits, t)?, &Self::column(&e_logits, t - 1)?, &prev, t)?;
-            let y = flow3.to_data(&noise.normal(v)?, Some(&ctx3), None, false)?.output;
+            let y = flow3.sample_from(&noise.normal(v)?, Some(&ctx3))?.0;
             layer = self.voxels(&y, &Self::column(&energies, t)?)?;
             layers.push(layer.clone());
         }

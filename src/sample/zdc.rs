@@ -35,7 +35,8 @@ pub enum PhotonSumSource {
 
 pub struct ZdcSampler {
     flow: Flow,
-    photon_sum: PhotonSumModel,
+    /// None for a model without a photon-sum flow (imported with `import-nflows --detector zdc`).
+    photon_sum: Option<PhotonSumModel>,
     prep: ZdcPreprocessing,
     conditions: Standardizer,
     dtype: DType,
@@ -46,8 +47,9 @@ impl ZdcSampler {
     pub fn load(dir: &Path, m: &Manifest, device: &Device) -> Result<Self> {
         let dtype = m.dtype.dtype();
         let prep = crate::models::zdc::preprocessing(m, dir)?;
-        let (conditions, target) = crate::models::zdc::scalers(m, dir)?;
-        let (conditions, target) = (conditions.clone(), target.clone());
+        let missing = |what: &str| Error::checkpoint(dir, format!("model.json lacks the {what}"));
+        let conditions = m.conditions.clone().ok_or_else(|| missing("condition scaler"))?;
+        let target = m.photon_sum_target.clone();
         let flow = frozen_flow(dir, m, FLOW_UNIT, dtype, device)?;
         if !m.units.contains_key(PHOTON_SUM_UNIT) && m.units.contains_key("regressor") {
             return Err(Error::checkpoint(
@@ -56,9 +58,17 @@ impl ZdcSampler {
                  photon-sum flow)",
             ));
         }
-        let ps_flow = frozen_flow(dir, m, PHOTON_SUM_UNIT, dtype, device)?;
-        let photon_sum =
-            PhotonSumModel { flow: ps_flow, conditions: conditions.clone(), target, dtype, device: device.clone() };
+        let photon_sum = match (m.units.contains_key(PHOTON_SUM_UNIT), target) {
+            (true, Some(target)) => Some(PhotonSumModel {
+                flow: frozen_flow(dir, m, PHOTON_SUM_UNIT, dtype, device)?,
+                conditions: conditions.clone(),
+                target,
+                dtype,
+                device: device.clone(),
+            }),
+            (true, None) => return Err(missing("photon-sum scaler")),
+            (false, _) => None,
+        };
         Ok(Self { flow, photon_sum, prep, conditions, dtype, device: device.clone() })
     }
 
@@ -76,12 +86,20 @@ impl ZdcSampler {
         // Drawn whatever the source, so that both sources use the same image latents.
         let z_sum = noise.normal(1)?;
         let sums = match source {
-            PhotonSumSource::Model => self.photon_sum.sample(particles, &z_sum)?,
+            PhotonSumSource::Model => match &self.photon_sum {
+                Some(ps) => ps.sample(particles, &z_sum)?,
+                None => {
+                    return Err(Error::Invalid(
+                        "this model has no photon-sum flow (an imported nflows flow): pass --photon-sum data".into(),
+                    ))
+                }
+            },
             PhotonSumSource::Data => file_sums.iter().map(|&s| s.max(0.0)).collect(),
         };
         let ctx = conditions(&self.conditions, particles, &sums);
         let ctx = Tensor::from_vec(ctx, (n, CONTEXT), &self.device)?.to_dtype(self.dtype)?;
-        let y = self.flow.to_data(&noise.normal(PIXELS)?, Some(&ctx), None, false)?.output;
+        // Through the flow's base (a conditional base maps the noise to μ(c) + σ(c)·ε first).
+        let y = self.flow.sample_from(&noise.normal(PIXELS)?, Some(&ctx))?.0;
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; n * PIXELS];
         out.par_chunks_mut(PIXELS).zip(y.par_chunks(PIXELS)).zip(sums.par_iter()).for_each(|((o, y), &s)| {

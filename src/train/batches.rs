@@ -91,6 +91,10 @@ pub trait RowSource: Sync {
     fn block_events(&self) -> usize;
     /// Preprocessed rows of `events` (ascending), with noise from `rng`.
     fn rows(&self, events: &[usize], rng: &mut ChaCha8Rng) -> Result<Rows>;
+    /// `events` split by the data file holding them (for `epochs_per_file`); one file by default.
+    fn by_file(&self, events: &[usize]) -> Vec<Vec<usize>> {
+        vec![events.to_vec()]
+    }
 }
 
 /// Training data smaller than this is read into memory once (larger files stream every epoch,

@@ -30,6 +30,11 @@ pub struct State {
     pub seed: u64,
     /// Seconds of training before this checkpoint.
     pub wall_s: f64,
+    /// The run's `epochs_per_file` schedule, and the data file (1-based) of the epoch in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs_per_file: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<usize>,
 }
 
 pub fn path(dir: &Path) -> PathBuf {

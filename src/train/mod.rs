@@ -2,6 +2,7 @@
 
 pub mod batches;
 pub mod checkpoint;
+pub mod file_schedule;
 pub(crate) mod schedule;
 pub(crate) mod trainer;
 

@@ -17,13 +17,14 @@ use candle_nn::VarMap;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::batches::{batches_per_epoch, Batch, EpochStream, RowSource};
+use super::batches::{Batch, EpochStream, RowSource};
 use super::checkpoint::{self, State};
+use super::file_schedule::FilePhases;
 use super::schedule;
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::flow::io::save_varmap_as;
-use crate::flow::params::assign;
+use crate::flow::params::{assign, first_non_finite};
 use crate::optim::Adam;
 use crate::util::rng::{derive, tag};
 use crate::util::{interrupt, progress};
@@ -70,6 +71,9 @@ pub struct Summary {
     pub last_metric: Option<f64>,
     pub wall_s: f64,
     pub samples_per_s: f64,
+    /// The `epochs_per_file` schedule followed (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs_per_file: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -83,6 +87,9 @@ struct MetricsLine<'a> {
     lr: f64,
     wall_s: f64,
     samples_per_s: f64,
+    /// The data file (1-based) of this epoch, under an `epochs_per_file` schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<usize>,
 }
 
 /// Named variables in a stable order.
@@ -104,6 +111,7 @@ struct Loop<'a, 'b> {
     state: State,
     total_steps: u64,
     steps_per_epoch: usize,
+    phases: FilePhases,
     started: Instant,
     session_samples: u64,
     wall_before: f64,
@@ -130,16 +138,22 @@ pub fn fit(run: &Run, objective: &dyn Objective) -> Result<Summary> {
         best_step: 0,
         seed: cfg.seed,
         wall_s: 0.0,
+        epochs_per_file: cfg.epochs_per_file.clone(),
+        file: None,
     };
     let state = if run.resume { resume(run, &mut adam)? } else { fresh };
     let kept_step = run.resume.then_some(state.step);
-    let mut steps_per_epoch = batches_per_epoch(run.source, run.train_events.len(), cfg.batch_size);
-    if cfg.max_batches > 0 {
-        steps_per_epoch = steps_per_epoch.min(cfg.max_batches);
+    let phases = FilePhases::new(&run.unit, cfg, run.source, run.train_events)?;
+    if state.epochs_per_file != cfg.epochs_per_file {
+        return Err(Error::checkpoint(
+            &checkpoint::path(&run.dir),
+            format!(
+                "--resume: the checkpoint follows epochs_per_file = {:?}, the configuration {:?}",
+                state.epochs_per_file, cfg.epochs_per_file
+            ),
+        ));
     }
-    if steps_per_epoch == 0 {
-        return Err(Error::Invalid(format!("{}: the training split is empty", run.unit)));
-    }
+    let steps_per_epoch = phases.steps(state.epoch);
     let metrics = open_metrics(&run.dir, run.resume.then_some(state.step))?;
     let mut l = Loop {
         run,
@@ -147,8 +161,9 @@ pub fn fit(run: &Run, objective: &dyn Objective) -> Result<Summary> {
         adam,
         wall_before: state.wall_s,
         state,
-        total_steps: (cfg.epochs * steps_per_epoch) as u64,
+        total_steps: phases.total_steps(),
         steps_per_epoch,
+        phases,
         started: Instant::now(),
         session_samples: 0,
         metrics,
@@ -170,6 +185,7 @@ pub fn fit(run: &Run, objective: &dyn Objective) -> Result<Summary> {
         last_metric: l.last_metric,
         wall_s: wall,
         samples_per_s: l.session_samples as f64 / l.started.elapsed().as_secs_f64().max(1e-9),
+        epochs_per_file: cfg.epochs_per_file.clone(),
     })
 }
 
@@ -218,20 +234,6 @@ fn resume(run: &Run, adam: &mut Adam) -> Result<State> {
     Ok(loaded.state)
 }
 
-/// The first tensor (by name) holding a NaN or an infinity.
-pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> Result<Option<String>> {
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for name in names {
-        let t = &tensors[name];
-        let finite = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
-        if !finite {
-            return Ok(Some(name.clone()));
-        }
-    }
-    Ok(None)
-}
-
 /// Opens metrics.jsonl for appending; on resume, drops lines after the checkpoint's step.
 fn open_metrics(dir: &Path, keep_until: Option<u64>) -> Result<std::fs::File> {
     let path = dir.join("metrics.jsonl");
@@ -271,6 +273,19 @@ impl Loop<'_, '_> {
         ))
     }
 
+    /// Batches and data file of `epoch`; under a per-file schedule, a log line when a file's
+    /// turn begins.
+    fn enter_phase(&mut self, epoch: usize) {
+        self.steps_per_epoch = self.phases.steps(epoch);
+        if self.phases.per_file {
+            let k = self.phases.phase_of(epoch);
+            self.state.file = Some(k + 1);
+            if epoch == self.phases.first_epoch(k) && self.state.batch_in_epoch == 0 {
+                eprintln!("{}: {}", self.run.unit, self.phases.describe(k));
+            }
+        }
+    }
+
     fn wall(&self) -> f64 {
         self.wall_before + self.started.elapsed().as_secs_f64()
     }
@@ -279,6 +294,7 @@ impl Loop<'_, '_> {
         let cfg = self.run.cfg.clone();
         while self.state.epoch < cfg.epochs {
             let epoch = self.state.epoch;
+            self.enter_phase(epoch);
             let pb = progress::bar(
                 self.steps_per_epoch as u64,
                 &format!("{} {}/{}", self.run.unit, epoch + 1, cfg.epochs),
@@ -287,7 +303,8 @@ impl Loop<'_, '_> {
             );
             let skip = self.state.batch_in_epoch;
             pb.set_position(skip as u64);
-            let stream = EpochStream::training(self.run.source, self.run.train_events, cfg.batch_size, cfg.seed, epoch);
+            let events = self.phases.events(epoch);
+            let stream = EpochStream::training(self.run.source, events, cfg.batch_size, cfg.seed, epoch);
             for rows in stream.skip(skip).take(self.steps_per_epoch - skip) {
                 let rows = rows?;
                 let n = rows.n;
@@ -413,6 +430,7 @@ impl Loop<'_, '_> {
             lr: self.adam.lr,
             wall_s: self.wall(),
             samples_per_s: self.session_samples as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
+            file: self.state.file,
         };
         let path = self.run.dir.join("metrics.jsonl");
         writeln!(self.metrics, "{}", serde_json::to_string(&line).expect("metrics serialise"))
@@ -433,7 +451,7 @@ impl Loop<'_, '_> {
 
     fn save_weights(&self, name: &str) -> Result<()> {
         let role = self.objective.role();
-        save_varmap_as(self.run.varmap, &self.run.dir.join(name), Some(&self.run.unit), Some(role))
+        Ok(save_varmap_as(self.run.varmap, &self.run.dir.join(name), Some(&self.run.unit), Some(role))?)
     }
 
     fn save_checkpoint(&mut self) -> Result<()> {

@@ -23,8 +23,10 @@ pub fn temp_path(path: &Path) -> PathBuf {
     tmp
 }
 
-/// Deletes every temporary file of this process still on disk (called by the signal handler).
+/// Deletes every temporary file of this process still on disk (called by the signal handler),
+/// the flow library's weights files included.
 pub fn remove_temps() {
+    crate::flow::io::remove_temps();
     // try_lock: a signal arriving while another thread holds the lock must not deadlock.
     if let Ok(live) = LIVE_TEMPS.try_lock() {
         for p in live.iter() {

@@ -142,12 +142,6 @@ pub fn check_declared(path: &Path, what: &str, elements: f64, elem_bytes: usize,
     Ok(())
 }
 
-/// Bytes a flow of `parameters` parameters needs to train: weights, gradients and Adam's two
-/// moments, in `dtype_bytes` each.
-pub fn training_bytes(parameters: usize, dtype_bytes: usize) -> f64 {
-    4.0 * parameters as f64 * dtype_bytes as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,8 @@ pub mod tag {
     pub const NOISE: u64 = 2;
     pub const DROPOUT: u64 = 3;
     pub const VALIDATION: u64 = 4;
-    pub const LATENT: u64 = 5;
     pub const SAMPLE: u64 = 6;
     pub const INIT: u64 = 7;
-    pub const GENERATE: u64 = 8;
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -26,8 +24,7 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// A generator for `seed` and `tags`; different tag lists give independent streams.
 pub fn derive(seed: u64, tags: &[u64]) -> ChaCha8Rng {
-    let mixed = tags.iter().fold(splitmix64(seed), |acc, &t| splitmix64(acc ^ splitmix64(t.wrapping_add(0x5851_f42d))));
-    ChaCha8Rng::seed_from_u64(mixed)
+    ChaCha8Rng::seed_from_u64(derive_seed(seed, tags))
 }
 
 /// A 64-bit seed derived like [`derive`] (for APIs that take a seed).

@@ -46,18 +46,16 @@
 //! and thread counts do not change the output. About 16 000 DS2 (3 000 DS3) showers/s on 2 cores
 //! in release builds.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use rand_distr::{Distribution, Exp1, Gamma, StandardNormal};
 use rayon::prelude::*;
 
+use super::draws::event_rng;
+use super::special::GammaCdf;
 pub use crate::data::calo::CaloChunk;
 use crate::data::geometry::CaloGeometry;
 
-/// Fraction of the shower energy seen by the silicon; the files store visible energy divided by it.
-pub const SAMPLING_FRACTION: f64 = 0.033;
-/// The official 0.5 keV readout threshold on visible energy, in file units (≈ 15.15 keV).
-pub const READOUT_THRESHOLD_MEV: f64 = 0.5e-3 / SAMPLING_FRACTION;
+pub use crate::data::calo::{READOUT_THRESHOLD_MEV, SAMPLING_FRACTION};
 /// Hard bounds on E_tot / E_inc: every generated event lies inside.
 pub const ENERGY_RATIO_RANGE: (f64, f64) = (0.3, 1.6);
 
@@ -104,35 +102,6 @@ pub fn generate_calo(geometry: &CaloGeometry, seed: u64, first_event: usize, n: 
         },
     );
     CaloChunk { incident_energies, showers }
-}
-
-/// The RNG of event `index`: its own ChaCha8 stream, independent of chunking and threads.
-pub(super) fn event_rng(seed: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(index);
-    rng
-}
-
-/// Poisson(lambda) by inversion; normal-approximated for large lambda.
-pub(super) fn sample_poisson<R: Rng>(lambda: f64, rng: &mut R) -> u32 {
-    if lambda >= 30.0 {
-        let z: f64 = rng.sample(StandardNormal);
-        return (lambda + lambda.sqrt() * z).round().max(0.0) as u32;
-    }
-    let u: f64 = rng.random();
-    // e^−λ ≥ 1 − λ, so the common empty case needs no exp.
-    if u < 1.0 - lambda {
-        return 0;
-    }
-    let mut p = (-lambda).exp();
-    let mut cdf = p;
-    let mut k = 0u32;
-    while u > cdf && k < 200 {
-        k += 1;
-        p *= lambda / f64::from(k);
-        cdf += p;
-    }
-    k
 }
 
 /// One shower written into `shower`; returns its incident energy.
@@ -440,94 +409,6 @@ fn enforce_ratio_range(shower: &mut [f32], energy: f64, total: f64) {
     apply_threshold(shower);
 }
 
-/// The regularised lower incomplete gamma function P(a, x) for a fixed a.
-struct GammaCdf {
-    a: f64,
-    ln_gamma_a: f64,
-}
-
-impl GammaCdf {
-    fn new(a: f64) -> Self {
-        Self { a, ln_gamma_a: ln_gamma(a) }
-    }
-
-    fn at(&self, x: f64) -> f64 {
-        if x <= 0.0 {
-            return 0.0;
-        }
-        let prefactor = (self.a * x.ln() - x - self.ln_gamma_a).exp();
-        if x < self.a + 1.0 {
-            prefactor * self.series(x)
-        } else {
-            1.0 - prefactor * self.continued_fraction(x)
-        }
-    }
-
-    /// Σ xⁿ / (a (a+1) … (a+n)), converging fast for x < a + 1.
-    fn series(&self, x: f64) -> f64 {
-        let mut term = 1.0 / self.a;
-        let mut sum = term;
-        let mut denominator = self.a;
-        for _ in 0..500 {
-            denominator += 1.0;
-            term *= x / denominator;
-            sum += term;
-            if term < sum * 1e-14 {
-                break;
-            }
-        }
-        sum
-    }
-
-    /// Lentz's continued fraction for the upper tail, converging fast for x > a + 1.
-    fn continued_fraction(&self, x: f64) -> f64 {
-        const TINY: f64 = 1e-300;
-        let mut b = x + 1.0 - self.a;
-        let mut c = 1.0 / TINY;
-        let mut d = 1.0 / b;
-        let mut h = d;
-        for i in 1..500 {
-            let an = -f64::from(i) * (f64::from(i) - self.a);
-            b += 2.0;
-            d = an * d + b;
-            d = if d.abs() < TINY { TINY } else { d };
-            c = b + an / c;
-            c = if c.abs() < TINY { TINY } else { c };
-            d = 1.0 / d;
-            let delta = d * c;
-            h *= delta;
-            if (delta - 1.0).abs() < 1e-14 {
-                break;
-            }
-        }
-        h
-    }
-}
-
-/// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms; ~1e-15 relative).
-fn ln_gamma(x: f64) -> f64 {
-    const COEFFICIENTS: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        // Reflection: Γ(x) Γ(1−x) = π / sin(πx).
-        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let series =
-        COEFFICIENTS[1..].iter().enumerate().fold(COEFFICIENTS[0], |acc, (i, c)| acc + c / (x + i as f64 + 1.0));
-    let t = x + 7.5;
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,19 +606,6 @@ mod tests {
     }
 
     #[test]
-    fn gamma_functions_match_closed_forms() {
-        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);
-        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-12);
-        assert!((ln_gamma(0.1) - 2.252_712_651_734_206).abs() < 1e-10);
-        for x in [0.01, 0.5, 1.0, 3.0, 10.0, 40.0] {
-            assert!((GammaCdf::new(1.0).at(x) - (1.0 - (-x).exp())).abs() < 1e-12, "P(1, {x})");
-            let p2 = 1.0 - (1.0 + x) * (-x).exp();
-            assert!((GammaCdf::new(2.0).at(x) - p2).abs() < 1e-12, "P(2, {x})");
-        }
-        assert!((GammaCdf::new(6.5).at(6.5) - 0.552_1).abs() < 1e-3);
-    }
-
-    #[test]
     fn radial_profile_is_a_proper_distribution() {
         let radial = Radial::grindhammer(1.0, 3.0, MOLIERE_EFFECTIVE_MM);
         assert_eq!(radial.containment(0.0), 0.0);
@@ -751,18 +619,6 @@ mod tests {
         let integral: f64 =
             (0..20000).map(|i| (i as f64 + 0.5) * 0.01).map(|r| 2.0 * r * 0.01 * radial.density(r * r)).sum();
         assert!((integral - radial.containment(200.0 * 200.0)).abs() < 1e-3, "{integral}");
-    }
-
-    #[test]
-    fn poisson_sampler_has_the_right_moments() {
-        let mut rng = event_rng(0, 0);
-        for lambda in [0.05, 0.7, 4.0, 25.0, 80.0] {
-            let draws: Vec<f64> = (0..40000).map(|_| f64::from(sample_poisson(lambda, &mut rng))).collect();
-            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-            let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / draws.len() as f64;
-            assert!((mean - lambda).abs() < 0.05 * lambda + 0.01, "mean {mean} for {lambda}");
-            assert!((var - lambda).abs() < 0.1 * lambda + 0.01, "variance {var} for {lambda}");
-        }
     }
 
     #[test]

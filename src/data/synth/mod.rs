@@ -1,4 +1,6 @@
 //! Synthetic data that behaves like the real thing, for the demo, the tests and the benchmarks.
 
 pub mod calo;
-pub mod zdc;
+mod draws;
+mod special;
+pub(crate) mod zdc;

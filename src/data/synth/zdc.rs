@@ -36,11 +36,9 @@ use rand::Rng;
 use rand_distr::{Distribution, Exp1, Gamma, StandardNormal};
 use rayon::prelude::*;
 
-use super::calo::{event_rng, sample_poisson};
+use super::draws::{event_rng, sample_poisson};
 use crate::data::channels::{PIXELS, SIDE};
-
-/// Condition features per particle: energy, px, py, pz, vx, vy, vz, mass, charge.
-pub const PARTICLE_FEATURES: usize = 9;
+use crate::data::zdc::FEATURES;
 
 const PIXEL_CM: f64 = 0.16;
 const FLIGHT_PATH_CM: f64 = 11_250.0;
@@ -69,7 +67,7 @@ const FEW_PHOTONS: f64 = 2.0;
 pub struct ZdcEvents {
     /// n × 1936 photon counts (non-negative integers stored as f32), row-major 44×44 images.
     pub responses: Vec<f32>,
-    /// n × PARTICLE_FEATURES conditions.
+    /// n × FEATURES conditions.
     pub particles: Vec<f32>,
     /// PDG code of each event's particle.
     pub pdg: Vec<i32>,
@@ -91,11 +89,6 @@ pub fn generate_zdc(seed: u64, n: usize) -> ZdcEvents {
 /// Short name of a particle type ("n", "lambda", "k0s", "sigma+", …); "unknown" otherwise.
 pub fn particle_name(pdg: i32) -> &'static str {
     species_of(pdg).map_or("unknown", |s| s.name)
-}
-
-/// The PDG codes of the 21 generated particle types.
-pub fn pdg_codes() -> Vec<i32> {
-    SPECIES.iter().map(|s| s.pdg).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -190,7 +183,7 @@ fn species_of(pdg: i32) -> Option<&'static Species> {
 #[derive(Clone, Debug)]
 struct Primary {
     species: &'static Species,
-    features: [f32; PARTICLE_FEATURES],
+    features: [f32; FEATURES],
 }
 
 impl Primary {
@@ -469,7 +462,7 @@ mod tests {
 
     fn condition_counts(events: &ZdcEvents) -> HashMap<Vec<u32>, usize> {
         let mut counts = HashMap::new();
-        for c in events.particles.chunks(PARTICLE_FEATURES) {
+        for c in events.particles.chunks(FEATURES) {
             *counts.entry(c.iter().map(|v| v.to_bits()).collect()).or_insert(0) += 1;
         }
         counts
@@ -481,7 +474,7 @@ mod tests {
         assert_eq!(long, generate_zdc(5, 120));
         let short = generate_zdc(5, 50);
         assert_eq!(short.responses[..], long.responses[..50 * PIXELS]);
-        assert_eq!(short.particles[..], long.particles[..50 * PARTICLE_FEATURES]);
+        assert_eq!(short.particles[..], long.particles[..50 * FEATURES]);
         assert_eq!(short.pdg[..], long.pdg[..50]);
         assert_ne!(generate_zdc(6, 120).responses, long.responses);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
@@ -492,7 +485,7 @@ mod tests {
     fn shapes_and_integer_counts() {
         let events = generate_zdc(1, 300);
         assert_eq!(events.responses.len(), 300 * PIXELS);
-        assert_eq!(events.particles.len(), 300 * PARTICLE_FEATURES);
+        assert_eq!(events.particles.len(), 300 * FEATURES);
         assert_eq!(events.pdg.len(), 300);
         assert!(events.responses.iter().all(|&v| v.is_finite() && v >= 0.0 && v.fract() == 0.0));
         assert!(events.particles.iter().all(|v| v.is_finite()));
@@ -501,7 +494,7 @@ mod tests {
         let sums = photon_sums(&events);
         let max = sums.iter().cloned().fold(0.0, f64::max);
         assert!(max > 500.0 && max < 20_000.0, "largest total {max}");
-        for (c, &pdg) in events.particles.chunks(PARTICLE_FEATURES).zip(&events.pdg) {
+        for (c, &pdg) in events.particles.chunks(FEATURES).zip(&events.pdg) {
             let s = species_of(pdg).unwrap();
             assert_eq!((c[7], c[8]), (s.mass as f32, s.charge as f32));
             assert!(c[3] > 0.0 && c[1].abs() < 0.01 * c[3] && c[2].abs() < 0.01 * c[3]);
@@ -528,7 +521,7 @@ mod tests {
     #[test]
     fn particle_types_appear_with_their_fractions() {
         assert!((SPECIES.iter().map(|s| s.fraction).sum::<f64>() - 1.0).abs() < 1e-12);
-        assert_eq!(pdg_codes().len(), 21);
+        assert_eq!(SPECIES.len(), 21);
         let events = generate_zdc(3, 12_000);
         let share = |pdg: i32| events.pdg.iter().filter(|&&p| p == pdg).count() as f64 / 12_000.0;
         for (pdg, expected) in [(2112, 0.23), (3122, 0.03), (310, 0.02), (3222, 0.005)] {
@@ -547,7 +540,7 @@ mod tests {
     fn more_energy_gives_more_photons() {
         let events = generate_zdc(4, 3000);
         let sums = photon_sums(&events);
-        let energy: Vec<f64> = events.particles.chunks(PARTICLE_FEATURES).map(|c| f64::from(c[0])).collect();
+        let energy: Vec<f64> = events.particles.chunks(FEATURES).map(|c| f64::from(c[0])).collect();
         let mean_where = |keep: &dyn Fn(f64) -> bool| {
             let sel: Vec<f64> = sums.iter().zip(&energy).filter(|(_, &e)| keep(e)).map(|(&s, _)| s).collect();
             sel.iter().sum::<f64>() / sel.len() as f64
@@ -563,7 +556,7 @@ mod tests {
     fn shower_centre_follows_the_entry_point() {
         let events = generate_zdc(7, 2000);
         let (mut centres, mut entries) = (vec![], vec![]);
-        for (image, c) in events.responses.chunks(PIXELS).zip(events.particles.chunks(PARTICLE_FEATURES)) {
+        for (image, c) in events.responses.chunks(PIXELS).zip(events.particles.chunks(FEATURES)) {
             let total: f64 = image.iter().map(|&v| f64::from(v)).sum();
             if total < 20.0 {
                 continue;
@@ -595,7 +588,7 @@ mod tests {
         let sums = photon_sums(&events);
         let weak_share = |pdgs: &[i32]| {
             let (mut weak, mut all) = (0usize, 0usize);
-            for (i, (&pdg, c)) in events.pdg.iter().zip(events.particles.chunks(PARTICLE_FEATURES)).enumerate() {
+            for (i, (&pdg, c)) in events.pdg.iter().zip(events.particles.chunks(FEATURES)).enumerate() {
                 let s = species_of(pdg).unwrap();
                 let primary = Primary { species: s, features: c.try_into().unwrap() };
                 if pdgs.contains(&pdg) && primary.available_energy() > 50.0 {

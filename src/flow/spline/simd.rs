@@ -1,0 +1,120 @@
+//! Row loops of the kernel, compiled twice: for baseline x86-64 and for AVX2 + FMA, chosen at
+//! run time.
+
+use super::kernel::{rqs_element, rqs_element_backward, Consts};
+use super::math::Real;
+use super::Direction;
+
+/// One row of the forward kernel.
+#[inline(always)]
+fn row_fwd<F: Real>(c: &Consts<F>, dir: Direction, xr: &[F], pr: &[F], yr: &mut [F], lr: &mut [F], scratch: &mut [F]) {
+    let m = pr.len() / xr.len().max(1);
+    for i in 0..xr.len() {
+        let (y, l) = rqs_element(c, dir, xr[i], &pr[i * m..(i + 1) * m], scratch);
+        yr[i] = y;
+        lr[i] = l;
+    }
+}
+
+/// One row of the backward kernel.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_bwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    gyr: &[F],
+    glr: &[F],
+    gpr: &mut [F],
+    gxr: &mut [F],
+    scratch: &mut [F],
+) {
+    let m = pr.len() / xr.len().max(1);
+    for i in 0..xr.len() {
+        let gp = &mut gpr[i * m..(i + 1) * m];
+        gxr[i] = rqs_element_backward(c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp, scratch);
+    }
+}
+
+/// The same row kernels compiled for AVX2 + FMA, chosen at run time (as the matmul does): the
+/// default build targets baseline x86-64.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    /// # Safety
+    /// Only when [`available`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row_fwd<F: Real>(
+        c: &Consts<F>,
+        dir: Direction,
+        xr: &[F],
+        pr: &[F],
+        yr: &mut [F],
+        lr: &mut [F],
+        scratch: &mut [F],
+    ) {
+        super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
+    }
+
+    /// # Safety
+    /// Only when [`available`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_bwd<F: Real>(
+        c: &Consts<F>,
+        dir: Direction,
+        xr: &[F],
+        pr: &[F],
+        gyr: &[F],
+        glr: &[F],
+        gpr: &mut [F],
+        gxr: &mut [F],
+        scratch: &mut [F],
+    ) {
+        super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
+    }
+}
+
+pub(super) fn dispatch_fwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    yr: &mut [F],
+    lr: &mut [F],
+    scratch: &mut [F],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::row_fwd(c, dir, xr, pr, yr, lr, scratch) };
+    }
+    row_fwd(c, dir, xr, pr, yr, lr, scratch)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dispatch_bwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    gyr: &[F],
+    glr: &[F],
+    gpr: &mut [F],
+    gxr: &mut [F],
+    scratch: &mut [F],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch) };
+    }
+    row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
+}
