@@ -451,8 +451,20 @@ pub struct ExportOnnxArgs {
     pub opset: i64,
 }
 
+/// What `log_prob` is, written into `--help` and the output file.
+pub const LOG_PROB_DEFINITION: &str = "log_prob = log p(x~ | E_inc) in ln(MeV^-(45*V)) (V voxels per layer), for the \
+shower x~ = x + n, x the file's voxel energies in MeV and n ~ U[0, noise_mev) per voxel (the training \
+preprocessing's noise, one draw per voxel from --seed; zero voxels are therefore never exactly zero). With \
+E_i = sum of layer i's voxels of x~, p_i = x~_i / E_i, u_i = logit(E_i / layer_scale), y_i = logit(p_i): \
+log_prob = log q1(u | E_inc) + log q2(y_1 | E_inc, E_1) + sum_{i=2..45} log q3(y_i | E_inc, E_i, E_{i-1}, y_{i-1}, i) \
++ log_det, where q are the flows' densities (base included) and log_det = sum_i [log|du_i/dE_i| + \
+sum_{v<V} log|dy_iv/dp_iv| - (V-1) log E_i] is log|det| of the bijection x~_i -> (u_i, y_i1..y_i(V-1)) of each layer \
+(the fractions sum to one, so the V-th logit is fixed by the others; the flows' density of the whole V-vector y_i \
+is taken as the density of its first V-1 coordinates, as the published factorisation is read). E_inc is a \
+condition, not a variable.";
+
 #[derive(Args, Debug)]
-#[command(after_long_help = crate::commands::log_prob::DEFINITION)]
+#[command(after_long_help = LOG_PROB_DEFINITION)]
 pub struct LogProbArgs {
     /// A CaloChallenge model directory holding flow1, flow2 and flow3 (train-teacher, distill-student or
     /// import-nflows --detector ds2|ds3 output).
