@@ -95,6 +95,22 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// `evaluate` of `generated` against `reference`, writing `<dir>/metrics-<name>.json` and
+/// `<dir>/plots-<name>/`.
+fn evaluate_args(s: &Script, reference: &str, generated: &str, dir: &str, name: &str) -> Vec<String> {
+    args(&[
+        "evaluate",
+        "--reference",
+        &s.path(reference),
+        "--generated",
+        &s.path(generated),
+        "--output",
+        &s.path(&format!("{dir}/metrics-{name}.json")),
+        "--plots",
+        &s.path(&format!("{dir}/plots-{name}")),
+    ])
+}
+
 fn args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
@@ -193,17 +209,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         s.sample(&format!("ZDC sampling with {model}"), &v)
     };
     let zdc_eval = |s: &mut Script, generated: &str, name: &str| -> Result<MetricsFile> {
-        let v = args(&[
-            "evaluate",
-            "--reference",
-            &s.path("data/zdc.h5"),
-            "--generated",
-            &s.path(generated),
-            "--output",
-            &s.path(&format!("zdc/metrics-{name}.json")),
-            "--plots",
-            &s.path(&format!("zdc/plots-{name}")),
-        ]);
+        let v = evaluate_args(s, "data/zdc.h5", generated, "zdc", name);
         s.evaluate(&format!("ZDC evaluation of {name}"), &v)
     };
     // The MAF samples one pixel per pass (1936 passes per block), so the teacher gets a slice.
@@ -268,16 +274,8 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         s.sample(&format!("DS2 sampling with {model}"), &v)
     };
     let calo_eval = |s: &mut Script, generated: &str, name: &str| -> Result<MetricsFile> {
-        let v = args(&[
-            "evaluate",
-            "--reference",
-            &s.path("data/ds2-reference.h5"),
-            "--generated",
-            &s.path(generated),
-            "--output",
-            &s.path(&format!("ds2/metrics-{name}.json")),
-            "--plots",
-            &s.path(&format!("ds2/plots-{name}")),
+        let mut v = evaluate_args(s, "data/ds2-reference.h5", generated, "ds2", name);
+        v.extend(args(&[
             // CPU-sized classifier (evaluate.py: 50 epochs, 2048 units, batch 1000), stated explicitly.
             // 50 epochs: with 10 (50 Adam steps) cls-low has not converged and its AUC scatters
             // 0.74–1.0 from run to run, in evaluate.py as here (README, cross-check).
@@ -289,7 +287,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             "2",
             "--classifier-batch",
             "256",
-        ]);
+        ]));
         s.evaluate(&format!("DS2 evaluation of {name}"), &v)
     };
     let ct = calo_sample(&mut s, "ds2/teacher", "100", "ds2/gen-teacher.h5")?;

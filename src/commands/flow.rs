@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use ndarray::{Array1, Array2};
+use ndarray::Array2;
 
 use crate::cli::{FlowArgs, FlowPass, PassArgs};
 use crate::error::{Error, Result};
@@ -24,18 +24,8 @@ pub fn read_npy(path: &Path) -> Result<(Array2<f64>, DType)> {
     }
 }
 
-fn write_npy2(path: &Path, a: Array2<f64>, dtype: DType) -> Result<()> {
-    atomic::write_with(path, |tmp| {
-        let r = if dtype == DType::F32 {
-            ndarray_npy::write_npy(tmp, &a.mapv(|v| v as f32))
-        } else {
-            ndarray_npy::write_npy(tmp, &a)
-        };
-        r.map_err(|e| Error::format(path, e.to_string()))
-    })
-}
-
-fn write_npy1(path: &Path, a: Array1<f64>, dtype: DType) -> Result<()> {
+/// Writes `a` as .npy in the input's float width.
+fn write_npy<D: ndarray::Dimension>(path: &Path, a: ndarray::Array<f64, D>, dtype: DType) -> Result<()> {
     atomic::write_with(path, |tmp| {
         let r = if dtype == DType::F32 {
             ndarray_npy::write_npy(tmp, &a.mapv(|v| v as f32))
@@ -128,8 +118,8 @@ pub fn run(a: &FlowArgs, device: &Device) -> Result<usize> {
         eprintln!("warning: {} non-finite values in the output", out.iter().filter(|v| !v.is_finite()).count());
     }
     match a.pass {
-        FlowPass::LogProb(_) => write_npy1(&args.output, out.column(0).to_owned(), dtype)?,
-        _ => write_npy2(&args.output, out, dtype)?,
+        FlowPass::LogProb(_) => write_npy(&args.output, out.column(0).to_owned(), dtype)?,
+        _ => write_npy(&args.output, out, dtype)?,
     }
     Ok(x.nrows())
 }

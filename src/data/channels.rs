@@ -54,6 +54,16 @@ pub fn channel_matrix(
     candle_core::Tensor::from_vec(m, (PIXELS, CHANNELS), device)?.to_dtype(dtype)
 }
 
+/// A test image that is zero except at the given (row, column, photons).
+#[cfg(test)]
+pub(crate) fn image_with(pixels: &[(usize, usize, f32)]) -> Vec<f32> {
+    let mut img = vec![0f32; PIXELS];
+    for &(r, c, v) in pixels {
+        img[r * SIDE + c] = v;
+    }
+    img
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,15 +158,7 @@ pub fn inverse_diversity_weights_with(f_div: &[f64], counts: &[usize], eps: f64,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::channels::SIDE;
-
-    fn image_with(pixels: &[(usize, usize, f32)]) -> Vec<f32> {
-        let mut img = vec![0f32; PIXELS];
-        for &(r, c, v) in pixels {
-            img[r * SIDE + c] = v;
-        }
-        img
-    }
+    use crate::data::channels::image_with;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

@@ -251,14 +251,7 @@ fn mean_and_population_variance(v: &[f64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn image_with(pixels: &[(usize, usize, f32)]) -> Vec<f32> {
-        let mut img = vec![0f32; PIXELS];
-        for &(r, c, v) in pixels {
-            img[r * SIDE + c] = v;
-        }
-        img
-    }
+    use crate::data::channels::image_with;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

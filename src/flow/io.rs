@@ -23,15 +23,19 @@ mod atomic {
     /// Temporary files of this process that may exist (see [`super::remove_temps`]).
     pub(super) static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-    fn temp_path(path: &Path) -> PathBuf {
+    pub(super) fn temp_path(path: &Path) -> PathBuf {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        remember(&tmp);
+        tmp
+    }
+
+    pub(super) fn remember(tmp: &Path) {
         if let Ok(mut live) = LIVE_TEMPS.lock() {
-            if !live.contains(&tmp) {
-                live.push(tmp.clone());
+            if !live.iter().any(|p| p == tmp) {
+                live.push(tmp.to_path_buf());
             }
         }
-        tmp
     }
 
     /// Runs `write` on a temporary path, then renames it to `path`.
@@ -55,7 +59,18 @@ mod atomic {
     }
 }
 
-/// Deletes every temporary file of a write of this module still on disk (for a signal handler;
+/// The temporary sibling used while writing `path` (same directory, so the rename is atomic),
+/// remembered so that [`remove_temps`] deletes it if the process is stopped.
+pub fn temp_path(path: &Path) -> PathBuf {
+    atomic::temp_path(path)
+}
+
+/// Remembers a temporary file made elsewhere for [`remove_temps`].
+pub fn remember_temp(tmp: &Path) {
+    atomic::remember(tmp)
+}
+
+/// Deletes every temporary file remembered by [`temp_path`] / [`remember_temp`] still on disk (for a signal handler;
 /// never blocks).
 pub fn remove_temps() {
     if let Ok(live) = atomic::LIVE_TEMPS.try_lock() {

@@ -81,15 +81,7 @@ impl CaloData {
         }
         let path = &paths[0];
         if data.file.events != info.events {
-            return Err(Error::format(
-                path,
-                format!(
-                    "holds {} events; the teacher was trained on a file with {} ({})",
-                    data.file.events,
-                    info.events,
-                    info.path.display()
-                ),
-            ));
+            return Err(info.other_file(path, data.file.events));
         }
         Ok(data)
     }

@@ -50,6 +50,21 @@ pub struct DataInfo {
     pub particles: Particles,
 }
 
+impl DataInfo {
+    /// The error for a data file `path` of `events` events that is not the one this model was
+    /// trained on.
+    pub(crate) fn other_file(&self, path: &Path, events: usize) -> Error {
+        Error::format(
+            path,
+            format!(
+                "holds {events} events; the teacher was trained on a file with {} ({})",
+                self.events,
+                self.path.display()
+            ),
+        )
+    }
+}
+
 /// One trained part of a model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unit {

@@ -68,15 +68,7 @@ impl ZdcData {
     pub fn open_like(path: &Path, info: &DataInfo) -> Result<Self> {
         let data = Self::open(path, info.particles, info.used_events, info.fractions, info.split_seed)?;
         if data.file.events != info.events || data.used_events != info.used_events {
-            return Err(Error::format(
-                path,
-                format!(
-                    "holds {} events; the teacher was trained on a file with {} ({})",
-                    data.file.events,
-                    info.events,
-                    info.path.display()
-                ),
-            ));
+            return Err(info.other_file(path, data.file.events));
         }
         Ok(data)
     }

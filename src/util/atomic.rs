@@ -3,37 +3,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
-/// Temporary files of this process that may exist; removed on SIGINT/SIGTERM.
-static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// The temporary sibling used while writing `path` (same directory, so the rename is atomic).
-/// It is remembered so that [`remove_temps`] can delete it if the process is stopped.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    if let Ok(mut live) = LIVE_TEMPS.lock() {
-        if !live.contains(&tmp) {
-            live.push(tmp.clone());
-        }
-    }
-    tmp
-}
-
-/// Deletes every temporary file of this process still on disk (called by the signal handler),
-/// the flow library's weights files included.
-pub fn remove_temps() {
-    crate::flow::io::remove_temps();
-    // try_lock: a signal arriving while another thread holds the lock must not deadlock.
-    if let Ok(live) = LIVE_TEMPS.try_lock() {
-        for p in live.iter() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
+/// The temporary sibling used while writing `path`; one registry (the flow library's) holds
+/// every temporary file of the process, so the signal handler removes them all.
+pub use crate::flow::io::{remove_temps, temp_path};
 
 /// Refuses an output path that is one of the inputs (compared as canonical paths, so
 /// `./a.h5`, `a.h5` and a symlink to it are one file): writing it would replace the input.
@@ -79,11 +54,7 @@ where
     let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let tmp = temp_path(&path.with_file_name(&stem));
     let tmp = tmp.with_file_name(format!("{}{ext}", tmp.file_name().unwrap_or_default().to_string_lossy()));
-    if let Ok(mut live) = LIVE_TEMPS.lock() {
-        if !live.contains(&tmp) {
-            live.push(tmp.clone());
-        }
-    }
+    crate::flow::io::remember_temp(&tmp);
     write_via(path, tmp, write)
 }
 
