@@ -225,9 +225,8 @@ fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
             ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
         })
         .collect();
-    let m = zdcflow::models::manifest::Manifest::load(&d.join("s")).unwrap();
-    let prep = zdcflow::models::zdc::preprocessing(&m, &d.join("s")).unwrap();
-    let ctx = zdc::flow_conditions(m.conditions.as_ref().unwrap(), &particles, &sums);
+    let (prep, scaler) = zdc::model_processing(&d.join("s")).unwrap();
+    let ctx = zdc::flow_conditions(&scaler, &particles, &sums);
     let save = |name: &str, v: &[f32], cols: usize| {
         let p = d.join(name);
         ndarray_npy::write_npy(&p, &Array2::from_shape_vec((v.len() / cols, cols), v.to_vec()).unwrap()).unwrap();

@@ -195,3 +195,18 @@ pub fn values_before_rounding(prep: &ZdcPreprocessing, variant: Denoise, ys: &[f
         })
         .collect()
 }
+
+/// The preprocessing and the condition scaler of the ZDC model in `dir` (what the graph folds in).
+pub fn model_processing(dir: &std::path::Path) -> crate::error::Result<(ZdcPreprocessing, Standardizer)> {
+    use crate::error::Error;
+    let fail = |m: &str| Error::checkpoint(dir, format!("--postprocess: {m}"));
+    let m = crate::models::manifest::Manifest::load(dir).map_err(|_| {
+        fail("needs a ZDC model directory (train-teacher, distill-student or import-nflows --detector zdc output)")
+    })?;
+    if m.detector != crate::config::Detector::Zdc {
+        return Err(fail("only ZDC models have it; export a CaloChallenge flow without --postprocess"));
+    }
+    let prep = crate::models::zdc::preprocessing(&m, dir)?;
+    let scaler = m.conditions.ok_or_else(|| fail("model.json lacks the condition scaler"))?;
+    Ok((prep, scaler))
+}
