@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
 """Runs a zdcflow ONNX export with ONNX Runtime:  onnx_run.py MODEL.onnx Z.npy [CONTEXT.npy] OUT.npy
+or, with named inputs (e.g. an `export-onnx --postprocess` graph), writing the graph's first output:
+    onnx_run.py MODEL.onnx z=Z.npy particle=P.npy photon_sum=S.npy OUT.npy
 
 The graph's inputs are `z` (N, D) and, for a conditional flow, `context` (N, C); its output `x`
 (N, D) is written to OUT.npy. Used by tests/onnx_export.rs; needs `pip install onnxruntime numpy`.
@@ -11,6 +13,12 @@ import onnxruntime as ort
 
 
 def main():
+    if len(sys.argv) >= 4 and "=" in sys.argv[2]:
+        sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        feeds = {k: np.load(v) for k, v in (a.split("=", 1) for a in sys.argv[2:-1])}
+        (y,) = sess.run([sess.get_outputs()[0].name], feeds)
+        np.save(sys.argv[-1], y)
+        return
     if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     model, z, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[-1]

@@ -443,12 +443,26 @@ pub struct ExportOnnxArgs {
     /// Which flow unit (default: the only one; flow1, flow2 or flow3 for a CaloChallenge model).
     #[arg(long)]
     pub unit: Option<String>,
-    /// The ONNX file to write: inputs `z` (N, D) and `context` (N, C), output `x` (N, D).
+    /// The ONNX file to write: inputs `z` (N, D) and `context` (N, C), output `x` (N, D) (for
+    /// --postprocess, see there).
     #[arg(long)]
     pub output: PathBuf,
     /// ONNX operator set (13 or later).
     #[arg(long, default_value_t = 17)]
     pub opset: i64,
+    /// Include the detector's pre- and postprocessing, so that the graph simulates directly
+    /// (ZDC models, the image flow `flow`): inputs `z` (N, 1936) standard-normal noise,
+    /// `particle` (N, 9) RAW particle features as in the data file's conditions (the condition
+    /// scaler is in the graph) and `photon_sum` (N, 1); output `photons` (N, 1936) float32 photon
+    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (inputs in the
+    /// model's float type; all five
+    /// noise removals are in the graph; `round` rounds halves away from zero, as zdcflow does).
+    /// Not for CaloChallenge models (export their flows alone) nor flows with a conditional base.
+    #[arg(long)]
+    pub postprocess: bool,
+    /// With --postprocess: the noise removal written into the graph (as `sample --denoise`).
+    #[arg(long, value_enum, default_value_t, requires = "postprocess")]
+    pub denoise: crate::sample::denoise::Denoise,
 }
 
 /// What `log_prob` is, written into `--help` and the output file.

@@ -161,3 +161,135 @@ fn export_onnx_refuses_a_maf_in_one_line() {
     assert!(e.contains("distil a student first"), "{e}");
     assert!(!d.join("maf.onnx").exists());
 }
+
+/// `export-onnx --postprocess` on a smoke ZDC student: the graph (raw particle features, photon
+/// sums and noise in, photon counts out), run by ONNX Runtime, gives the counts zdcflow computes
+/// from the same noise: `flow to-data` on the conditions `sample` builds, then `sample`'s own noise
+/// removal (library functions, the code `sample` runs). Counts are exact except at rounding ties,
+/// where the graph's float32 flow output and candle's may round to neighbouring counts.
+#[test]
+fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
+    use rand::{Rng, SeedableRng};
+    use zdcflow::export::zdc::{self, Denoise};
+    let Some(python) = python_with_onnxruntime() else {
+        eprintln!("no Python with onnxruntime found: the postprocessed graph is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["generate", "zdc", "--events", "400", "--seed", "3", "--output", "zdc.h5"]);
+    let teacher = [
+        "train-teacher",
+        "--config",
+        &common::config("smoke-zdc.toml"),
+        "--set",
+        "data.path=zdc.h5",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "flow.hidden_features=16",
+        "--set",
+        "photon_sum.epochs=1",
+        "--output-dir",
+        "t",
+    ];
+    ok(d, &["--threads", "1"].iter().chain(teacher.iter()).copied().collect::<Vec<_>>());
+    let student = [
+        "--threads",
+        "1",
+        "distill-student",
+        "--config",
+        &common::config("smoke-zdc-student.toml"),
+        "--teacher",
+        "t",
+        "--set",
+        "data.path=zdc.h5",
+        "--set",
+        "train.epochs=1",
+        "--output-dir",
+        "s",
+    ];
+    ok(d, &student);
+
+    // The first 64 events' particles and photon sums, and seeded standard-normal noise.
+    let n = 64;
+    let (particles, sums) = {
+        let _hdf5 = common::hdf5_in_process();
+        let f = zdcflow::data::zdc::ZdcFile::open(&d.join("zdc.h5")).unwrap();
+        (f.conditions.particles[..n * 9].to_vec(), f.conditions.photon_sum[..n].to_vec())
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let z: Vec<f32> = (0..n * 1936)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+        })
+        .collect();
+    let (prep, scaler) = zdc::model_processing(&d.join("s")).unwrap();
+    let ctx = zdc::flow_conditions(&scaler, &particles, &sums);
+    let save = |name: &str, v: &[f32], cols: usize| {
+        let p = d.join(name);
+        ndarray_npy::write_npy(&p, &Array2::from_shape_vec((v.len() / cols, cols), v.to_vec()).unwrap()).unwrap();
+        p.display().to_string()
+    };
+    let (zp, cp, pp, sp) =
+        (save("z.npy", &z, 1936), save("c.npy", &ctx, 10), save("p.npy", &particles, 9), save("s.npy", &sums, 1));
+    let yp = path(d, "y.npy");
+    ok(
+        d,
+        &[
+            "--threads",
+            "1",
+            "flow",
+            "to-data",
+            "--model",
+            "s",
+            "--unit",
+            "flow",
+            "--input",
+            &zp,
+            "--context",
+            &cp,
+            "--output",
+            &yp,
+        ],
+    );
+    let ys: Vec<f32> = read(Path::new(&yp)).into_iter().map(|v| v as f32).collect();
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
+    for variant in [Denoise::Round, Denoise::FloorRecalc] {
+        let name = variant.name();
+        let onnx = path(d, &format!("{name}.onnx"));
+        ok(d, &["export-onnx", "--model", "s", "--postprocess", "--denoise", name, "--output", &onnx]);
+        let out = path(d, &format!("{name}.photons.npy"));
+        let feeds = [format!("z={zp}"), format!("particle={pp}"), format!("photon_sum={sp}")];
+        let r = Command::new(&python).arg(script).arg(&onnx).args(&feeds).arg(&out).output().unwrap();
+        assert!(r.status.success(), "{name}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read(Path::new(&out));
+        let want = zdc::photons_from_flow_output(&prep, variant, &ys, &sums);
+        let before = zdc::values_before_rounding(&prep, variant, &ys, &sums);
+        assert_eq!(got.len(), want.len());
+        assert!(want.iter().sum::<f32>() > 0.0, "{name}: the reference has no photons");
+        let mut differ = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if *g == *w as f64 {
+                continue;
+            }
+            differ += 1;
+            assert!((g - *w as f64).abs() <= 1.0, "{name}: pixel {i}: graph {g}, zdcflow {w}");
+            if variant == Denoise::Round {
+                // A tie of round(v): v within 1e-3 of k + 1/2.
+                let v = before[i];
+                assert!(((v - v.floor()) - 0.5).abs() < 1e-3, "{name}: pixel {i}: graph {g}, zdcflow {w}, v = {v}");
+            }
+        }
+        eprintln!("{name}: {differ} of {} counts differ (by one photon, at rounding ties)", got.len());
+        assert!(differ * 1000 <= got.len(), "{name}: {differ} of {} counts differ", got.len());
+    }
+    // A CaloChallenge-style misuse: --postprocess on a flows directory is one clear line.
+    let e = fails(
+        d,
+        &["export-onnx", "--model", "s", "--unit", "photon_sum", "--postprocess", "--output", &path(d, "x.onnx")],
+    );
+    assert!(e.contains("--postprocess"), "{e}");
+}

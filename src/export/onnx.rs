@@ -25,14 +25,16 @@ pub const OUTPUT_X: &str = "x";
 /// nflows' `searchsorted` eps on the last knot.
 const SEARCH_EPS: f64 = 1e-6;
 
-struct Builder {
+/// A graph under construction: nodes and initializers, with fresh names; float constants are
+/// made in `dtype` (which a caller may switch, e.g. to float64 for a postprocessing tail).
+pub(crate) struct Builder {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     count: usize,
-    dtype: DataType,
+    pub(crate) dtype: DataType,
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
+pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
 }
 
@@ -42,7 +44,7 @@ impl Builder {
         format!("{stem}_{}", self.count)
     }
 
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+    pub(crate) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
         let out = self.fresh(&op.to_lowercase());
         self.nodes.push(NodeProto {
             op_type: op.into(),
@@ -56,7 +58,7 @@ impl Builder {
     }
 
     /// A float initializer in the graph's dtype.
-    fn floats(&mut self, stem: &str, dims: &[usize], values: &[f64]) -> String {
+    pub(crate) fn floats(&mut self, stem: &str, dims: &[usize], values: &[f64]) -> String {
         let name = self.fresh(stem);
         let raw: Vec<u8> = if self.dtype == DataType::Double {
             values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -73,11 +75,11 @@ impl Builder {
         name
     }
 
-    fn scalar(&mut self, v: f64) -> String {
+    pub(crate) fn scalar(&mut self, v: f64) -> String {
         self.floats("c", &[], &[v])
     }
 
-    fn ints(&mut self, values: &[i64]) -> String {
+    pub(crate) fn ints(&mut self, values: &[i64]) -> String {
         let name = self.fresh("i");
         self.inits.push(TensorProto {
             name: name.clone(),
@@ -89,24 +91,24 @@ impl Builder {
         name
     }
 
-    fn add(&mut self, a: &str, b: &str) -> String {
+    pub(crate) fn add(&mut self, a: &str, b: &str) -> String {
         self.op("Add", &[a, b], vec![])
     }
-    fn sub(&mut self, a: &str, b: &str) -> String {
+    pub(crate) fn sub(&mut self, a: &str, b: &str) -> String {
         self.op("Sub", &[a, b], vec![])
     }
-    fn mul(&mut self, a: &str, b: &str) -> String {
+    pub(crate) fn mul(&mut self, a: &str, b: &str) -> String {
         self.op("Mul", &[a, b], vec![])
     }
-    fn div(&mut self, a: &str, b: &str) -> String {
+    pub(crate) fn div(&mut self, a: &str, b: &str) -> String {
         self.op("Div", &[a, b], vec![])
     }
-    fn relu(&mut self, a: &str) -> String {
+    pub(crate) fn relu(&mut self, a: &str) -> String {
         self.op("Relu", &[a], vec![])
     }
 
     /// `a · s + t` with scalar constants.
-    fn affine(&mut self, a: &str, s: f64, t: f64) -> String {
+    pub(crate) fn affine(&mut self, a: &str, s: f64, t: f64) -> String {
         let s = self.scalar(s);
         let t = self.scalar(t);
         let m = self.mul(a, &s);
@@ -284,15 +286,17 @@ fn masked(tensors: &HashMap<String, Tensor>, name: &str, m: &[f32]) -> Result<Ve
     Ok(w.iter().zip(m).map(|(w, &m)| w * m as f64).collect())
 }
 
-/// The sampling direction of the flow `spec` with `tensors` (names as in a weights file, under
-/// `prefix`), in float32 or float64, as an ONNX model of the given opset.
-pub fn export(
-    spec: &FlowSpec,
-    tensors: &HashMap<String, Tensor>,
-    prefix: &str,
-    dtype: DType,
-    opset: i64,
-) -> Result<ModelProto, String> {
+/// The graph's float type for a model dtype.
+pub(crate) fn data_type(dtype: DType) -> Result<DataType, String> {
+    match dtype {
+        DType::F32 => Ok(DataType::Float),
+        DType::F64 => Ok(DataType::Double),
+        other => Err(format!("dtype {other:?}: only float32 and float64 export")),
+    }
+}
+
+/// Checks that `spec` can be exported at `opset` and returns an empty graph builder in `dtype`.
+pub(crate) fn builder(spec: &FlowSpec, dtype: DType, opset: i64) -> Result<Builder, String> {
     if spec.kind != FlowKind::Iaf {
         return Err(
             "only flows that sample in one pass (IAF students, imported iaf / icaloflow-iaf flows) export to ONNX; \
@@ -303,105 +307,12 @@ pub fn export(
     if opset < 13 {
         return Err(format!("opset {opset}: the graph needs opset 13 or later (ReduceSum, Squeeze with axes inputs)"));
     }
-    let dt = match dtype {
-        DType::F32 => DataType::Float,
-        DType::F64 => DataType::Double,
-        other => return Err(format!("dtype {other:?}: only float32 and float64 export")),
-    };
-    let mut g = Builder { nodes: Vec::new(), inits: Vec::new(), count: 0, dtype: dt };
-    let (d, h, c) = (spec.features, spec.hidden_features, spec.context_features);
-    let m = spec.spline.params_per_feature();
-    let in_deg = input_degrees(d);
-    let hid_deg = hidden_degrees(h, d);
-    let out_deg = output_degrees(d, m);
-    let (m_in, m_hid, m_out) =
-        (mask(&hid_deg, &in_deg, false), mask(&hid_deg, &hid_deg, false), mask(&out_deg, &hid_deg, true));
-    let dir = spec.fast_direction();
-    let mut x = INPUT_Z.to_string();
-    for i in (0..spec.blocks).rev() {
-        if let Some(p) = spec.permutations.get(i) {
-            let mut inv = vec![0i64; d];
-            for (j, &q) in p.iter().enumerate() {
-                inv[q] = j as i64;
-            }
-            let idx = g.ints(&inv);
-            x = g.op("Gather", &[&x, &idx], vec![int_attr("axis", 1)]);
-        }
-        let key = |s: &str| format!("{prefix}.{i}.made.{s}");
-        let stem = format!("block{i}");
-        let mut t = g.linear(
-            &x,
-            &masked(tensors, &key("initial.weight"), &m_in)?,
-            &values(tensors, &key("initial.bias"))?,
-            h,
-            d,
-            &format!("{stem}_initial"),
-        );
-        if c > 0 {
-            let ctx = g.linear(
-                INPUT_CONTEXT,
-                &values(tensors, &key("context.weight"))?,
-                &values(tensors, &key("context.bias"))?,
-                h,
-                c,
-                &format!("{stem}_context"),
-            );
-            let r = g.relu(&ctx);
-            t = g.add(&t, &r);
-        }
-        if !spec.residual {
-            t = g.relu(&t);
-        }
-        for j in 0..spec.hidden_layers {
-            if spec.residual {
-                let r = g.relu(&t);
-                let w0 = masked(tensors, &key(&format!("layers.{j}.lin0.weight")), &m_hid)?;
-                let mut u = g.linear(
-                    &r,
-                    &w0,
-                    &values(tensors, &key(&format!("layers.{j}.lin0.bias")))?,
-                    h,
-                    h,
-                    &format!("{stem}_layer{j}_lin0"),
-                );
-                if c > 0 {
-                    let cw = values(tensors, &key(&format!("layers.{j}.context.weight")))?;
-                    let cb = values(tensors, &key(&format!("layers.{j}.context.bias")))?;
-                    let cc = g.linear(INPUT_CONTEXT, &cw, &cb, h, c, &format!("{stem}_layer{j}_context"));
-                    u = g.add(&u, &cc);
-                }
-                let u = g.relu(&u);
-                let w1 = masked(tensors, &key(&format!("layers.{j}.lin1.weight")), &m_hid)?;
-                let v = g.linear(
-                    &u,
-                    &w1,
-                    &values(tensors, &key(&format!("layers.{j}.lin1.bias")))?,
-                    h,
-                    h,
-                    &format!("{stem}_layer{j}_lin1"),
-                );
-                t = g.add(&t, &v);
-            } else {
-                let w = masked(tensors, &key(&format!("layers.{j}.weight")), &m_hid)?;
-                let l = g.linear(
-                    &t,
-                    &w,
-                    &values(tensors, &key(&format!("layers.{j}.bias")))?,
-                    h,
-                    h,
-                    &format!("{stem}_layer{j}"),
-                );
-                t = g.relu(&l);
-            }
-        }
-        let wf = masked(tensors, &key("final.weight"), &m_out)?;
-        let params = g.linear(&t, &wf, &values(tensors, &key("final.bias"))?, d * m, h, &format!("{stem}_final"));
-        x = g.rqs(&x, &params, spec, dir);
-    }
-    g.op("Identity", &[&x], vec![]);
-    // The last node's output is the graph's output.
-    g.nodes.last_mut().expect("the graph has nodes").output = vec![OUTPUT_X.into()];
-    let value = |name: &str, cols: usize| ValueInfoProto {
+    Ok(Builder { nodes: Vec::new(), inits: Vec::new(), count: 0, dtype: data_type(dtype)? })
+}
+
+/// A graph input or output (N, cols) of `dt`.
+pub(crate) fn value_info(name: &str, cols: usize, dt: DataType) -> ValueInfoProto {
+    ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
@@ -422,31 +333,170 @@ pub fn export(
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let mut inputs = vec![value(INPUT_Z, d)];
-    if c > 0 {
-        inputs.push(value(INPUT_CONTEXT, c));
     }
-    let graph = GraphProto {
-        name: "zdcflow_sample".into(),
-        node: g.nodes,
-        initializer: g.inits,
-        input: inputs,
-        output: vec![value(OUTPUT_X, d)],
-        doc_string: format!(
-            "zdcflow flow, sampling direction: x = f⁻¹(z | context); {} blocks, {} features, context {}, {} bins, tail bound {}",
-            spec.blocks, d, c, spec.spline.num_bins, spec.spline.tail_bound
-        ),
-        ..Default::default()
-    };
-    Ok(ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
-        producer_name: "zdcflow".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(graph),
-        ..Default::default()
-    })
+}
+
+impl Builder {
+    /// Adds the flow's sampling direction from the node `zs` (and `ctx` for a conditional flow);
+    /// returns the name of x. The base is not included (z is the base-space sample).
+    pub(crate) fn flow(
+        &mut self,
+        spec: &FlowSpec,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        zs: &str,
+        ctx: &str,
+    ) -> Result<String, String> {
+        let g = self;
+        let (d, h, c) = (spec.features, spec.hidden_features, spec.context_features);
+        let m = spec.spline.params_per_feature();
+        let in_deg = input_degrees(d);
+        let hid_deg = hidden_degrees(h, d);
+        let out_deg = output_degrees(d, m);
+        let (m_in, m_hid, m_out) =
+            (mask(&hid_deg, &in_deg, false), mask(&hid_deg, &hid_deg, false), mask(&out_deg, &hid_deg, true));
+        let dir = spec.fast_direction();
+        let mut x = zs.to_string();
+        for i in (0..spec.blocks).rev() {
+            if let Some(p) = spec.permutations.get(i) {
+                let mut inv = vec![0i64; d];
+                for (j, &q) in p.iter().enumerate() {
+                    inv[q] = j as i64;
+                }
+                let idx = g.ints(&inv);
+                x = g.op("Gather", &[&x, &idx], vec![int_attr("axis", 1)]);
+            }
+            let key = |s: &str| format!("{prefix}.{i}.made.{s}");
+            let stem = format!("block{i}");
+            let mut t = g.linear(
+                &x,
+                &masked(tensors, &key("initial.weight"), &m_in)?,
+                &values(tensors, &key("initial.bias"))?,
+                h,
+                d,
+                &format!("{stem}_initial"),
+            );
+            if c > 0 {
+                let ctx = g.linear(
+                    ctx,
+                    &values(tensors, &key("context.weight"))?,
+                    &values(tensors, &key("context.bias"))?,
+                    h,
+                    c,
+                    &format!("{stem}_context"),
+                );
+                let r = g.relu(&ctx);
+                t = g.add(&t, &r);
+            }
+            if !spec.residual {
+                t = g.relu(&t);
+            }
+            for j in 0..spec.hidden_layers {
+                if spec.residual {
+                    let r = g.relu(&t);
+                    let w0 = masked(tensors, &key(&format!("layers.{j}.lin0.weight")), &m_hid)?;
+                    let mut u = g.linear(
+                        &r,
+                        &w0,
+                        &values(tensors, &key(&format!("layers.{j}.lin0.bias")))?,
+                        h,
+                        h,
+                        &format!("{stem}_layer{j}_lin0"),
+                    );
+                    if c > 0 {
+                        let cw = values(tensors, &key(&format!("layers.{j}.context.weight")))?;
+                        let cb = values(tensors, &key(&format!("layers.{j}.context.bias")))?;
+                        let cc = g.linear(ctx, &cw, &cb, h, c, &format!("{stem}_layer{j}_context"));
+                        u = g.add(&u, &cc);
+                    }
+                    let u = g.relu(&u);
+                    let w1 = masked(tensors, &key(&format!("layers.{j}.lin1.weight")), &m_hid)?;
+                    let v = g.linear(
+                        &u,
+                        &w1,
+                        &values(tensors, &key(&format!("layers.{j}.lin1.bias")))?,
+                        h,
+                        h,
+                        &format!("{stem}_layer{j}_lin1"),
+                    );
+                    t = g.add(&t, &v);
+                } else {
+                    let w = masked(tensors, &key(&format!("layers.{j}.weight")), &m_hid)?;
+                    let l = g.linear(
+                        &t,
+                        &w,
+                        &values(tensors, &key(&format!("layers.{j}.bias")))?,
+                        h,
+                        h,
+                        &format!("{stem}_layer{j}"),
+                    );
+                    t = g.relu(&l);
+                }
+            }
+            let wf = masked(tensors, &key("final.weight"), &m_out)?;
+            let params = g.linear(&t, &wf, &values(tensors, &key("final.bias"))?, d * m, h, &format!("{stem}_final"));
+            x = g.rqs(&x, &params, spec, dir);
+        }
+        Ok(x)
+    }
+
+    /// Renames the last node's output to `name` (through an Identity).
+    pub(crate) fn output_as(&mut self, x: &str, name: &str) {
+        self.op("Identity", &[x], vec![]);
+        self.nodes.last_mut().expect("the graph has nodes").output = vec![name.into()];
+    }
+
+    /// The finished model.
+    pub(crate) fn model(
+        self,
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+        doc: String,
+        opset: i64,
+    ) -> ModelProto {
+        let graph = GraphProto {
+            name: "zdcflow_sample".into(),
+            node: self.nodes,
+            initializer: self.inits,
+            input: inputs,
+            output: outputs,
+            doc_string: doc,
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
+            producer_name: "zdcflow".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph),
+            ..Default::default()
+        }
+    }
+}
+
+/// The sampling direction of the flow `spec` with `tensors` (names as in a weights file, under
+/// `prefix`), in float32 or float64, as an ONNX model of the given opset.
+pub fn export(
+    spec: &FlowSpec,
+    tensors: &HashMap<String, Tensor>,
+    prefix: &str,
+    dtype: DType,
+    opset: i64,
+) -> Result<ModelProto, String> {
+    let mut g = builder(spec, dtype, opset)?;
+    let dt = g.dtype;
+    let (d, c) = (spec.features, spec.context_features);
+    let x = g.flow(spec, tensors, prefix, INPUT_Z, INPUT_CONTEXT)?;
+    g.output_as(&x, OUTPUT_X);
+    let mut inputs = vec![value_info(INPUT_Z, d, dt)];
+    if c > 0 {
+        inputs.push(value_info(INPUT_CONTEXT, c, dt));
+    }
+    let doc = format!(
+        "zdcflow flow, sampling direction: x = f⁻¹(z | context); {} blocks, {} features, context {}, {} bins, tail bound {}",
+        spec.blocks, d, c, spec.spline.num_bins, spec.spline.tail_bound
+    );
+    Ok(g.model(inputs, vec![value_info(OUTPUT_X, d, dt)], doc, opset))
 }
 
 /// The serialised model.
