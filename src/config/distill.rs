@@ -65,7 +65,7 @@ pub struct DistillSection {
     pub diversity_eps: f64,
     /// Weight of a condition with f_div = 0 (seen once, or identical responses): "top" (the
     /// normalised maximum, default) or "eps" (ε only).
-    pub zero_diversity: crate::distill::diversity::ZeroDiversity,
+    pub zero_diversity: ZeroDiversity,
     pub selection: Selection,
 }
 
@@ -113,4 +113,15 @@ impl DistillSection {
         }
         Ok(())
     }
+}
+
+/// What a condition with f_div = 0 gets (the paper does not say; 1/0 is infinite).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZeroDiversity {
+    /// The top normalised value, 1 (its weight |X_c| + ε): the limit of 1/f_div → ∞, clipped.
+    #[default]
+    Top,
+    /// Weight ε only: such conditions (a response seen once has no spread to learn) barely count.
+    Eps,
 }

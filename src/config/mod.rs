@@ -27,7 +27,7 @@ mod model;
 mod set;
 mod train;
 
-pub use distill::{ChannelUnits, DistillSection, Selection, Setup};
+pub use distill::{ChannelUnits, DistillSection, Selection, Setup, ZeroDiversity};
 pub use flows::{FlowSection, PhotonSumSection, StudentFlowSection};
 pub use model::{DataSection, Detector, FlowName, ModelSection, Precision};
 pub use set::apply_set;

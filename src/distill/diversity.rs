@@ -9,6 +9,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::Serialize;
 
+pub use crate::config::ZeroDiversity;
 use crate::data::channels::PIXELS;
 use crate::data::split::group_identical;
 use crate::data::zdc::{ZdcFile, FEATURES};
@@ -120,17 +121,6 @@ fn pixel_std_sum<'a>(images: impl Iterator<Item = &'a [f32]> + Clone) -> f64 {
 /// values are equal the normalised value is 1.
 pub fn inverse_diversity_weights(f_div: &[f64], counts: &[usize], eps: f64) -> Vec<f64> {
     inverse_diversity_weights_with(f_div, counts, eps, ZeroDiversity::Top)
-}
-
-/// What a condition with f_div = 0 gets (the paper does not say; 1/0 is infinite).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum ZeroDiversity {
-    /// The top normalised value, 1 (its weight |X_c| + ε): the limit of 1/f_div → ∞, clipped.
-    #[default]
-    Top,
-    /// Weight ε only: such conditions (a response seen once has no spread to learn) barely count.
-    Eps,
 }
 
 /// [`inverse_diversity_weights`] with the f_div = 0 rule chosen.
