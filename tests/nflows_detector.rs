@@ -32,43 +32,31 @@ fn an_imported_zdc_flow_with_a_conditional_base_samples_and_evaluates() {
     assert!(m["units"].get("photon_sum").is_none());
 
     // Sampling goes through the flow's conditional base; photon sums come from the conditions file.
-    ok(
-        d,
-        &[
-            "sample",
-            "--model",
-            "m",
-            "--conditions",
-            "zdc.h5",
-            "--photon-sum",
-            "data",
-            "--seed",
-            "1",
-            "--output",
-            "g.h5",
-        ],
-    );
+    let sample = |model: &str, out: &str| {
+        ok(
+            d,
+            &[
+                "sample",
+                "--model",
+                model,
+                "--conditions",
+                "zdc.h5",
+                "--photon-sum",
+                "data",
+                "--seed",
+                "1",
+                "--output",
+                out,
+            ],
+        )
+    };
+    sample("m", "g.h5");
     ok(d, &["evaluate", "--reference", "zdc.h5", "--generated", "g.h5", "--output", "metrics.json"]);
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("metrics.json")).unwrap()).unwrap();
     assert!(metrics["metrics"]["ws"].as_f64().unwrap().is_finite(), "{metrics}");
     // Same seed, same model: the same file (every draw is seeded).
-    ok(
-        d,
-        &[
-            "sample",
-            "--model",
-            "m",
-            "--conditions",
-            "zdc.h5",
-            "--photon-sum",
-            "data",
-            "--seed",
-            "1",
-            "--output",
-            "g2.h5",
-        ],
-    );
+    sample("m", "g2.h5");
     let read = |f: &str| {
         let _g = common::hdf5_in_process();
         let file = hdf5::File::open(d.join(f)).unwrap();
@@ -103,22 +91,7 @@ fn an_imported_zdc_flow_with_a_conditional_base_samples_and_evaluates() {
         ],
     );
     assert_eq!(model_json(&d.join("m2"))["conditions"]["mean"][9], 500.0);
-    ok(
-        d,
-        &[
-            "sample",
-            "--model",
-            "m2",
-            "--conditions",
-            "zdc.h5",
-            "--photon-sum",
-            "data",
-            "--seed",
-            "1",
-            "--output",
-            "g3.h5",
-        ],
-    );
+    sample("m2", "g3.h5");
     assert_ne!(a, read("g3.h5"));
 
     // What is missing is said in one line.
