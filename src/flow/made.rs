@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{add_bias, torch_default_init};
+use super::masked_linear::{self, MaskRule};
 
 /// The shape of one MADE network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,7 +64,8 @@ pub fn mask(out_degrees: &[usize], in_degrees: &[usize], strict: bool) -> Vec<f3
 pub struct MaskedLinear {
     weight: Tensor,
     bias: Tensor,
-    mask: Tensor,
+    /// A trainable layer's mask (see [`masked_linear`]); `None` when frozen.
+    mask: Option<std::sync::Arc<MaskRule>>,
     /// Frozen weights (sampling, teachers): the masked weight, and its staircase blocks.
     frozen: Option<Frozen>,
 }
@@ -145,8 +147,7 @@ impl MaskedLinear {
         if let Some(orders) = orders {
             return Self::frozen(weight, bias, in_deg, out_deg, strict, orders);
         }
-        let mask = Tensor::from_vec(mask(out_deg, in_deg, strict), (o, i), vb.device())?.to_dtype(vb.dtype())?;
-        Ok(Self { weight, bias, mask, frozen: None })
+        Ok(Self { weight, bias, mask: Some(MaskRule::new(out_deg, in_deg, strict)), frozen: None })
     }
 
     /// A frozen layer keeps one copy of its weights: the masked weight in the used order (the
@@ -193,16 +194,17 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
-        // `weight` and `mask` are not used by a frozen layer (see `masked_weight`): they share
-        // the masked weight's storage rather than hold copies.
-        Ok(Self { weight: masked.clone(), bias, mask: masked.clone(), frozen: Some(Frozen { masked, blocks }) })
+        // `weight` is not used by a frozen layer (see `masked_weight`): it shares the masked
+        // weight's storage rather than hold a copy.
+        Ok(Self { weight: masked.clone(), bias, mask: None, frozen: Some(Frozen { masked, blocks }) })
     }
 
     /// `weight · mask` (for a frozen MADE, in its hidden-unit order).
     pub fn masked_weight(&self) -> candle_core::Result<Tensor> {
-        match &self.frozen {
-            Some(f) => Ok(f.masked.clone()),
-            None => &self.weight * &self.mask,
+        match (&self.frozen, &self.mask) {
+            (Some(f), _) => Ok(f.masked.clone()),
+            (None, Some(rule)) => rule.masked_weight(&self.weight),
+            (None, None) => candle_core::bail!("a masked layer is either frozen or has its mask"),
         }
     }
 
@@ -229,7 +231,10 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 1)?
             }
-            None => xs.matmul(&self.masked_weight()?.t()?)?,
+            None => match &self.mask {
+                Some(rule) => masked_linear::forward(xs, &self.weight, rule)?,
+                None => xs.matmul(&self.masked_weight()?.t()?)?,
+            },
         };
         add_bias(&ys, &self.bias)
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod io;
 pub mod layers;
 pub mod made;
+pub mod masked_linear;
 pub mod nflows;
 pub mod params;
 pub mod permutation;
