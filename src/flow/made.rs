@@ -62,12 +62,15 @@ pub fn mask(out_degrees: &[usize], in_degrees: &[usize], strict: bool) -> Vec<f3
 
 /// A linear layer whose weight is multiplied by a fixed 0/1 mask.
 pub struct MaskedLinear {
-    weight: Tensor,
+    weights: Weights,
     bias: Tensor,
-    /// A trainable layer's mask (see [`masked_linear`]); `None` when frozen.
-    mask: Option<std::sync::Arc<MaskRule>>,
-    /// Frozen weights (sampling, teachers): the masked weight, and its staircase blocks.
-    frozen: Option<Frozen>,
+}
+
+enum Weights {
+    /// The stored weight (a variable in training) and its mask (see [`masked_linear`]).
+    Trainable { weight: Tensor, rule: std::sync::Arc<MaskRule> },
+    /// Sampling, teachers: the masked weight, and its staircase blocks.
+    Frozen(Frozen),
 }
 
 struct Frozen {
@@ -147,7 +150,7 @@ impl MaskedLinear {
         if let Some(orders) = orders {
             return Self::frozen(weight, bias, in_deg, out_deg, strict, orders);
         }
-        Ok(Self { weight, bias, mask: Some(MaskRule::new(out_deg, in_deg, strict)), frozen: None })
+        Ok(Self { weights: Weights::Trainable { weight, rule: MaskRule::new(out_deg, in_deg, strict) }, bias })
     }
 
     /// A frozen layer keeps one copy of its weights: the masked weight in the used order (the
@@ -194,17 +197,14 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
-        // `weight` is not used by a frozen layer (see `masked_weight`): it shares the masked
-        // weight's storage rather than hold a copy.
-        Ok(Self { weight: masked.clone(), bias, mask: None, frozen: Some(Frozen { masked, blocks }) })
+        Ok(Self { weights: Weights::Frozen(Frozen { masked, blocks }), bias })
     }
 
     /// `weight · mask` (for a frozen MADE, in its hidden-unit order).
     pub fn masked_weight(&self) -> candle_core::Result<Tensor> {
-        match (&self.frozen, &self.mask) {
-            (Some(f), _) => Ok(f.masked.clone()),
-            (None, Some(rule)) => rule.masked_weight(&self.weight),
-            (None, None) => candle_core::bail!("a masked layer is either frozen or has its mask"),
+        match &self.weights {
+            Weights::Frozen(f) => Ok(f.masked.clone()),
+            Weights::Trainable { weight, rule } => rule.masked_weight(weight),
         }
     }
 
@@ -213,14 +213,12 @@ impl MaskedLinear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let blocks = self
-            .frozen
-            .as_ref()
-            .and_then(|f| f.blocks.as_ref())
-            .filter(|_| xs.dim(0).is_ok_and(|n| n >= MIN_ROWS_FOR_BLOCKS));
-        let ys = match blocks {
+        let ys = match &self.weights {
+            Weights::Trainable { weight, rule } => masked_linear::forward(xs, weight, rule)?,
             // Staircase: each row group multiplies only the inputs its mask can see.
-            Some(blocks) => {
+            Weights::Frozen(Frozen { blocks: Some(blocks), .. })
+                if xs.dim(0).is_ok_and(|n| n >= MIN_ROWS_FOR_BLOCKS) =>
+            {
                 let n = xs.dim(0)?;
                 let parts = blocks
                     .iter()
@@ -231,10 +229,7 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 1)?
             }
-            None => match &self.mask {
-                Some(rule) => masked_linear::forward(xs, &self.weight, rule)?,
-                None => xs.matmul(&self.masked_weight()?.t()?)?,
-            },
+            Weights::Frozen(f) => xs.matmul(&f.masked.t()?)?,
         };
         add_bias(&ys, &self.bias)
     }
@@ -486,10 +481,10 @@ mod tests {
         let varmap = VarMap::new();
         let vb = super::super::params::SeededInit::var_builder(&varmap, 3, DType::F64, &dev);
         let trainable = Made::new(&cfg, vb)?;
-        assert!(trainable.initial.frozen.is_none());
+        assert!(matches!(trainable.initial.weights, Weights::Trainable { .. }));
         let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
         let frozen = Made::frozen(&cfg, VarBuilder::from_tensors(tensors, DType::F64, &dev))?;
-        assert!(frozen.initial.frozen.as_ref().is_some_and(|f| f.blocks.is_some()), "staircase blocks");
+        assert!(matches!(frozen.initial.weights, Weights::Frozen(Frozen { blocks: Some(_), .. })), "staircase blocks");
         // 300 rows: the frozen layers multiply by blocks.
         let xs = Tensor::arange(0f64, 1500.0, &dev)?.reshape((300, 5))?.affine(1e-3, -0.7)?.sin()?;
         let ctx = Tensor::arange(0f64, 900.0, &dev)?.reshape((300, 3))?.affine(1e-2, 0.1)?.cos()?;
