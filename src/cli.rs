@@ -70,7 +70,7 @@ pub enum Command {
     Selftest,
     /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
     ImportNflows(ImportNflowsArgs),
-    /// Each CaloChallenge shower's log-density (MeV space, given E_inc) under a model's Flow-1 · Flow-2 · ∏ Flow-3.
+    /// Each event's log-density: CaloChallenge showers (MeV space, given E_inc) under Flow-1 · Flow-2 · ∏ Flow-3, ZDC responses (photon space, given the particle and photon sum).
     LogProb(LogProbArgs),
     /// One flow's raw passes on .npy arrays: log-prob, to-data (z → x), to-latent (x → z).
     Flow(FlowArgs),
@@ -450,14 +450,19 @@ pub struct ExportOnnxArgs {
     /// ONNX operator set (13 or later).
     #[arg(long, default_value_t = 17)]
     pub opset: i64,
-    /// Include the detector's pre- and postprocessing, so that the graph simulates directly
-    /// (ZDC models, the image flow `flow`): inputs `z` (N, 1936) standard-normal noise,
+    /// Include the detector's pre- and postprocessing, so that the graph simulates directly.
+    /// ZDC models (the image flow `flow`): inputs `z` (N, 1936) standard-normal noise,
     /// `particle` (N, 9) RAW particle features as in the data file's conditions (the condition
     /// scaler is in the graph) and `photon_sum` (N, 1); output `photons` (N, 1936) float32 photon
-    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (inputs in the
-    /// model's float type; all five
-    /// noise removals are in the graph; `round` rounds halves away from zero, as zdcflow does).
-    /// Not for CaloChallenge models (export their flows alone) nor flows with a conditional base.
+    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (all five
+    /// noise removals are in the graph; `round` rounds halves away from zero, as zdcflow does; a
+    /// conditional base maps the noise to μ(c) + σ(c)·z in the graph, as `sample` does).
+    /// CaloChallenge students (`--unit flow3`, the default, or `flow2`): one layer's voxels in MeV
+    /// from `z` (N, V), `e_inc` (N, 1) and `e_layer` (N, 1) in MeV, and for Flow-3 `e_prev`
+    /// (N, 1), `prev_layer` (N, V) in MeV, `prev_noise` (N, V) U[0,1) draws and `layer` (N, 1)
+    /// int64, the 0-based index 1..=44 of the layer generated; output `voxels` (N, V): what
+    /// `sample` generates for that layer from the same draws. Flow-1 (the layer-energy MAF) is
+    /// not exported. Inputs are in the model's float type.
     #[arg(long)]
     pub postprocess: bool,
     /// With --postprocess: the noise removal written into the graph (as `sample --denoise`).
@@ -465,8 +470,10 @@ pub struct ExportOnnxArgs {
     pub denoise: crate::sample::denoise::Denoise,
 }
 
-/// What `log_prob` is, written into `--help` and the output file.
-pub const LOG_PROB_DEFINITION: &str = "log_prob = log p(x~ | E_inc) in ln(MeV^-(45*V)) (V voxels per layer), for the \
+/// The CaloChallenge definition of `log_prob` (a literal, for `concat!`).
+macro_rules! calo_log_prob_definition {
+    () => {
+        "log_prob = log p(x~ | E_inc) in ln(MeV^-(45*V)) (V voxels per layer), for the \
 shower x~ = x + n, x the file's voxel energies in MeV and n ~ U[0, noise_mev) per voxel (the training \
 preprocessing's noise, one draw per voxel from --seed; zero voxels are therefore never exactly zero). With \
 E_i = sum of layer i's voxels of x~, p_i = x~_i / E_i, u_i = logit(E_i / layer_scale), y_i = logit(p_i): \
@@ -475,23 +482,48 @@ log_prob = log q1(u | E_inc) + log q2(y_1 | E_inc, E_1) + sum_{i=2..45} log q3(y
 sum_{v<V} log|dy_iv/dp_iv| - (V-1) log E_i] is log|det| of the bijection x~_i -> (u_i, y_i1..y_i(V-1)) of each layer \
 (the fractions sum to one, so the V-th logit is fixed by the others; the flows' density of the whole V-vector y_i \
 is taken as the density of its first V-1 coordinates, as the published factorisation is read). E_inc is a \
-condition, not a variable.";
+condition, not a variable."
+    };
+}
+
+/// The ZDC definition of `log_prob` (a literal, for `concat!`).
+macro_rules! zdc_log_prob_definition {
+    () => {
+        "log_prob = log p(x~_1..x~_(V-1) | particle, S, T) in ln(photons^-(V-1)), V = 1936 pixels, for the \
+noised response x~ = x + noise_mul * u, x the file's photon counts and u ~ U[0,1) per pixel (one draw per pixel \
+from --seed, as in training), given the particle's 9 features and the file's photon sum S (the flow's conditions) \
+and the noised total T = sum of x~ (which fixes the last pixel). With p = x~ / T and y the flow features \
+(logit(alpha + (1 - 2 alpha) p), standardised per pixel where the model does): log_prob = log q(y | c) + log_det, q \
+the image flow's density (base included), log_det = sum_{v<V} [log|dy_v/dp_v|] - (V-1) log T, the log|det| of \
+x~_1..x~_(V-1) -> y_1..y_(V-1) at fixed T (the flow's density of the whole V-vector y is taken as the density of \
+its first V-1 coordinates, as for CaloChallenge layers). Output datasets log_prob, log_q, log_det, photon_sum (S)."
+    };
+}
+
+/// What `log_prob` is for a CaloChallenge model, written into `--help` and the output file.
+pub const LOG_PROB_DEFINITION: &str = calo_log_prob_definition!();
+/// What `log_prob` is for a ZDC model, written into `--help` and the output file.
+pub const ZDC_LOG_PROB_DEFINITION: &str = zdc_log_prob_definition!();
+const LOG_PROB_HELP: &str =
+    concat!("CaloChallenge models: ", calo_log_prob_definition!(), "\n\nZDC models: ", zdc_log_prob_definition!());
 
 #[derive(Args, Debug)]
-#[command(after_long_help = LOG_PROB_DEFINITION)]
+#[command(after_long_help = LOG_PROB_HELP)]
 pub struct LogProbArgs {
-    /// A CaloChallenge model directory holding flow1, flow2 and flow3 (train-teacher, distill-student or
-    /// import-nflows --detector ds2|ds3 output).
+    /// A model directory: CaloChallenge (flow1, flow2 and flow3: train-teacher, distill-student or
+    /// import-nflows --detector ds2|ds3 output) or ZDC (its image flow `flow`).
     #[arg(long)]
     pub model: PathBuf,
-    /// Showers to score: a CaloChallenge HDF5 file of the model's dataset (`incident_energies`, `showers` in MeV).
+    /// Events to score: a CaloChallenge HDF5 file of the model's dataset (`incident_energies`,
+    /// `showers` in MeV), or for a ZDC model a ZDC data file (responses, particles, photon sums).
     #[arg(long)]
     pub showers: PathBuf,
-    /// Output HDF5: `log_prob` (N) and its parts `log_q_flow1`, `log_q_flow2`, `log_q_flow3`, `log_det` (N),
-    /// `incident_energies` (N, MeV), with the definition as the attribute `definition`.
+    /// Output HDF5 with the definition as the attribute `definition`. CaloChallenge: `log_prob`
+    /// (N) and its parts `log_q_flow1`, `log_q_flow2`, `log_q_flow3`, `log_det` (N),
+    /// `incident_energies` (N, MeV). ZDC: `log_prob`, `log_q`, `log_det`, `photon_sum` (N).
     #[arg(long)]
     pub output: PathBuf,
-    /// Seed of the uniform noise added to the voxels (the density is of the noised shower).
+    /// Seed of the uniform noise added to the voxels or pixels (the density is of the noised event).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Showers per batch.

@@ -162,15 +162,72 @@ fn export_onnx_refuses_a_maf_in_one_line() {
     assert!(!d.join("maf.onnx").exists());
 }
 
-/// `export-onnx --postprocess` on a smoke ZDC student: the graph (raw particle features, photon
-/// sums and noise in, photon counts out), run by ONNX Runtime, gives the counts zdcflow computes
-/// from the same noise: `flow to-data` on the conditions `sample` builds, then `sample`'s own noise
-/// removal (library functions, the code `sample` runs). Counts are exact except at rounding ties,
-/// where the graph's float32 flow output and candle's may round to neighbouring counts.
-#[test]
-fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
+/// Exports the ZDC model `model` with `--postprocess` (two noise removals), runs the graph with
+/// ONNX Runtime on the first 64 events of `zdc.h5` and compares with the photon counts zdcflow
+/// computes from the same noise: the image flow through its base (the code `sample` runs) on the
+/// conditions `sample` builds, then `sample`'s own noise removal. Counts are exact except at
+/// rounding ties, where the graph's float32 flow output and candle's may round to neighbours.
+fn check_postprocessed_zdc(d: &Path, model: &str, python: &str) {
     use rand::{Rng, SeedableRng};
     use zdcflow::export::zdc::{self, Denoise};
+    let n = 64;
+    let (particles, sums) = {
+        let _hdf5 = common::hdf5_in_process();
+        let f = zdcflow::data::zdc::ZdcFile::open(&d.join("zdc.h5")).unwrap();
+        (f.conditions.particles[..n * 9].to_vec(), f.conditions.photon_sum[..n].to_vec())
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let z: Vec<f32> = (0..n * 1936)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+        })
+        .collect();
+    let dir = d.join(model);
+    let (prep, scaler) = zdc::model_processing(&dir).unwrap();
+    let ctx = zdc::flow_conditions(&scaler, &particles, &sums);
+    let ys = zdc::flow_output(&dir, &z, &ctx).unwrap();
+    let save = |name: &str, v: &[f32], cols: usize| {
+        let p = d.join(format!("{model}.{name}"));
+        ndarray_npy::write_npy(&p, &Array2::from_shape_vec((v.len() / cols, cols), v.to_vec()).unwrap()).unwrap();
+        p.display().to_string()
+    };
+    let (zp, pp, sp) = (save("z.npy", &z, 1936), save("p.npy", &particles, 9), save("s.npy", &sums, 1));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
+    for variant in [Denoise::Round, Denoise::FloorRecalc] {
+        let name = format!("{model}.{}", variant.name());
+        let onnx = path(d, &format!("{name}.onnx"));
+        ok(d, &["export-onnx", "--model", model, "--postprocess", "--denoise", variant.name(), "--output", &onnx]);
+        let out = path(d, &format!("{name}.photons.npy"));
+        let feeds = [format!("z={zp}"), format!("particle={pp}"), format!("photon_sum={sp}")];
+        let r = Command::new(python).arg(script).arg(&onnx).args(&feeds).arg(&out).output().unwrap();
+        assert!(r.status.success(), "{name}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read(Path::new(&out));
+        let want = zdc::photons_from_flow_output(&prep, variant, &ys, &sums);
+        let before = zdc::values_before_rounding(&prep, variant, &ys, &sums);
+        assert_eq!(got.len(), want.len());
+        assert!(want.iter().sum::<f32>() > 0.0, "{name}: the reference has no photons");
+        let mut differ = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if *g == *w as f64 {
+                continue;
+            }
+            differ += 1;
+            assert!((g - *w as f64).abs() <= 1.0, "{name}: pixel {i}: graph {g}, zdcflow {w}");
+            if variant == Denoise::Round {
+                // A tie of round(v): v within 1e-3 of k + 1/2.
+                let v = before[i];
+                assert!(((v - v.floor()) - 0.5).abs() < 1e-3, "{name}: pixel {i}: graph {g}, zdcflow {w}, v = {v}");
+            }
+        }
+        eprintln!("{name}: {differ} of {} counts differ (by one photon, at rounding ties)", got.len());
+        assert!(differ * 1000 <= got.len(), "{name}: {differ} of {} counts differ", got.len());
+    }
+}
+
+/// `export-onnx --postprocess` on a smoke ZDC student (standard-normal base).
+#[test]
+fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
     let Some(python) = python_with_onnxruntime() else {
         eprintln!("no Python with onnxruntime found: the postprocessed graph is not checked");
         return;
@@ -210,86 +267,171 @@ fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
         "s",
     ];
     ok(d, &student);
-
-    // The first 64 events' particles and photon sums, and seeded standard-normal noise.
-    let n = 64;
-    let (particles, sums) = {
-        let _hdf5 = common::hdf5_in_process();
-        let f = zdcflow::data::zdc::ZdcFile::open(&d.join("zdc.h5")).unwrap();
-        (f.conditions.particles[..n * 9].to_vec(), f.conditions.photon_sum[..n].to_vec())
-    };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
-    let z: Vec<f32> = (0..n * 1936)
-        .map(|_| {
-            let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-        })
-        .collect();
-    let (prep, scaler) = zdc::model_processing(&d.join("s")).unwrap();
-    let ctx = zdc::flow_conditions(&scaler, &particles, &sums);
-    let save = |name: &str, v: &[f32], cols: usize| {
-        let p = d.join(name);
-        ndarray_npy::write_npy(&p, &Array2::from_shape_vec((v.len() / cols, cols), v.to_vec()).unwrap()).unwrap();
-        p.display().to_string()
-    };
-    let (zp, cp, pp, sp) =
-        (save("z.npy", &z, 1936), save("c.npy", &ctx, 10), save("p.npy", &particles, 9), save("s.npy", &sums, 1));
-    let yp = path(d, "y.npy");
-    ok(
-        d,
-        &[
-            "--threads",
-            "1",
-            "flow",
-            "to-data",
-            "--model",
-            "s",
-            "--unit",
-            "flow",
-            "--input",
-            &zp,
-            "--context",
-            &cp,
-            "--output",
-            &yp,
-        ],
-    );
-    let ys: Vec<f32> = read(Path::new(&yp)).into_iter().map(|v| v as f32).collect();
-
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
-    for variant in [Denoise::Round, Denoise::FloorRecalc] {
-        let name = variant.name();
-        let onnx = path(d, &format!("{name}.onnx"));
-        ok(d, &["export-onnx", "--model", "s", "--postprocess", "--denoise", name, "--output", &onnx]);
-        let out = path(d, &format!("{name}.photons.npy"));
-        let feeds = [format!("z={zp}"), format!("particle={pp}"), format!("photon_sum={sp}")];
-        let r = Command::new(&python).arg(script).arg(&onnx).args(&feeds).arg(&out).output().unwrap();
-        assert!(r.status.success(), "{name}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
-        let got = read(Path::new(&out));
-        let want = zdc::photons_from_flow_output(&prep, variant, &ys, &sums);
-        let before = zdc::values_before_rounding(&prep, variant, &ys, &sums);
-        assert_eq!(got.len(), want.len());
-        assert!(want.iter().sum::<f32>() > 0.0, "{name}: the reference has no photons");
-        let mut differ = 0;
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            if *g == *w as f64 {
-                continue;
-            }
-            differ += 1;
-            assert!((g - *w as f64).abs() <= 1.0, "{name}: pixel {i}: graph {g}, zdcflow {w}");
-            if variant == Denoise::Round {
-                // A tie of round(v): v within 1e-3 of k + 1/2.
-                let v = before[i];
-                assert!(((v - v.floor()) - 0.5).abs() < 1e-3, "{name}: pixel {i}: graph {g}, zdcflow {w}, v = {v}");
-            }
-        }
-        eprintln!("{name}: {differ} of {} counts differ (by one photon, at rounding ties)", got.len());
-        assert!(differ * 1000 <= got.len(), "{name}: {differ} of {} counts differ", got.len());
-    }
+    check_postprocessed_zdc(d, "s", &python);
     // A CaloChallenge-style misuse: --postprocess on a flows directory is one clear line.
     let e = fails(
         d,
         &["export-onnx", "--model", "s", "--unit", "photon_sum", "--postprocess", "--output", &path(d, "x.onnx")],
     );
     assert!(e.contains("--postprocess"), "{e}");
+}
+
+/// `export-onnx --postprocess` on a student of an imported nflows teacher with a conditional
+/// base (`ConditionalDiagonalNormal`): the graph maps the noise through the base's encoder too.
+#[test]
+fn postprocessed_zdc_graph_of_a_conditional_base_student_gives_the_photon_counts_of_zdcflow() {
+    let Some(python) = python_with_onnxruntime() else {
+        eprintln!("no Python with onnxruntime found: the postprocessed graph is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["generate", "zdc", "--events", "200", "--seed", "3", "--output", "zdc.h5"]);
+    let pt = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nflows-detector/zdc-condbase.pt");
+    ok(d, &["import-nflows", pt, "--kind", "maf", "--detector", "zdc", "--data", "zdc.h5", "--output-dir", "t"]);
+    let student = [
+        "--threads",
+        "1",
+        "distill-student",
+        "--config",
+        &common::config("smoke-zdc-student.toml"),
+        "--teacher",
+        "t",
+        "--set",
+        "data.path=zdc.h5",
+        "--set",
+        "train.epochs=1",
+        "--output-dir",
+        "s",
+    ];
+    ok(d, &student);
+    check_postprocessed_zdc(d, "s", &python);
+}
+
+/// `export-onnx --postprocess` on a CaloChallenge student (distilled from imported iCaloFlow
+/// teachers, float64): the Flow-2 and Flow-3 graphs, run by ONNX Runtime on random energies,
+/// layers and noise, give the voxels zdcflow's sampler computes for that layer from the same draws.
+#[test]
+fn postprocessed_calo_layer_graphs_give_the_voxels_of_zdcflow() {
+    use rand::{Rng, SeedableRng};
+    use zdcflow::config::FlowName;
+    use zdcflow::export::calo::{layer_voxels, LayerInputs};
+    let Some(python) = python_with_onnxruntime() else {
+        eprintln!("no Python with onnxruntime found: the postprocessed graphs are not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["generate", "calo", "--dataset", "2", "--events", "60", "--seed", "4", "--output", "ds2.h5"]);
+    let ckpt = |f: &str| format!("{}/tests/data/nflows-detector/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (f1, f2, f3) = (ckpt("ds2-flow1.pt"), ckpt("ds2-flow2.pt"), ckpt("ds2-flow3.pt"));
+    let import = [
+        "import-nflows",
+        &f1,
+        "--kind",
+        "maf",
+        "--detector",
+        "ds2",
+        "--data",
+        "ds2.h5",
+        "--flow2",
+        &f2,
+        "--flow3",
+        &f3,
+        "--output-dir",
+        "t",
+    ];
+    ok(d, &import);
+    let distill = [
+        "distill-student",
+        "--config",
+        &common::config("smoke-ds2-student.toml"),
+        "--teacher",
+        "t",
+        "--set",
+        "data.path=ds2.h5",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "student.flow2.train.max_batches=2",
+        "--set",
+        "student.flow3.train.max_batches=2",
+        "--output-dir",
+        "s",
+    ];
+    ok(d, &distill);
+
+    let (n, v) = (24, 144);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let normal = |rng: &mut rand_chacha::ChaCha8Rng| {
+        let (u, w): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * w).cos()) as f32
+    };
+    // Energies are 0 (an empty layer) or well above the 15 keV threshold, as Flow-1 gives them.
+    let energy = |rng: &mut rand_chacha::ChaCha8Rng| {
+        if rng.random::<f64>() < 0.15 {
+            0.0
+        } else {
+            10f64.powf(rng.random_range(0.0..4.5)) as f32
+        }
+    };
+    let z: Vec<f32> = (0..n * v).map(|_| normal(&mut rng)).collect();
+    let e_inc: Vec<f32> = (0..n).map(|_| 10f64.powf(rng.random_range(3.0..6.0)) as f32).collect();
+    let e_layer: Vec<f32> = (0..n).map(|_| energy(&mut rng)).collect();
+    let e_prev: Vec<f32> = (0..n).map(|_| energy(&mut rng)).collect();
+    let prev_layer: Vec<f32> =
+        (0..n * v).map(|_| if rng.random::<f64>() < 0.6 { 0.0 } else { rng.random_range(0.0f32..300.0) }).collect();
+    let prev_noise: Vec<f32> = (0..n * v).map(|_| rng.random::<f64>() as f32).collect();
+    let layer: Vec<i64> = (0..n as i64).map(|i| 1 + (i * 7) % 44).collect();
+    let inputs = LayerInputs {
+        z: &z,
+        e_inc: &e_inc,
+        e_layer: &e_layer,
+        e_prev: &e_prev,
+        prev_layer: &prev_layer,
+        prev_noise: &prev_noise,
+        layer: &layer,
+    };
+    let save = |name: &str, v: &[f32], cols: usize| {
+        let p = d.join(name);
+        let a = Array2::from_shape_vec((v.len() / cols, cols), v.iter().map(|&x| x as f64).collect()).unwrap();
+        ndarray_npy::write_npy(&p, &a).unwrap();
+        p.display().to_string()
+    };
+    let layer_path = d.join("layer.npy");
+    ndarray_npy::write_npy(&layer_path, &Array2::from_shape_vec((n, 1), layer.clone()).unwrap()).unwrap();
+    let mut feeds = vec![
+        format!("z={}", save("z.npy", &z, v)),
+        format!("e_inc={}", save("e_inc.npy", &e_inc, 1)),
+        format!("e_layer={}", save("e_layer.npy", &e_layer, 1)),
+    ];
+    let flow3_feeds = [
+        format!("e_prev={}", save("e_prev.npy", &e_prev, 1)),
+        format!("prev_layer={}", save("prev_layer.npy", &prev_layer, v)),
+        format!("prev_noise={}", save("prev_noise.npy", &prev_noise, v)),
+        format!("layer={}", layer_path.display()),
+    ];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
+    for flow in [FlowName::Flow2, FlowName::Flow3] {
+        let name = flow.as_str();
+        if flow == FlowName::Flow3 {
+            feeds.extend(flow3_feeds.iter().cloned());
+        }
+        let onnx = path(d, &format!("{name}.onnx"));
+        ok(d, &["export-onnx", "--model", "s", "--postprocess", "--unit", name, "--output", &onnx]);
+        let out = path(d, &format!("{name}.voxels.npy"));
+        let r = Command::new(&python).arg(script).arg(&onnx).args(&feeds).arg(&out).output().unwrap();
+        assert!(r.status.success(), "{name}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read(Path::new(&out));
+        let want: Vec<f64> = layer_voxels(&d.join("s"), flow, &inputs).unwrap().iter().map(|&x| x as f64).collect();
+        assert!(want.iter().filter(|&&x| x > 0.0).count() > n, "{name}: the reference layers are almost empty");
+        let w = worst(&got, &want);
+        eprintln!("{name}: worst relative difference {w:.2e} over {} voxels", got.len());
+        assert!(w < 1e-5, "{name}: graph and zdcflow differ by {w}");
+    }
+    // Flow-1 has no layer postprocessing; the refusal names the units that do.
+    let e =
+        fails(d, &["export-onnx", "--model", "s", "--postprocess", "--unit", "flow1", "--output", &path(d, "f1.onnx")]);
+    assert!(e.contains("flow2 or flow3"), "{e}");
+    assert!(!d.join("f1.onnx").exists());
 }

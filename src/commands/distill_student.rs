@@ -70,22 +70,30 @@ fn zdc_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions) 
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
     }
     manifest.save(out)?;
-    let ps_dir = &teacher.unit(PHOTON_SUM_UNIT, teacher_dir)?.dir;
-    copy_unit(&teacher_dir.join(ps_dir), &out.join(ps_dir))?;
-    if teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON).exists() {
-        std::fs::copy(
-            teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON),
-            out.join(ps_dir).join(photon_sum::TEST_JSON),
-        )
-        .map_err(|e| Error::io(&out.join(ps_dir), e))?;
+    // An imported nflows teacher has no photon-sum flow: its student samples with --photon-sum data.
+    if teacher.units.contains_key(PHOTON_SUM_UNIT) {
+        let ps_dir = &teacher.unit(PHOTON_SUM_UNIT, teacher_dir)?.dir;
+        copy_unit(&teacher_dir.join(ps_dir), &out.join(ps_dir))?;
+        if teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON).exists() {
+            std::fs::copy(
+                teacher_dir.join(ps_dir).join(photon_sum::TEST_JSON),
+                out.join(ps_dir).join(photon_sum::TEST_JSON),
+            )
+            .map_err(|e| Error::io(&out.join(ps_dir), e))?;
+        }
     }
 
     let dtype = cfg.model.dtype.dtype();
     let teacher_flow = frozen_flow(teacher_dir, &teacher, FLOW_UNIT, dtype, &opts.device)?;
     let weights = if distill.diversity_weights() { Some(zdc::diversity_weights(&distill, &data, out)?) } else { None };
-    let init = section.filter(|s| s.init_from_teacher).map(|_| teacher.weights(teacher_dir, FLOW_UNIT)).transpose()?;
-    let (student, varmap) =
-        new_student(&s_spec, init.as_deref(), derive_seed(tc.seed, &[tag::INIT, 3]), dtype, &opts.device)?;
+    let (student, varmap) = new_student(
+        &s_spec,
+        &teacher.weights(teacher_dir, FLOW_UNIT)?,
+        section.is_some_and(|s| s.init_from_teacher),
+        derive_seed(tc.seed, &[tag::INIT, 3]),
+        dtype,
+        &opts.device,
+    )?;
     let channel = if distill.channel_loss() {
         Some(zdc::channel_loss(&distill, &teacher, teacher_dir, dtype, &opts.device)?)
     } else {
@@ -100,7 +108,7 @@ fn zdc_student(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions) 
         select_by_kl: distill.selection == Selection::Kl,
     };
     let prep = zdc::preprocessing(&manifest, out)?;
-    let (conditions, _) = zdc::scalers(&manifest, out)?;
+    let conditions = zdc::condition_scaler(&manifest, out)?;
     let source = FlowRows { file: &data.file, prep: &prep, conditions, weights: weights.as_deref() };
     let units = Units { out, split: &data.split, dtype, opts };
     let summary = if distill.selection == Selection::KlChannel {
@@ -145,11 +153,10 @@ fn calo_students(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions
     let mut summaries = Vec::new();
     for (f, section, tc, s_spec) in jobs {
         let teacher_flow = frozen_flow(teacher_dir, &teacher, f.as_str(), dtype, &opts.device)?;
-        let init =
-            section.filter(|s| s.init_from_teacher).map(|_| teacher.weights(teacher_dir, f.as_str())).transpose()?;
         let (student, varmap) = new_student(
             &s_spec,
-            init.as_deref(),
+            &teacher.weights(teacher_dir, f.as_str())?,
+            section.is_some_and(|s| s.init_from_teacher),
             derive_seed(tc.seed, &[tag::INIT, 20 + calo::index(f)]),
             dtype,
             &opts.device,

@@ -1,15 +1,20 @@
 //! `zdcflow export-onnx`: one flow unit's sampling direction as an ONNX graph, or (`--postprocess`)
-//! a ZDC model's image flow with the detector's pre- and postprocessing.
+//! a ZDC model's image flow, or a CaloChallenge model's Flow-2 or Flow-3, with the detector's pre-
+//! and postprocessing.
 
 use crate::cli::ExportOnnxArgs;
+use crate::config::FlowName;
 use crate::error::{Error, Result};
-use crate::export::{onnx, zdc};
+use crate::export::{calo, onnx, zdc};
 use crate::flow::io;
 use crate::util::atomic;
 
 pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     let units = super::flow_dir::read(&a.model)?;
+    let manifest = crate::models::manifest::Manifest::load(&a.model).ok();
+    let dataset = manifest.as_ref().and_then(|m| m.detector.dataset());
     let unit = match (a.postprocess, a.unit.as_deref()) {
+        (true, None) if dataset.is_some() => Some(FlowName::Flow3.as_str()),
         (true, None) => Some(crate::models::zdc::FLOW_UNIT),
         (_, u) => u,
     };
@@ -19,7 +24,19 @@ pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     io::load_frozen_flow(&spec, &weights, io::PREFIX, dtype, &candle_core::Device::Cpu)?;
     let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
         .map_err(|e| Error::checkpoint(&weights, e.to_string()))?;
-    let model = if a.postprocess {
+    let model = if let (true, Some(dataset), Some(m)) = (a.postprocess, dataset, manifest.as_ref()) {
+        let fail = |m: &str| Error::checkpoint(&a.model, format!("--postprocess: {m}"));
+        let flow = match name.as_str() {
+            "flow1" => FlowName::Flow1,
+            "flow2" => FlowName::Flow2,
+            "flow3" => FlowName::Flow3,
+            other => return Err(fail(&format!("unit '{other}' is not an iCaloFlow flow"))),
+        };
+        let prep = crate::models::calo::preprocessing(m, &a.model)?;
+        let geometry = crate::data::geometry::CaloGeometry::for_dataset(dataset).expect("dataset 2 or 3");
+        calo::export(flow, &spec, &tensors, io::PREFIX, dtype, a.opset, &prep, &geometry)
+            .map_err(|e| fail(&format!("unit '{name}': {e}")))?
+    } else if a.postprocess {
         let fail = |m: &str| Error::checkpoint(&a.model, format!("--postprocess: {m}"));
         let (prep, scaler) = zdc::model_processing(&a.model)?;
         if name != crate::models::zdc::FLOW_UNIT {

@@ -1,7 +1,7 @@
 //! `zdcflow log-prob --model DIR --showers FILE.h5 --output LP.h5`: each CaloChallenge shower's
 //! log-density under a model's inductive factorisation (Flow-1 · Flow-2 · ∏ Flow-3), with the
 //! Jacobian of the preprocessing, so that the number is a log-density of voxel energies in MeV
-//! given E_inc (definition in [`DEFINITION`]).
+//! given E_inc (definition in [`DEFINITION`]). ZDC models: [`super::log_prob_zdc`].
 
 use std::path::Path;
 
@@ -99,7 +99,7 @@ fn score(c: &Chain, prep: &CaloPreprocessing, e_inc: &[f64], rows: &[Preprocesse
     Ok((lp1, lp2, lp3, rows.iter().map(|r| r.2).collect()))
 }
 
-fn write_f64(file: &hdf5::File, path: &Path, name: &str, values: &[f64]) -> Result<()> {
+pub(crate) fn write_f64(file: &hdf5::File, path: &Path, name: &str, values: &[f64]) -> Result<()> {
     file.new_dataset::<f64>()
         .shape(vec![values.len()])
         .create(name)
@@ -114,12 +114,9 @@ pub fn run(a: &LogProbArgs, device: &Device) -> Result<(usize, f64)> {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
     }
     let m = Manifest::load(&a.model)?;
-    let dataset = m.detector.dataset().ok_or_else(|| {
-        Error::checkpoint(
-            &a.model,
-            "is a ZDC model; log-prob --showers scores CaloChallenge showers (ZDC: use `flow log-prob`)",
-        )
-    })?;
+    let Some(dataset) = m.detector.dataset() else {
+        return super::log_prob_zdc::run(a, &m, device);
+    };
     let prep = crate::models::calo::preprocessing(&m, &a.model)?;
     let file = CaloFile::open(&a.showers)?;
     if file.geometry.dataset != dataset {

@@ -16,6 +16,7 @@ pub(crate) mod import_detector;
 pub(crate) mod import_nflows;
 pub(crate) mod inspect;
 pub(crate) mod log_prob;
+pub(crate) mod log_prob_zdc;
 pub(crate) mod merge;
 pub(crate) mod sample;
 pub(crate) mod selftest;
@@ -92,7 +93,7 @@ fn execute(command: &Command, g: &Globals) -> Result<ExitCode> {
         }
         Command::LogProb(a) => {
             let (n, mean) = log_prob::run(a, &crate::device::open(&g.device)?)?;
-            println!("log-prob: {n} showers, mean log_prob {mean:.3} → {}", a.output.display());
+            println!("log-prob: {n} events, mean log_prob {mean:.3} → {}", a.output.display());
         }
         Command::Flow(a) => {
             let n = flow::run(a, &crate::device::open(&g.device)?)?;

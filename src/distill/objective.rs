@@ -2,7 +2,7 @@
 //! learns to invert a frozen MAF teacher using only the fast passes of both.
 //!
 //! - Data loop: x → z (teacher, x → z) → x' (student, z → x).
-//! - Latent loop: z ~ N(0, width²) → x' (student) → z' (teacher).
+//! - Latent loop: z ~ the base with ε ~ N(0, width²) → x' (student) → z' (teacher).
 //!
 //! Each loop's loss is the squared error between its start and end, plus — block by block —
 //! between the teacher's and the student's data-side and latent-side tensors and raw MADE outputs
@@ -16,8 +16,7 @@ use candle_core::{DType, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::flow::stack::standard_normal_log_prob;
-use crate::flow::{Flow, Pass, PassOptions, Trace};
+use crate::flow::{Flow, PassOptions, Trace};
 use crate::train::{Batch, Objective};
 
 /// Which terms the loss has.
@@ -160,7 +159,9 @@ impl Distillation<'_> {
         let ctx = batch.ctx.as_ref();
         let w = self.weights(batch);
         let (n, d) = batch.x.dims2()?;
-        let z = latent_noise(rng, n, d, self.terms.latent_width, &batch.x)?;
+        let eps = latent_noise(rng, n, d, self.terms.latent_width, &batch.x)?;
+        // z ~ the base (the teacher's, which the student shares): μ(c) + σ(c)·ε for a conditional one.
+        let (z, _) = self.teacher.base().from_noise(&eps, ctx)?;
         let s = self.student.to_data_with(&z, ctx, PassOptions { rng: train.then_some(rng), traced: true })?;
         let t = self.teacher.to_latent_with(&s.output, ctx, PassOptions::traced())?;
         let mut loss = squared_error(&z, &t.output, w)?;
@@ -211,11 +212,9 @@ impl Distillation<'_> {
     pub fn kl_sum(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> candle_core::Result<f64> {
         let ctx = batch.ctx.as_ref();
         let (n, d) = batch.x.dims2()?;
-        let z = latent_noise(rng, n, d, 1.0, &batch.x)?;
-        let Pass { output: x, ladj: ladj_s, .. } = self.student.to_data(&z, ctx)?;
-        let log_q = (standard_normal_log_prob(&z)? - ladj_s)?;
-        let t = self.teacher.to_latent(&x, ctx)?;
-        let log_p = (standard_normal_log_prob(&t.output)? + t.ladj)?;
+        let eps = latent_noise(rng, n, d, 1.0, &batch.x)?;
+        let (x, log_q) = self.student.sample_from(&eps, ctx)?;
+        let log_p = self.teacher.log_prob(&x, ctx)?;
         Ok(scalar(&(log_q - log_p)?.sum_all()?))
     }
 }

@@ -1,5 +1,7 @@
-//! Taking zdcflow models out: ONNX graphs of a flow's sampling direction, and of the ZDC image
-//! flow with the detector's pre- and postprocessing (`zdc`).
+//! Taking zdcflow models out: ONNX graphs of a flow's sampling direction, and of a detector's
+//! flow with its pre- and postprocessing (the ZDC image flow: `zdc`; a CaloChallenge student's
+//! Flow-2 or Flow-3: `calo`).
 
+pub mod calo;
 pub mod onnx;
 pub mod zdc;

@@ -440,6 +440,48 @@ impl Builder {
         Ok(x)
     }
 
+    /// Standard-normal noise `eps` through the flow's base: `μ(c) + exp(log σ(c))·ε` with
+    /// `[μ, log σ] = encoder(ctx)` for a conditional base (weights under `<prefix>.base.`), `eps`
+    /// itself for the standard normal.
+    pub(crate) fn base_from_noise(
+        &mut self,
+        spec: &FlowSpec,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        eps: &str,
+        ctx: &str,
+    ) -> Result<String, String> {
+        let crate::flow::base::BaseSpec::ConditionalDiagonalNormal { hidden } = &spec.base else {
+            return Ok(eps.to_string());
+        };
+        let d = spec.features;
+        let widths: Vec<usize> =
+            std::iter::once(spec.context_features).chain(hidden.iter().copied()).chain([2 * d]).collect();
+        let mut h = ctx.to_string();
+        for (i, w) in widths.windows(2).enumerate() {
+            let weight = values(tensors, &format!("{prefix}.base.{i}.weight"))?;
+            let bias = values(tensors, &format!("{prefix}.base.{i}.bias"))?;
+            if weight.len() != w[0] * w[1] || bias.len() != w[1] {
+                return Err(format!(
+                    "base layer {i}: weights of {} values, the spec needs {}",
+                    weight.len(),
+                    w[0] * w[1]
+                ));
+            }
+            h = self.linear(&h, &weight, &bias, w[1], w[0], &format!("base{i}"));
+            if i + 2 < widths.len() {
+                h = self.relu(&h);
+            }
+        }
+        let axis = self.ints(&[1]);
+        let (zero, mid, end) = (self.ints(&[0]), self.ints(&[d as i64]), self.ints(&[2 * d as i64]));
+        let mu = self.op("Slice", &[&h, &zero, &mid, &axis], vec![]);
+        let log_sigma = self.op("Slice", &[&h, &mid, &end, &axis], vec![]);
+        let sigma = self.op("Exp", &[&log_sigma], vec![]);
+        let scaled = self.mul(eps, &sigma);
+        Ok(self.add(&scaled, &mu))
+    }
+
     /// Renames the last node's output to `name` (through an Identity).
     pub(crate) fn output_as(&mut self, x: &str, name: &str) {
         self.op("Identity", &[x], vec![]);

@@ -4,8 +4,8 @@
 //!
 //! 1. context = (concat(particle, max(photon_sum, 0)) − mean) / std (the model's condition
 //!    scaler, in float64, then cast to the flow's dtype);
-//! 2. y = f⁻¹(z | context) (the flow's sampling direction; z is standard-normal noise: the
-//!    flow's base is the standard normal);
+//! 2. y = f⁻¹(b(z | context) | context): z is standard-normal noise, b the flow's base (z itself
+//!    for the standard normal, μ(c) + σ(c)·z for a conditional base), f⁻¹ the sampling direction;
 //! 3. in float64: y·std + mean per pixel (where the model standardises pixels), sigmoid,
 //!    (· − α)/(1 − 2α) clipped to [0, 1], divided by its sum, × (S + 1936·noise_mul/2);
 //! 4. the noise removal `--denoise` ([`Denoise`]), with round-half-away-from-zero written as
@@ -59,11 +59,6 @@ pub fn export(
             spec.features, spec.context_features
         ));
     }
-    if !spec.base.is_standard() {
-        return Err("the flow has a conditional base (an imported ConditionalDiagonalNormal): --postprocess needs a \
-                    standard-normal base; export the flow alone"
-            .into());
-    }
     if scaler.mean.len() != CONTEXT || scaler.std.len() != CONTEXT {
         return Err(format!("the condition scaler has {} columns, not {CONTEXT}", scaler.mean.len()));
     }
@@ -85,9 +80,10 @@ pub fn export(
     let ctx = g.div(&centred, &std);
     let ctx = cast(&mut g, &ctx, dt);
 
-    // 2. The flow.
+    // 2. The base (a conditional one maps the noise to μ(c) + σ(c)·z), then the flow.
     g.dtype = dt;
-    let y = g.flow(spec, tensors, prefix, INPUT_Z, &ctx)?;
+    let z = g.base_from_noise(spec, tensors, prefix, INPUT_Z, &ctx)?;
+    let y = g.flow(spec, tensors, prefix, &z, &ctx)?;
 
     // 3. Back to the noised photon-scaled image, in float64.
     g.dtype = f64_;
@@ -164,6 +160,21 @@ pub fn export(
 pub fn flow_conditions(scaler: &Standardizer, particles: &[f32], photon_sums: &[f32]) -> Vec<f32> {
     let sums: Vec<f32> = photon_sums.iter().map(|&s| s.max(0.0)).collect();
     crate::detector::zdc::conditions(scaler, particles, &sums)
+}
+
+/// zdcflow's own computation of the graph's step 2, with the code `sample` runs: the image flow of
+/// the model in `dir` (in its dtype, on the CPU) applied through its base to standard-normal
+/// noise `z` (n × 1936) given the standardised conditions `ctx` (n × 10).
+pub fn flow_output(dir: &std::path::Path, z: &[f32], ctx: &[f32]) -> crate::error::Result<Vec<f32>> {
+    let m = crate::models::manifest::Manifest::load(dir)?;
+    let dtype = m.dtype.dtype();
+    let device = candle_core::Device::Cpu;
+    let flow = crate::models::student::frozen_flow(dir, &m, crate::models::zdc::FLOW_UNIT, dtype, &device)?;
+    let n = ctx.len() / CONTEXT;
+    let z = Tensor::from_slice(z, (n, PIXELS), &device)?.to_dtype(dtype)?;
+    let ctx = Tensor::from_slice(ctx, (n, CONTEXT), &device)?.to_dtype(dtype)?;
+    let y = flow.sample_from(&z, Some(&ctx))?.0;
+    Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// zdcflow's own computation of the graph's steps 3–5: flow outputs `ys` (n × 1936) → photon

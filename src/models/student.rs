@@ -21,8 +21,9 @@ pub fn student_spec(teacher: &FlowSpec, s: Option<&StudentFlowSection>) -> FlowS
         hidden_layers: s.and_then(|s| s.hidden_layers).unwrap_or(teacher.hidden_layers),
         residual: s.and_then(|s| s.residual).unwrap_or(teacher.residual),
         dropout: s.map(|s| s.dropout).unwrap_or(0.0),
-        // zdcflow's own IAF, standard-normal base (what distillation compares against).
-        base: Default::default(),
+        // The teacher's base (its weights are copied and stay frozen): the student inverts the
+        // teacher's transform between the same base space and the data.
+        base: teacher.base.clone(),
         fast_spline: None,
         ..teacher.clone()
     }
@@ -37,14 +38,6 @@ pub fn load_teacher(dir: &Path, detector: Detector) -> Result<Manifest> {
     if m.detector != detector {
         return Err(Error::checkpoint(dir, format!("is a {:?} teacher; the config is for {:?}", m.detector, detector)));
     }
-    if let Some(name) =
-        m.units.iter().find(|(_, u)| u.flow.as_ref().is_some_and(|f| !f.base.is_standard())).map(|u| u.0)
-    {
-        return Err(Error::checkpoint(
-            dir,
-            format!("unit '{name}' has a conditional base (an imported nflows ConditionalDiagonalNormal); distilling such a teacher is not supported (the student's latent space is the standard normal)"),
-        ));
-    }
     Ok(m)
 }
 
@@ -58,21 +51,37 @@ pub fn frozen_flow(dir: &Path, m: &Manifest, unit: &str, dtype: DType, device: &
     Ok(io::load_frozen_flow(spec, &m.weights(dir, unit)?, io::PREFIX, dtype, device)?)
 }
 
-/// A trainable student, optionally starting from the teacher's weights.
+/// A trainable student, optionally starting from the teacher's weights (`teacher_weights`); a
+/// conditional base is always the teacher's (copied; no loss term reaches it, so it stays frozen).
 pub fn new_student(
     spec: &FlowSpec,
-    init_from: Option<&Path>,
+    teacher_weights: &Path,
+    init_from_teacher: bool,
     seed: u64,
     dtype: DType,
     device: &Device,
 ) -> Result<(Flow, VarMap)> {
     let varmap = VarMap::new();
     let flow = Flow::new(spec, SeededInit::var_builder(&varmap, seed, dtype, device).pp(io::PREFIX))?;
-    if let Some(weights) = init_from {
-        let values = load_frozen(weights, &varmap, dtype, device).map_err(|m| {
+    if init_from_teacher {
+        let values = load_frozen(teacher_weights, &varmap, dtype, device).map_err(|m| {
             Error::config("student.init_from_teacher", format!("needs the teacher's hidden sizes: {m}"))
         })?;
         assign(&varmap, &values)?;
+    } else if !spec.base.is_standard() {
+        let stem = format!("{}.base.", io::PREFIX);
+        let tensors = candle_core::safetensors::load(teacher_weights, device)
+            .map_err(|e| Error::checkpoint(teacher_weights, e.to_string()))?;
+        let base: std::collections::HashMap<String, candle_core::Tensor> =
+            tensors.into_iter().filter(|(k, _)| k.starts_with(&stem)).collect();
+        let wanted = varmap.data().lock().expect("varmap lock").keys().filter(|k| k.starts_with(&stem)).count();
+        if base.len() != wanted {
+            return Err(Error::checkpoint(
+                teacher_weights,
+                format!("the teacher's conditional base has {} tensors, its spec {wanted}", base.len()),
+            ));
+        }
+        assign(&varmap, &base)?;
     }
     Ok((flow, varmap))
 }

@@ -215,13 +215,18 @@ pub fn preprocessing(m: &Manifest, dir: &Path) -> Result<ZdcPreprocessing> {
     }
 }
 
+fn missing(dir: &Path, what: &str) -> Error {
+    Error::checkpoint(&dir.join(MODEL_JSON), format!("lacks the {what} of a ZDC model"))
+}
+
 /// The condition and photon-sum scalers of a ZDC model (in `dir`).
 pub fn scalers<'m>(m: &'m Manifest, dir: &Path) -> Result<(&'m Standardizer, &'m Standardizer)> {
-    let missing = |what: &str| Error::checkpoint(&dir.join(MODEL_JSON), format!("lacks the {what} of a ZDC model"));
-    Ok((
-        m.conditions.as_ref().ok_or_else(|| missing("condition scaler"))?,
-        m.photon_sum_target.as_ref().ok_or_else(|| missing("photon-sum scaler"))?,
-    ))
+    Ok((condition_scaler(m, dir)?, m.photon_sum_target.as_ref().ok_or_else(|| missing(dir, "photon-sum scaler"))?))
+}
+
+/// The condition scaler of a ZDC model (one without a photon-sum flow, imported, has no other).
+pub fn condition_scaler<'m>(m: &'m Manifest, dir: &Path) -> Result<&'m Standardizer> {
+    m.conditions.as_ref().ok_or_else(|| missing(dir, "condition scaler"))
 }
 
 /// Per-event diversity weights of the training and validation events (saved to
@@ -260,7 +265,7 @@ pub fn channel_loss(
         },
         photon_sum: match distill.channel_units {
             ChannelUnits::Photons => {
-                let (c, _) = scalers(teacher, teacher_dir)?;
+                let c = condition_scaler(teacher, teacher_dir)?;
                 Some((FEATURES, c.mean[FEATURES], c.std[FEATURES]))
             }
             ChannelUnits::Fractions => None,

@@ -60,41 +60,78 @@ impl CaloChain {
     }
 
     /// Flow-3's view of a generated layer: noised, normalised to unit sum, logit.
-    fn pattern(&self, layer: &Tensor, noise: &mut BatchNoise) -> candle_core::Result<Tensor> {
-        layer_pattern_tensor(&self.prep, layer, &noise.uniform(layer.dim(1)?)?)
+    fn pattern(&self, layer: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
+        layer_pattern_tensor(&self.prep, layer, u)
+    }
+
+    /// The logits Flow-2 and Flow-3 are conditioned on, of layer energies (MeV, thresholded).
+    fn energy_logits(&self, energies: &Tensor) -> candle_core::Result<Tensor> {
+        logit_tensor(&(energies / self.prep.layer_scale_mev)?, self.prep.alpha)
+    }
+
+    /// Preprocessed incident energies (n, 1) of energies in MeV.
+    pub fn incident(&self, e_inc: &[f32]) -> Result<Tensor> {
+        let e_pre: Vec<f32> = e_inc.iter().map(|&e| self.prep.e_inc(e)).collect();
+        Ok(Tensor::from_vec(e_pre, (e_inc.len(), 1), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Flow-1: the 45 layer energies (n, 45) in MeV, thresholded, from noise `z` (n, 45).
+    pub fn layer_energies(&self, e_pre: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let x1 = self.flows[0].sample_from(z, Some(e_pre))?.0;
+        Ok(threshold_tensor(
+            &(inverse_logit_tensor(&x1, self.prep.alpha)? * self.prep.layer_scale_mev)?,
+            self.prep.threshold_mev,
+        )?)
+    }
+
+    /// Flow-2: layer 1's voxels (n, voxels) in MeV, given its energy `e1` (n, 1; MeV, thresholded)
+    /// and noise `z` (n, voxels).
+    pub fn first_layer(&self, e_pre: &Tensor, e1: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let ctx2 = flow2_context_tensor(&self.prep, e_pre, &self.energy_logits(e1)?)?;
+        let y = self.flows[1].sample_from(z, Some(&ctx2))?.0;
+        Ok(self.voxels(&y, e1)?)
+    }
+
+    /// Flow-3: layer `t`'s voxels (0-based, 1..45) given its energy `e_t`, the previous layer's
+    /// energy `e_prev` (n, 1; MeV, thresholded), the previous layer `prev` (n, voxels; MeV), the
+    /// uniform draws `prev_noise` (n, voxels; U[0, 1)) that noise it, and noise `z` (n, voxels).
+    #[allow(clippy::too_many_arguments)]
+    pub fn next_layer(
+        &self,
+        e_pre: &Tensor,
+        e_t: &Tensor,
+        e_prev: &Tensor,
+        prev: &Tensor,
+        prev_noise: &Tensor,
+        t: usize,
+        z: &Tensor,
+    ) -> Result<Tensor> {
+        let prev = self.pattern(prev, prev_noise)?;
+        let ctx3 = flow3_context_tensor(e_pre, &self.energy_logits(e_t)?, &self.energy_logits(e_prev)?, &prev, t)?;
+        let y = self.flows[2].sample_from(z, Some(&ctx3))?.0;
+        Ok(self.voxels(&y, e_t)?)
     }
 
     /// Showers (n × voxels, MeV, row-major) for incident energies in MeV.
     pub fn generate(&self, e_inc: &[f32], noise: &mut BatchNoise) -> Result<Vec<f32>> {
-        let n = e_inc.len();
         let v = self.geometry.voxels_per_layer();
-        let dev = &self.device;
-        let e_pre: Vec<f32> = e_inc.iter().map(|&e| self.prep.e_inc(e)).collect();
-        let e_pre = Tensor::from_vec(e_pre, (n, 1), dev)?.to_dtype(self.dtype)?;
-        let [flow1, flow2, flow3] = &self.flows;
-
-        let x1 = flow1.sample_from(&noise.normal(LAYERS)?, Some(&e_pre))?.0;
-        let energies = threshold_tensor(
-            &(inverse_logit_tensor(&x1, self.prep.alpha)? * self.prep.layer_scale_mev)?,
-            self.prep.threshold_mev,
-        )?;
-        let e_logits = logit_tensor(&(&energies / self.prep.layer_scale_mev)?, self.prep.alpha)?;
-
-        let ctx2 = flow2_context_tensor(&self.prep, &e_pre, &Self::column(&e_logits, 0)?)?;
-        let y = flow2.sample_from(&noise.normal(v)?, Some(&ctx2))?.0;
-        let mut layer = self.voxels(&y, &Self::column(&energies, 0)?)?;
+        let e_pre = self.incident(e_inc)?;
+        let energies = self.layer_energies(&e_pre, &noise.normal(LAYERS)?)?;
+        let mut layer = self.first_layer(&e_pre, &Self::column(&energies, 0)?, &noise.normal(v)?)?;
         let mut layers = Vec::with_capacity(LAYERS);
         layers.push(layer.clone());
         for t in 1..LAYERS {
-            let prev = self.pattern(&layer, noise)?;
-            let ctx3 =
-                flow3_context_tensor(&e_pre, &Self::column(&e_logits, t)?, &Self::column(&e_logits, t - 1)?, &prev, t)?;
-            let y = flow3.sample_from(&noise.normal(v)?, Some(&ctx3))?.0;
-            layer = self.voxels(&y, &Self::column(&energies, t)?)?;
+            let u = noise.uniform(v)?;
+            let (e_t, e_prev) = (Self::column(&energies, t)?, Self::column(&energies, t - 1)?);
+            layer = self.next_layer(&e_pre, &e_t, &e_prev, &layer, &u, t, &noise.normal(v)?)?;
             layers.push(layer.clone());
         }
         let showers = Tensor::cat(&layers, 1)?.to_dtype(DType::F32)?;
         Ok(showers.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 }
 

@@ -1,0 +1,152 @@
+//! `zdcflow log-prob --model ZDC_DIR --showers FILE.h5`: each ZDC response's log-density under the
+//! image flow, given its particle and photon sum, with the Jacobian of the preprocessing, so that
+//! the number is a log-density of photon counts (definition in [`DEFINITION`]).
+
+use candle_core::{DType, Device, Tensor};
+use rand::Rng;
+
+use crate::cli::{LogProbArgs, ZDC_LOG_PROB_DEFINITION as DEFINITION};
+use crate::data::channels::PIXELS;
+use crate::data::preprocess::{logit, ZdcPreprocessing};
+use crate::data::zdc::{ZdcFile, RESPONSES};
+use crate::detector::zdc::CONTEXT;
+use crate::error::{Error, Result};
+use crate::models::manifest::Manifest;
+
+/// One response's flow features and the log|det| of the preprocessing (see [`DEFINITION`]), from
+/// its noised photon counts `noised` (1936).
+pub fn preprocess(prep: &ZdcPreprocessing, noised: &[f64]) -> (Vec<f64>, f64) {
+    let a = prep.alpha;
+    let total: f64 = noised.iter().sum::<f64>() + 1e-16;
+    let mut log_det = -((noised.len() - 1) as f64) * total.ln();
+    let mut y = Vec::with_capacity(noised.len());
+    for (i, &x) in noised.iter().enumerate() {
+        let p = x / total;
+        let w = a + (1.0 - 2.0 * a) * p;
+        let mut v = logit(p, a);
+        let mut log_dv = (1.0 - 2.0 * a).ln() - w.ln() - (1.0 - w).ln();
+        if let Some(s) = &prep.pixels {
+            v = (v - s.mean[i]) / s.std[i];
+            log_dv -= s.std[i].ln();
+        }
+        y.push(v);
+        if i + 1 < noised.len() {
+            log_det += log_dv;
+        }
+    }
+    (y, log_det)
+}
+
+/// Runs `log-prob` on a ZDC model; returns (responses scored, mean log_prob).
+pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64)> {
+    let prep = crate::models::zdc::preprocessing(m, &a.model)?;
+    let scaler =
+        m.conditions.clone().ok_or_else(|| Error::checkpoint(&a.model, "model.json lacks the condition scaler"))?;
+    let dtype = m.dtype.dtype();
+    let flow = crate::models::student::frozen_flow(&a.model, m, crate::models::zdc::FLOW_UNIT, dtype, device)?;
+    let file = ZdcFile::open(&a.showers)?;
+    let mut rng = crate::util::rng::derive(a.seed, &[]);
+    let (mut lp, mut q, mut det, mut sums) = (vec![], vec![], vec![], vec![]);
+    let bar = crate::util::progress::bar(file.events as u64, "log-prob", "events", true);
+    for start in (0..file.events).step_by(a.batch_size) {
+        let end = (start + a.batch_size).min(file.events);
+        let n = end - start;
+        let responses = file.read_responses(start, end)?;
+        let mut ys = Vec::with_capacity(n * PIXELS);
+        for r in responses.chunks(PIXELS) {
+            let noised: Vec<f64> = r.iter().map(|&c| c as f64 + prep.noise_mul * rng.random::<f64>()).collect();
+            let (y, d) = preprocess(&prep, &noised);
+            ys.extend(y);
+            det.push(d);
+        }
+        let s: Vec<f32> = file.conditions.photon_sum[start..end].iter().map(|&s| s.max(0.0)).collect();
+        let ctx = crate::detector::zdc::conditions(&scaler, &file.conditions.particles[start * 9..end * 9], &s);
+        let to = |v: Tensor| -> Result<Tensor> { Ok(v.to_device(device)?.to_dtype(dtype)?) };
+        let ys = to(Tensor::from_vec(ys, (n, PIXELS), &Device::Cpu)?)?;
+        let ctx = to(Tensor::from_vec(ctx, (n, CONTEXT), &Device::Cpu)?)?;
+        let lq = flow.log_prob(&ys, Some(&ctx))?.to_dtype(DType::F64)?.to_device(&Device::Cpu)?.to_vec1::<f64>()?;
+        for (i, l) in lq.into_iter().enumerate() {
+            lp.push(l + det[start + i]);
+            q.push(l);
+        }
+        sums.extend(s.iter().map(|&s| s as f64));
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
+        return Err(Error::data(&a.showers, RESPONSES, format!("event {i}: log_prob is {}", lp[i])));
+    }
+    let out = crate::data::h5::TempH5::create(&a.output)?;
+    let f = out.file();
+    for (name, values) in [("log_prob", &lp), ("log_q", &q), ("log_det", &det), ("photon_sum", &sums)] {
+        super::log_prob::write_f64(f, &a.output, name, values)?;
+    }
+    let p = &a.output;
+    crate::data::h5::set_attr(f, p, "definition", DEFINITION)?;
+    crate::data::h5::set_attr(f, p, "model", &a.model.display().to_string())?;
+    crate::data::h5::set_attr(f, p, "showers", &a.showers.display().to_string())?;
+    crate::data::h5::set_attr(f, p, "seed", &a.seed.to_string())?;
+    crate::data::h5::set_attr(f, p, "noise_mul", &prep.noise_mul.to_string())?;
+    out.commit()?;
+    let mean = lp.iter().sum::<f64>() / lp.len().max(1) as f64;
+    Ok((lp.len(), mean))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::preprocess::Standardizer;
+
+    /// log|det| of a square matrix by Gaussian elimination with partial pivoting.
+    fn log_abs_det(mut m: Vec<Vec<f64>>) -> f64 {
+        let n = m.len();
+        let mut s = 0.0;
+        for c in 0..n {
+            let p = (c..n).max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs())).unwrap();
+            m.swap(c, p);
+            s += m[c][c].abs().ln();
+            let pivot = m[c].clone();
+            for row in m.iter_mut().skip(c + 1) {
+                let f = row[c] / pivot[c];
+                row.iter_mut().zip(&pivot).skip(c).for_each(|(x, p)| *x -= f * p);
+            }
+        }
+        s
+    }
+
+    /// With the total T fixed, x~_1..x~_(V−1) → y_1..y_(V−1) (x~_V = T − the others), by
+    /// finite differences: its log|det| is `preprocess`'s.
+    #[test]
+    fn the_zdc_preprocessing_log_det_matches_a_finite_difference_jacobian() {
+        let mut rng = crate::util::rng::derive(3, &[]);
+        for (case, v) in [3usize, 5, 8].into_iter().enumerate() {
+            let pixels = (case > 0).then(|| Standardizer {
+                mean: (0..v).map(|i| -3.0 + 0.1 * i as f64).collect(),
+                std: (0..v).map(|i| 0.5 + 0.3 * i as f64).collect(),
+            });
+            let prep = ZdcPreprocessing { pixels, ..ZdcPreprocessing::default() };
+            let x: Vec<f64> = (0..v).map(|_| 0.5 + 20.0 * rng.random::<f64>()).collect();
+            let total: f64 = x.iter().sum();
+            let map = |head: &[f64]| {
+                let mut full = head.to_vec();
+                full.push(total - head.iter().sum::<f64>());
+                let (y, _) = preprocess(&prep, &full);
+                y[..v - 1].to_vec()
+            };
+            let mut jac = vec![vec![0.0; v - 1]; v - 1];
+            for j in 0..v - 1 {
+                let h = 1e-6 * x[j];
+                let (mut xp, mut xm) = (x[..v - 1].to_vec(), x[..v - 1].to_vec());
+                xp[j] += h;
+                xm[j] -= h;
+                let (fp, fm) = (map(&xp), map(&xm));
+                for i in 0..v - 1 {
+                    jac[i][j] = (fp[i] - fm[i]) / (2.0 * h);
+                }
+            }
+            let numeric = log_abs_det(jac);
+            let (_, analytic) = preprocess(&prep, &x);
+            assert!((numeric - analytic).abs() < 1e-5 * (1.0 + analytic.abs()), "V={v}: {numeric} vs {analytic}");
+        }
+    }
+}
