@@ -11,6 +11,17 @@ pub trait Real: Float + Send + Sync {
     fn fln(self) -> Self;
     /// exp(x) for x ≤ 0 (and NaN), branch-free so that a loop of them vectorises.
     fn fexp_nonpositive(self) -> Self;
+    /// [`Real::fexp`] of every lane, bit for bit; f32 takes a branch-free loop when every lane is
+    /// in the polynomial's range.
+    #[inline(always)]
+    fn fexp_lanes<const L: usize>(x: &[Self; L]) -> [Self; L] {
+        std::array::from_fn(|l| x[l].fexp())
+    }
+    /// [`Real::fln`] of every lane, bit for bit (branch-free for normal positive f32 lanes).
+    #[inline(always)]
+    fn fln_lanes<const L: usize>(x: &[Self; L]) -> [Self; L] {
+        std::array::from_fn(|l| x[l].fln())
+    }
 }
 
 impl Real for f64 {
@@ -43,24 +54,47 @@ impl Real for f32 {
         exp_f32_in_range(if self < -87.0 { -87.0 } else { self })
     }
 
-    /// ln(x) = e·ln2 + 2·atanh((m − 1)/(m + 1)) with x = m·2ᵉ, m ∈ [√½, √2).
     #[inline(always)]
     fn fln(self) -> Self {
         if !(f32::MIN_POSITIVE..f32::INFINITY).contains(&self) {
             return self.ln();
         }
-        let bits = self.to_bits() as i32;
-        let mut e = ((bits >> 23) & 0xff) - 127;
-        let mut m = f32::from_bits(((bits & 0x007f_ffff) | 0x3f80_0000) as u32);
-        if m > std::f32::consts::SQRT_2 {
-            m *= 0.5;
-            e += 1;
-        }
-        let s = (m - 1.0) / (m + 1.0);
-        let s2 = s * s;
-        let p = 2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (0.2 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 / 11.0)))));
-        p + e as f32 * std::f32::consts::LN_2
+        ln_f32_normal(self)
     }
+
+    #[inline(always)]
+    fn fexp_lanes<const L: usize>(x: &[f32; L]) -> [f32; L] {
+        if x.iter().fold(true, |ok, v| ok & (-87.0..=88.0).contains(v)) {
+            std::array::from_fn(|l| exp_f32_in_range(x[l]))
+        } else {
+            std::array::from_fn(|l| x[l].fexp())
+        }
+    }
+
+    #[inline(always)]
+    fn fln_lanes<const L: usize>(x: &[f32; L]) -> [f32; L] {
+        if x.iter().fold(true, |ok, v| ok & (f32::MIN_POSITIVE..f32::INFINITY).contains(v)) {
+            std::array::from_fn(|l| ln_f32_normal(x[l]))
+        } else {
+            std::array::from_fn(|l| x[l].fln())
+        }
+    }
+}
+
+/// ln(x) = e·ln2 + 2·atanh((m − 1)/(m + 1)) with x = m·2ᵉ, m ∈ [√½, √2), for normal positive x;
+/// branch-free (the mantissa fold is a select).
+#[inline(always)]
+fn ln_f32_normal(x: f32) -> f32 {
+    let bits = x.to_bits() as i32;
+    let e = ((bits >> 23) & 0xff) - 127;
+    let m = f32::from_bits(((bits & 0x007f_ffff) | 0x3f80_0000) as u32);
+    let fold = m > std::f32::consts::SQRT_2;
+    let m = if fold { m * 0.5 } else { m };
+    let e = e + fold as i32;
+    let s = (m - 1.0) / (m + 1.0);
+    let s2 = s * s;
+    let p = 2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (0.2 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 / 11.0)))));
+    p + e as f32 * std::f32::consts::LN_2
 }
 
 /// exp(x) = 2ⁿ·eʳ for x ∈ [−87, 88]: x = n·ln2 + r, |r| ≤ ln2/2, eʳ by its Taylor series to r⁷

@@ -15,12 +15,14 @@
 //!   [`Direction`];
 //! - `math.rs`: the arithmetic type [`Real`], softplus, softmax;
 //! - `kernel.rs`: one element, forward/inverse and backward;
-//! - `simd.rs`: the row loops, baseline and AVX2 + FMA;
+//! - `lanes.rs`: the inverse on 16 elements at once (structure of arrays, bit-identical);
+//! - `simd.rs`: the row loops, baseline, AVX2 + FMA and AVX-512;
 //! - `op.rs`: the candle op [`rqs`] and its backward.
 
 use serde::{Deserialize, Serialize};
 
 mod kernel;
+mod lanes;
 mod math;
 mod op;
 mod simd;

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::kernel::{scratch_len, Consts};
 use super::math::Real;
-use super::simd::{dispatch_bwd, dispatch_fwd};
+use super::simd::{dispatch_bwd, dispatch_fwd, RowScratch};
 use super::{Direction, SplineConfig};
 
 /// `(inputs (n, d), raw params (n, d·(3K−1)))` → `(2, n, d)`: outputs and per-element log|det|.
@@ -46,7 +46,7 @@ fn rqs_fwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], 
             .zip(xs.par_chunks(d).zip(ps.par_chunks(d * m)))
             .with_min_len(MIN_ROWS_PER_TASK)
             .for_each_init(
-                || vec![F::zero(); scratch_len(cfg.num_bins)],
+                || RowScratch::new(cfg.num_bins),
                 |scratch, ((yr, lr), (xr, pr))| dispatch_fwd(&c, dir, xr, pr, yr, lr, scratch),
             )
     });

@@ -1,16 +1,47 @@
-//! Row loops of the kernel, compiled twice: for baseline x86-64 and for AVX2 + FMA, chosen at
-//! run time.
+//! Row loops of the kernel, compiled three times: for baseline x86-64, for AVX2 + FMA and (the
+//! forward op) for AVX-512, chosen at run time. The inverse direction runs [`LANES`] elements at
+//! a time through the lane kernel.
 
-use super::kernel::{rqs_element, rqs_element_backward, Consts};
+use super::kernel::{rqs_element, rqs_element_backward, scratch_len, Consts};
+use super::lanes::{inverse_block, LaneScratch, LANES};
 use super::math::Real;
 use super::Direction;
 
+/// One rayon task's scratch for the forward op.
+pub(super) struct RowScratch<F> {
+    element: Vec<F>,
+    lanes: LaneScratch<F>,
+}
+
+impl<F: Real> RowScratch<F> {
+    pub(super) fn new(k: usize) -> Self {
+        Self { element: vec![F::zero(); scratch_len(k)], lanes: LaneScratch::new(k) }
+    }
+}
+
 /// One row of the forward kernel.
 #[inline(always)]
-fn row_fwd<F: Real>(c: &Consts<F>, dir: Direction, xr: &[F], pr: &[F], yr: &mut [F], lr: &mut [F], scratch: &mut [F]) {
+fn row_fwd<F: Real>(
+    c: &Consts<F>,
+    dir: Direction,
+    xr: &[F],
+    pr: &[F],
+    yr: &mut [F],
+    lr: &mut [F],
+    scratch: &mut RowScratch<F>,
+) {
     let m = pr.len() / xr.len().max(1);
-    for i in 0..xr.len() {
-        let (y, l) = rqs_element(c, dir, xr[i], &pr[i * m..(i + 1) * m], scratch);
+    let mut start = 0;
+    if dir == Direction::Inverse {
+        while start + LANES <= xr.len() {
+            let end = start + LANES;
+            let (ps, ys) = (&pr[start * m..end * m], &xr[start..end]);
+            inverse_block(c, ys, ps, &mut yr[start..end], &mut lr[start..end], &mut scratch.lanes);
+            start = end;
+        }
+    }
+    for i in start..xr.len() {
+        let (y, l) = rqs_element(c, dir, xr[i], &pr[i * m..(i + 1) * m], &mut scratch.element);
         yr[i] = y;
         lr[i] = l;
     }
@@ -58,7 +89,7 @@ mod avx2 {
         pr: &[F],
         yr: &mut [F],
         lr: &mut [F],
-        scratch: &mut [F],
+        scratch: &mut RowScratch<F>,
     ) {
         super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
     }
@@ -82,6 +113,38 @@ mod avx2 {
     }
 }
 
+/// The forward row kernel for AVX-512 (16 f32 lanes per register: one lane block).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+        })
+    }
+
+    /// # Safety
+    /// Only when [`available`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+    pub unsafe fn row_fwd<F: Real>(
+        c: &Consts<F>,
+        dir: Direction,
+        xr: &[F],
+        pr: &[F],
+        yr: &mut [F],
+        lr: &mut [F],
+        scratch: &mut RowScratch<F>,
+    ) {
+        super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
+    }
+}
+
 pub(super) fn dispatch_fwd<F: Real>(
     c: &Consts<F>,
     dir: Direction,
@@ -89,8 +152,13 @@ pub(super) fn dispatch_fwd<F: Real>(
     pr: &[F],
     yr: &mut [F],
     lr: &mut [F],
-    scratch: &mut [F],
+    scratch: &mut RowScratch<F>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU has AVX-512 F/VL/DQ, AVX2 and FMA.
+        return unsafe { avx512::row_fwd(c, dir, xr, pr, yr, lr, scratch) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2 and FMA.
