@@ -11,7 +11,8 @@
 #   bash scripts/reproduce-zdc-table.sh [WORKDIR]      (≈ 35–50 min on 2 CPU cores with the defaults;
 #   EVENTS=6000 TEACHER_EPOCHS=4 STUDENT_BATCHES=20 HIDDEN=32 RUNS=3: 828 s wall, 353 CPU-s)
 # Env: EVENTS (generated responses, default 20000), PARTICLES (all|n|lambda|k0s|sigma+),
-#      TEACHER_EPOCHS (5), STUDENT_BATCHES (60 batches of 256), HIDDEN (48), RUNS (5), DEVICE (cpu),
+#      TEACHER_EPOCHS (5), STUDENT_EPOCHS (1), STUDENT_BATCHES (60 batches of 256 per epoch; one
+#      epoch of the default 20 000 events is 55), HIDDEN (48), RUNS (5), DEVICE (cpu),
 #      SOURCES ("data model"), DENOISE (round), STUDENT_INIT (teacher: students start as the exact
 #      inverse of their teacher, so the setups cannot separate; random: distilled from scratch).
 # The sizes are the demo's so that it runs on a CPU; for the paper's models use
@@ -20,7 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/zdc-table}
 EVENTS=${EVENTS:-20000}; PARTICLES=${PARTICLES:-all}; RUNS=${RUNS:-5}; DEVICE=${DEVICE:-cpu}
-TEACHER_EPOCHS=${TEACHER_EPOCHS:-5}; STUDENT_BATCHES=${STUDENT_BATCHES:-60}; HIDDEN=${HIDDEN:-48}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-5}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}; STUDENT_BATCHES=${STUDENT_BATCHES:-60}
+HIDDEN=${HIDDEN:-48}
 SOURCES=${SOURCES:-data model}; DENOISE=${DENOISE:-round}; STUDENT_INIT=${STUDENT_INIT:-teacher}
 case "$STUDENT_INIT" in teacher) INIT=true ;; random) INIT=false ;; *) echo "STUDENT_INIT: teacher or random" >&2; exit 2 ;; esac
 cargo build --release -q
@@ -36,7 +38,7 @@ SETUPS="bs bs+div bs+ch bs+ch+div"
 for s in $SETUPS; do
   [ -f "$W/student-$s/model.json" ] && continue
   $Z distill-student --config configs/demo-zdc-student.toml --teacher "$W/teacher" --set data.path="$W/zdc.h5" \
-    --set distill.setup="$s" --set train.max_batches="$STUDENT_BATCHES" \
+    --set distill.setup="$s" --set train.epochs="$STUDENT_EPOCHS" --set train.max_batches="$STUDENT_BATCHES" \
     --set student.flow.init_from_teacher="$INIT" --output-dir "$W/student-$s"
 done
 for m in teacher $(for s in $SETUPS; do echo "student-$s"; done); do

@@ -74,7 +74,9 @@ fn inner_derivative<F: Real>(c: &Consts<F>, x: &Lanes<F>) -> Lanes<F> {
 }
 
 /// x = s⁻¹(y) and log|ds⁻¹/dy| of `LANES` elements: inputs `ys`, raw parameters `ps` (element-major,
-/// `3K − 1` per element, as a MADE lays them out); identity outside [−B, B].
+/// `3K − 1` per element, as a MADE lays them out); identity outside [−B, B]. Inlined into the row
+/// loops so that it is compiled for each instruction set they are dispatched on.
+#[inline(always)]
 pub(super) fn inverse_block<F: Real>(
     c: &Consts<F>,
     ys: &[F],
