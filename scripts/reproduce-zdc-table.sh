@@ -14,7 +14,9 @@
 #      TEACHER_EPOCHS (5), STUDENT_EPOCHS (1), STUDENT_BATCHES (60 batches of 256 per epoch; one
 #      epoch of the default 20 000 events is 55), HIDDEN (48), RUNS (5), DEVICE (cpu),
 #      SOURCES ("data model"), DENOISE (round), STUDENT_INIT (teacher: students start as the exact
-#      inverse of their teacher, so the setups cannot separate; random: distilled from scratch).
+#      inverse of their teacher, so the setups cannot separate; random: distilled from scratch),
+#      STUDENT_SEED (1: the students' initialisation and batch order; another seed in another
+#      WORKDIR, with the teacher copied there, measures the training spread).
 # The sizes are the demo's so that it runs on a CPU; for the paper's models use
 # configs/zdc-teacher-*.toml and configs/zdc-student-*.toml on a GPU.
 set -euo pipefail
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 W=${1:-runs/zdc-table}
 EVENTS=${EVENTS:-20000}; PARTICLES=${PARTICLES:-all}; RUNS=${RUNS:-5}; DEVICE=${DEVICE:-cpu}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-5}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}; STUDENT_BATCHES=${STUDENT_BATCHES:-60}
-HIDDEN=${HIDDEN:-48}
+HIDDEN=${HIDDEN:-48}; STUDENT_SEED=${STUDENT_SEED:-1}
 SOURCES=${SOURCES:-data model}; DENOISE=${DENOISE:-round}; STUDENT_INIT=${STUDENT_INIT:-teacher}
 case "$STUDENT_INIT" in teacher) INIT=true ;; random) INIT=false ;; *) echo "STUDENT_INIT: teacher or random" >&2; exit 2 ;; esac
 cargo build --release -q
@@ -39,7 +41,7 @@ for s in $SETUPS; do
   [ -f "$W/student-$s/model.json" ] && continue
   $Z distill-student --config configs/demo-zdc-student.toml --teacher "$W/teacher" --set data.path="$W/zdc.h5" \
     --set distill.setup="$s" --set train.epochs="$STUDENT_EPOCHS" --set train.max_batches="$STUDENT_BATCHES" \
-    --set student.flow.init_from_teacher="$INIT" --output-dir "$W/student-$s"
+    --set student.flow.init_from_teacher="$INIT" --set train.seed="$STUDENT_SEED" --output-dir "$W/student-$s"
 done
 for m in teacher $(for s in $SETUPS; do echo "student-$s"; done); do
   for ps in $SOURCES; do

@@ -99,7 +99,28 @@ fn score(c: &Chain, prep: &CaloPreprocessing, e_inc: &[f64], rows: &[Preprocesse
     Ok((lp1, lp2, lp3, rows.iter().map(|r| r.2).collect()))
 }
 
-pub(crate) fn write_f64(file: &hdf5::File, path: &Path, name: &str, values: &[f64]) -> Result<()> {
+/// Writes `--output` (through a temporary file): the datasets, the definition and what the numbers
+/// were computed from (model, events file, seed and the noise scale `noise`).
+pub(crate) fn write_output(
+    a: &LogProbArgs,
+    datasets: &[(&str, &[f64])],
+    definition: &str,
+    noise: (&str, f64),
+) -> Result<()> {
+    let out = crate::data::h5::TempH5::create(&a.output)?;
+    let (f, p) = (out.file(), &a.output);
+    for (name, values) in datasets {
+        write_f64(f, p, name, values)?;
+    }
+    crate::data::h5::set_attr(f, p, "definition", definition)?;
+    crate::data::h5::set_attr(f, p, "model", &a.model.display().to_string())?;
+    crate::data::h5::set_attr(f, p, "showers", &a.showers.display().to_string())?;
+    crate::data::h5::set_attr(f, p, "seed", &a.seed.to_string())?;
+    crate::data::h5::set_attr(f, p, noise.0, &noise.1.to_string())?;
+    out.commit()
+}
+
+fn write_f64(file: &hdf5::File, path: &Path, name: &str, values: &[f64]) -> Result<()> {
     file.new_dataset::<f64>()
         .shape(vec![values.len()])
         .create(name)
@@ -172,35 +193,29 @@ pub fn run(a: &LogProbArgs, device: &Device) -> Result<(usize, f64)> {
     if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
         return Err(Error::data(&a.showers, crate::data::calo::SHOWERS, format!("event {i}: log_prob is {}", lp[i])));
     }
-    let out = crate::data::h5::TempH5::create(&a.output)?;
-    let f = out.file();
-    for (name, values) in [
-        ("log_prob", &lp),
-        ("log_q_flow1", &q1),
-        ("log_q_flow2", &q2),
-        ("log_q_flow3", &q3),
-        ("log_det", &det),
-        ("incident_energies", &e_all),
-    ] {
-        write_f64(f, &a.output, name, values)?;
-    }
-    let p = &a.output;
-    crate::data::h5::set_attr(f, p, "definition", DEFINITION)?;
-    crate::data::h5::set_attr(f, p, "model", &a.model.display().to_string())?;
-    crate::data::h5::set_attr(f, p, "showers", &a.showers.display().to_string())?;
-    crate::data::h5::set_attr(f, p, "seed", &a.seed.to_string())?;
-    crate::data::h5::set_attr(f, p, "noise_mev", &prep.noise_mev.to_string())?;
-    out.commit()?;
+    write_output(
+        a,
+        &[
+            ("log_prob", &lp),
+            ("log_q_flow1", &q1),
+            ("log_q_flow2", &q2),
+            ("log_q_flow3", &q3),
+            ("log_det", &det),
+            ("incident_energies", &e_all),
+        ],
+        DEFINITION,
+        ("noise_mev", prep.noise_mev),
+    )?;
     let mean = lp.iter().sum::<f64>() / lp.len().max(1) as f64;
     Ok((lp.len(), mean))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// log|det| of a square matrix by Gaussian elimination with partial pivoting.
-    fn log_abs_det(mut m: Vec<Vec<f64>>) -> f64 {
+    pub(crate) fn log_abs_det(mut m: Vec<Vec<f64>>) -> f64 {
         let n = m.len();
         let mut s = 0.0;
         for c in 0..n {

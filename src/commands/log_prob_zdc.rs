@@ -8,7 +8,7 @@ use rand::Rng;
 use crate::cli::{LogProbArgs, ZDC_LOG_PROB_DEFINITION as DEFINITION};
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{logit, ZdcPreprocessing};
-use crate::data::zdc::{ZdcFile, RESPONSES};
+use crate::data::zdc::{ZdcFile, FEATURES, RESPONSES};
 use crate::detector::zdc::CONTEXT;
 use crate::error::{Error, Result};
 use crate::models::manifest::Manifest;
@@ -60,7 +60,8 @@ pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64
             det.push(d);
         }
         let s: Vec<f32> = file.conditions.photon_sum[start..end].iter().map(|&s| s.max(0.0)).collect();
-        let ctx = crate::detector::zdc::conditions(&scaler, &file.conditions.particles[start * 9..end * 9], &s);
+        let ctx =
+            crate::detector::zdc::conditions(&scaler, &file.conditions.particles[start * FEATURES..end * FEATURES], &s);
         let to = |v: Tensor| -> Result<Tensor> { Ok(v.to_device(device)?.to_dtype(dtype)?) };
         let ys = to(Tensor::from_vec(ys, (n, PIXELS), &Device::Cpu)?)?;
         let ctx = to(Tensor::from_vec(ctx, (n, CONTEXT), &Device::Cpu)?)?;
@@ -76,18 +77,8 @@ pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64
     if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
         return Err(Error::data(&a.showers, RESPONSES, format!("event {i}: log_prob is {}", lp[i])));
     }
-    let out = crate::data::h5::TempH5::create(&a.output)?;
-    let f = out.file();
-    for (name, values) in [("log_prob", &lp), ("log_q", &q), ("log_det", &det), ("photon_sum", &sums)] {
-        super::log_prob::write_f64(f, &a.output, name, values)?;
-    }
-    let p = &a.output;
-    crate::data::h5::set_attr(f, p, "definition", DEFINITION)?;
-    crate::data::h5::set_attr(f, p, "model", &a.model.display().to_string())?;
-    crate::data::h5::set_attr(f, p, "showers", &a.showers.display().to_string())?;
-    crate::data::h5::set_attr(f, p, "seed", &a.seed.to_string())?;
-    crate::data::h5::set_attr(f, p, "noise_mul", &prep.noise_mul.to_string())?;
-    out.commit()?;
+    let datasets: [(&str, &[f64]); 4] = [("log_prob", &lp), ("log_q", &q), ("log_det", &det), ("photon_sum", &sums)];
+    super::log_prob::write_output(a, &datasets, DEFINITION, ("noise_mul", prep.noise_mul))?;
     let mean = lp.iter().sum::<f64>() / lp.len().max(1) as f64;
     Ok((lp.len(), mean))
 }
@@ -95,24 +86,8 @@ pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::log_prob::tests::log_abs_det;
     use crate::data::preprocess::Standardizer;
-
-    /// log|det| of a square matrix by Gaussian elimination with partial pivoting.
-    fn log_abs_det(mut m: Vec<Vec<f64>>) -> f64 {
-        let n = m.len();
-        let mut s = 0.0;
-        for c in 0..n {
-            let p = (c..n).max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs())).unwrap();
-            m.swap(c, p);
-            s += m[c][c].abs().ln();
-            let pivot = m[c].clone();
-            for row in m.iter_mut().skip(c + 1) {
-                let f = row[c] / pivot[c];
-                row.iter_mut().zip(&pivot).skip(c).for_each(|(x, p)| *x -= f * p);
-            }
-        }
-        s
-    }
 
     /// With the total T fixed, x~_1..x~_(V−1) → y_1..y_(V−1) (x~_V = T − the others), by
     /// finite differences: its log|det| is `preprocess`'s.
