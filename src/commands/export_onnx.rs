@@ -26,12 +26,10 @@ pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
         .map_err(|e| Error::checkpoint(&weights, e.to_string()))?;
     let model = if let (true, Some(dataset), Some(m)) = (a.postprocess, dataset, manifest.as_ref()) {
         let fail = |m: &str| Error::checkpoint(&a.model, format!("--postprocess: {m}"));
-        let flow = match name.as_str() {
-            "flow1" => FlowName::Flow1,
-            "flow2" => FlowName::Flow2,
-            "flow3" => FlowName::Flow3,
-            other => return Err(fail(&format!("unit '{other}' is not an iCaloFlow flow"))),
-        };
+        let flow = [FlowName::Flow1, FlowName::Flow2, FlowName::Flow3]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+            .ok_or_else(|| fail(&format!("unit '{name}' is not an iCaloFlow flow")))?;
         let prep = crate::models::calo::preprocessing(m, &a.model)?;
         let geometry = crate::data::geometry::CaloGeometry::for_dataset(dataset).expect("dataset 2 or 3");
         calo::export(flow, &spec, &tensors, io::PREFIX, dtype, a.opset, &prep, &geometry)

@@ -40,8 +40,7 @@ pub fn preprocess(prep: &ZdcPreprocessing, noised: &[f64]) -> (Vec<f64>, f64) {
 /// Runs `log-prob` on a ZDC model; returns (responses scored, mean log_prob).
 pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64)> {
     let prep = crate::models::zdc::preprocessing(m, &a.model)?;
-    let scaler =
-        m.conditions.clone().ok_or_else(|| Error::checkpoint(&a.model, "model.json lacks the condition scaler"))?;
+    let scaler = crate::models::zdc::condition_scaler(m, &a.model)?;
     let dtype = m.dtype.dtype();
     let flow = crate::models::student::frozen_flow(&a.model, m, crate::models::zdc::FLOW_UNIT, dtype, device)?;
     let file = ZdcFile::open(&a.showers)?;
@@ -61,7 +60,7 @@ pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64
         }
         let s: Vec<f32> = file.conditions.photon_sum[start..end].iter().map(|&s| s.max(0.0)).collect();
         let ctx =
-            crate::detector::zdc::conditions(&scaler, &file.conditions.particles[start * FEATURES..end * FEATURES], &s);
+            crate::detector::zdc::conditions(scaler, &file.conditions.particles[start * FEATURES..end * FEATURES], &s);
         let to = |v: Tensor| -> Result<Tensor> { Ok(v.to_device(device)?.to_dtype(dtype)?) };
         let ys = to(Tensor::from_vec(ys, (n, PIXELS), &Device::Cpu)?)?;
         let ctx = to(Tensor::from_vec(ctx, (n, CONTEXT), &Device::Cpu)?)?;

@@ -53,10 +53,9 @@ pub fn description(flow: FlowName, voxels: usize) -> String {
     }
 }
 
-/// Step 2: the logit Flow-2 and Flow-3 take of a layer energy `e` (N, 1) in MeV.
+/// Step 2: the logit Flow-2 and Flow-3 take of a thresholded layer energy `e` (N, 1) in MeV.
 fn energy_logit(g: &mut Builder, prep: &CaloPreprocessing, e: &str) -> String {
-    let e = threshold(g, prep, e);
-    let x = g.affine(&e, 1.0 / prep.layer_scale_mev, 0.0);
+    let x = g.affine(e, 1.0 / prep.layer_scale_mev, 0.0);
     logit(g, &x, prep.alpha)
 }
 
@@ -122,14 +121,16 @@ pub fn export(
     g.dtype = dt;
 
     // 2–3. The flow's context.
-    let u_layer = energy_logit(&mut g, prep, INPUT_E_LAYER);
+    let e_layer = threshold(&mut g, prep, INPUT_E_LAYER);
+    let u_layer = energy_logit(&mut g, prep, &e_layer);
     let ctx = match flow {
         FlowName::Flow2 => {
             let u = g.affine(&u_layer, 1.0 / prep.flow2_e1_divisor, 0.0);
             g.op("Concat", &[&e_pre, &u], vec![int_attr("axis", 1)])
         }
         _ => {
-            let u_prev = energy_logit(&mut g, prep, INPUT_E_PREV);
+            let e_prev = threshold(&mut g, prep, INPUT_E_PREV);
+            let u_prev = energy_logit(&mut g, prep, &e_prev);
             let noise = g.affine(INPUT_PREV_NOISE, prep.noise_mev, 0.0);
             let noised = g.add(INPUT_PREV_LAYER, &noise);
             let sum = row_sum(&mut g, &noised);
@@ -158,8 +159,7 @@ pub fn export(
         let sum = g.affine(&sum, 1.0, 1e-16);
         pattern = g.div(&pattern, &sum);
     }
-    let e = threshold(&mut g, prep, INPUT_E_LAYER);
-    let scaled = g.mul(&pattern, &e);
+    let scaled = g.mul(&pattern, &e_layer);
     let voxels = threshold(&mut g, prep, &scaled);
     g.output_as(&voxels, OUTPUT_VOXELS);
 

@@ -47,7 +47,7 @@ impl<F: Real> Consts<F> {
     }
 
     #[inline(always)]
-    fn inside(&self, v: F) -> bool {
+    pub(super) fn inside(&self, v: F) -> bool {
         v >= self.left && v <= self.left + self.span
     }
 }

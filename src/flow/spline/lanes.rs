@@ -5,7 +5,7 @@
 //! (the property tests in `tests.rs` check it); the bin search counts knots instead of branching.
 
 use super::kernel::Consts;
-use super::math::Real;
+use super::math::{Real, SOFTPLUS_THRESHOLD};
 
 /// Elements per block: one AVX-512 register of f32.
 pub(super) const LANES: usize = 16;
@@ -61,7 +61,7 @@ fn knots<F: Real>(c: &Consts<F>, raw: &[Lanes<F>], min: F, scale: F, soft: &mut 
 /// min_d + softplus(x) per lane, as `Knots::deriv` computes an inner derivative.
 #[inline(always)]
 fn inner_derivative<F: Real>(c: &Consts<F>, x: &Lanes<F>) -> Lanes<F> {
-    let threshold = F::from(20.0).unwrap();
+    let threshold = F::from(SOFTPLUS_THRESHOLD).unwrap();
     // Lanes above the threshold return x; their exp is not needed (0 keeps the fast path).
     let below = map(|l| if x[l] > threshold { F::zero() } else { x[l] });
     let e = F::fexp_lanes(&below);
@@ -92,8 +92,7 @@ pub(super) fn inverse_block<F: Real>(
         *r = map(|l| ps[l * m + j]);
     }
     let two = F::one() + F::one();
-    let right = c.left + c.span;
-    let inside: Lanes<bool> = map(|l| ys[l] >= c.left && ys[l] <= right);
+    let inside: Lanes<bool> = map(|l| c.inside(ys[l]));
     // Outside lanes compute on 0 (a point inside) and keep their input.
     let y: Lanes<F> = map(|l| if inside[l] { ys[l] } else { F::zero() });
     knots(c, &s.raw[..k], c.min_w, c.scale_w, &mut s.soft, &mut s.cum_w);

@@ -114,7 +114,7 @@ fn exp_f32_in_range(x: f32) -> f32 {
 }
 
 /// torch's softplus returns its input above this threshold.
-const SOFTPLUS_THRESHOLD: f64 = 20.0;
+pub(super) const SOFTPLUS_THRESHOLD: f64 = 20.0;
 
 #[inline(always)]
 pub(super) fn softplus<F: Real>(x: F) -> F {
