@@ -225,6 +225,29 @@ fn check_postprocessed_zdc(d: &Path, model: &str, python: &str) {
     }
 }
 
+/// Distils the smoke ZDC student `s` (one epoch, one thread) from the teacher `t` in `d`.
+fn distil_smoke_zdc_student(d: &Path) {
+    let config = common::config("smoke-zdc-student.toml");
+    ok(
+        d,
+        &[
+            "--threads",
+            "1",
+            "distill-student",
+            "--config",
+            &config,
+            "--teacher",
+            "t",
+            "--set",
+            "data.path=zdc.h5",
+            "--set",
+            "train.epochs=1",
+            "--output-dir",
+            "s",
+        ],
+    );
+}
+
 /// `export-onnx --postprocess` on a smoke ZDC student (standard-normal base).
 #[test]
 fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
@@ -251,22 +274,7 @@ fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
         "t",
     ];
     ok(d, &["--threads", "1"].iter().chain(teacher.iter()).copied().collect::<Vec<_>>());
-    let student = [
-        "--threads",
-        "1",
-        "distill-student",
-        "--config",
-        &common::config("smoke-zdc-student.toml"),
-        "--teacher",
-        "t",
-        "--set",
-        "data.path=zdc.h5",
-        "--set",
-        "train.epochs=1",
-        "--output-dir",
-        "s",
-    ];
-    ok(d, &student);
+    distil_smoke_zdc_student(d);
     check_postprocessed_zdc(d, "s", &python);
     // A CaloChallenge-style misuse: --postprocess on a flows directory is one clear line.
     let e = fails(
@@ -289,22 +297,7 @@ fn postprocessed_zdc_graph_of_a_conditional_base_student_gives_the_photon_counts
     ok(d, &["generate", "zdc", "--events", "200", "--seed", "3", "--output", "zdc.h5"]);
     let pt = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nflows-detector/zdc-condbase.pt");
     ok(d, &["import-nflows", pt, "--kind", "maf", "--detector", "zdc", "--data", "zdc.h5", "--output-dir", "t"]);
-    let student = [
-        "--threads",
-        "1",
-        "distill-student",
-        "--config",
-        &common::config("smoke-zdc-student.toml"),
-        "--teacher",
-        "t",
-        "--set",
-        "data.path=zdc.h5",
-        "--set",
-        "train.epochs=1",
-        "--output-dir",
-        "s",
-    ];
-    ok(d, &student);
+    distil_smoke_zdc_student(d);
     check_postprocessed_zdc(d, "s", &python);
 }
 
