@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{add_bias, torch_default_init};
 use super::masked_linear::{self, MaskRule};
+use super::staircase::{self, Group};
 
 /// The shape of one MADE network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,11 +79,10 @@ struct Frozen {
     blocks: Option<Vec<Block>>,
 }
 
-/// `len` consecutive rows of a staircase mask, which read only the first `cols` inputs.
+/// One row group of a staircase mask.
 struct Block {
-    len: usize,
-    cols: usize,
-    /// `masked[rows, ..cols]ᵀ`, contiguous (cols, len).
+    group: Group,
+    /// `masked[rows, ..cols]ᵀ` (cols, len): a view on the CPU, contiguous on CUDA.
     weight_t: Option<Tensor>,
 }
 
@@ -192,7 +192,7 @@ impl MaskedLinear {
                         } else {
                             None
                         };
-                        Ok(Block { len, cols, weight_t })
+                        Ok(Block { group: Group { start, len, cols }, weight_t })
                     })
                     .collect::<candle_core::Result<Vec<_>>>()
             })
@@ -213,25 +213,49 @@ impl MaskedLinear {
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(xs, None, false)
+    }
+
+    /// `act(xs · (weight · mask)ᵀ + bias + add)`, act = ReLU if `relu`. A frozen layer on the
+    /// CPU computes it in one pass over its output ([`staircase::affine`]).
+    pub fn forward_with(&self, xs: &Tensor, add: Option<&Tensor>, relu: bool) -> candle_core::Result<Tensor> {
+        let staircase = xs.dim(0).is_ok_and(|n| n >= MIN_ROWS_FOR_BLOCKS);
+        if let Weights::Frozen(f) = &self.weights {
+            let groups: Vec<Group> = match &f.blocks {
+                Some(blocks) if staircase => blocks.iter().map(|b| b.group).collect(),
+                _ => {
+                    let (o, i) = f.masked.dims2()?;
+                    vec![Group { start: 0, len: o, cols: i }]
+                }
+            };
+            if let Some(ys) = staircase::affine(xs, &f.masked, &self.bias, add, &groups, relu)? {
+                return Ok(ys);
+            }
+        }
         let ys = match &self.weights {
             Weights::Trainable { weight, rule } => masked_linear::forward(xs, weight, rule)?,
             // Staircase: each row group multiplies only the inputs its mask can see.
-            Weights::Frozen(Frozen { blocks: Some(blocks), .. })
-                if xs.dim(0).is_ok_and(|n| n >= MIN_ROWS_FOR_BLOCKS) =>
-            {
+            Weights::Frozen(Frozen { blocks: Some(blocks), .. }) if staircase => {
                 let n = xs.dim(0)?;
                 let parts = blocks
                     .iter()
                     .map(|b| match &b.weight_t {
-                        Some(w) => xs.narrow(1, 0, b.cols)?.matmul(w),
-                        None => Tensor::zeros((n, b.len), xs.dtype(), xs.device()),
+                        Some(w) => xs.narrow(1, 0, b.group.cols)?.matmul(w),
+                        None => Tensor::zeros((n, b.group.len), xs.dtype(), xs.device()),
                     })
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 1)?
             }
             Weights::Frozen(f) => xs.matmul(&f.masked.t()?)?,
         };
-        add_bias(&ys, &self.bias)
+        let mut ys = add_bias(&ys, &self.bias)?;
+        if let Some(a) = add {
+            ys = (ys + a)?;
+        }
+        if relu {
+            ys = ys.relu()?;
+        }
+        Ok(ys)
     }
 }
 
@@ -384,7 +408,8 @@ impl Made {
         rng: Option<&mut ChaCha8Rng>,
     ) -> candle_core::Result<Tensor> {
         let terms = self.context_terms(ctx)?;
-        self.last.forward(&self.trunk(self.initial.forward(xs)?, &terms, rng)?)
+        let h = self.initial.forward_with(xs, terms.first.as_ref(), !self.cfg.residual)?;
+        self.last.forward(&self.hidden(h, &terms, rng)?)
     }
 
     pub fn context_terms(&self, ctx: Option<&Tensor>) -> candle_core::Result<ContextTerms> {
@@ -408,7 +433,7 @@ impl Made {
         &self,
         mut h: Tensor,
         terms: &ContextTerms,
-        mut rng: Option<&mut ChaCha8Rng>,
+        rng: Option<&mut ChaCha8Rng>,
     ) -> candle_core::Result<Tensor> {
         if let Some(c) = &terms.first {
             h = (h + c)?;
@@ -416,26 +441,32 @@ impl Made {
         if !self.cfg.residual {
             h = h.relu()?;
         }
+        self.hidden(h, terms, rng)
+    }
+
+    /// The hidden layers, from the first layer's activation to the last hidden layer's output.
+    fn hidden(
+        &self,
+        mut h: Tensor,
+        terms: &ContextTerms,
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> candle_core::Result<Tensor> {
         let p = self.cfg.dropout;
         for (layer, ctx_term) in self.layers.iter().zip(&terms.layers) {
             h = match layer {
                 HiddenLayer::FeedForward(lin) => {
-                    let t = lin.forward(&h)?.relu()?;
+                    let t = lin.forward_with(&h, None, true)?;
                     match rng.as_deref_mut() {
                         Some(r) if p > 0.0 => dropout(&t, p, r)?,
                         _ => t,
                     }
                 }
                 HiddenLayer::Residual { lin0, lin1, .. } => {
-                    let mut t = lin0.forward(&h.relu()?)?;
-                    if let Some(c) = ctx_term {
-                        t = (t + c)?;
-                    }
-                    t = t.relu()?;
+                    let mut t = lin0.forward_with(&h.relu()?, ctx_term.as_ref(), true)?;
                     if let Some(r) = rng.as_deref_mut().filter(|_| p > 0.0) {
                         t = dropout(&t, p, r)?;
                     }
-                    (h + lin1.forward(&t)?)?
+                    lin1.forward_with(&t, Some(&h), false)?
                 }
             };
         }
@@ -469,29 +500,37 @@ mod tests {
         use candle_core::{DType, Device};
         use candle_nn::VarMap;
         let dev = Device::Cpu;
-        let cfg = MadeConfig {
-            features: 5,
-            context_features: 3,
-            hidden_features: 300,
-            hidden_layers: 2,
-            output_multiplier: 4,
-            residual: true,
-            dropout: 0.0,
-        };
-        let varmap = VarMap::new();
-        let vb = super::super::params::SeededInit::var_builder(&varmap, 3, DType::F64, &dev);
-        let trainable = Made::new(&cfg, vb)?;
-        assert!(matches!(trainable.initial.weights, Weights::Trainable { .. }));
-        let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        let frozen = Made::frozen(&cfg, VarBuilder::from_tensors(tensors, DType::F64, &dev))?;
-        assert!(matches!(frozen.initial.weights, Weights::Frozen(Frozen { blocks: Some(_), .. })), "staircase blocks");
-        // 300 rows: the frozen layers multiply by blocks.
-        let xs = Tensor::arange(0f64, 1500.0, &dev)?.reshape((300, 5))?.affine(1e-3, -0.7)?.sin()?;
-        let ctx = Tensor::arange(0f64, 900.0, &dev)?.reshape((300, 3))?.affine(1e-2, 0.1)?.cos()?;
-        let a = trainable.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
-        let b = frozen.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-        assert!(worst < 1e-12, "largest difference {worst}");
+        for residual in [true, false] {
+            let cfg = MadeConfig {
+                features: 5,
+                context_features: 3,
+                hidden_features: 300,
+                hidden_layers: 2,
+                output_multiplier: 4,
+                residual,
+                dropout: 0.0,
+            };
+            let varmap = VarMap::new();
+            let vb = super::super::params::SeededInit::var_builder(&varmap, 3, DType::F64, &dev);
+            let trainable = Made::new(&cfg, vb)?;
+            assert!(matches!(trainable.initial.weights, Weights::Trainable { .. }));
+            let tensors =
+                varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+            let frozen = Made::frozen(&cfg, VarBuilder::from_tensors(tensors, DType::F64, &dev))?;
+            assert!(
+                matches!(frozen.initial.weights, Weights::Frozen(Frozen { blocks: Some(_), .. })),
+                "staircase blocks"
+            );
+            // 300 rows: the frozen layers multiply by blocks; 100: by one dense product.
+            for n in [300usize, 100] {
+                let xs = Tensor::arange(0f64, (5 * n) as f64, &dev)?.reshape((n, 5))?.affine(1e-3, -0.7)?.sin()?;
+                let ctx = Tensor::arange(0f64, (3 * n) as f64, &dev)?.reshape((n, 3))?.affine(1e-2, 0.1)?.cos()?;
+                let a = trainable.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
+                let b = frozen.forward(&xs, Some(&ctx), None)?.flatten_all()?.to_vec1::<f64>()?;
+                let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                assert!(worst < 1e-12, "residual {residual}, {n} rows: largest difference {worst}");
+            }
+        }
         Ok(())
     }
 

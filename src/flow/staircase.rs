@@ -1,0 +1,274 @@
+//! The CPU kernel of a frozen MADE layer: `act(bias + add + x · Wᵀ)` in one output buffer.
+//!
+//! A frozen layer's mask is a staircase (see `made.rs`): row group g of the output reads only the
+//! first `cols_g` inputs. Candle would multiply each group separately, concatenate the parts and
+//! add the bias in two more passes over the output (a fifth of a DS2 student shower was these
+//! copies). Here the output rows are filled with the bias (plus an optional residual or context
+//! term), each group's product is accumulated into its columns in place by the `gemm` crate (the
+//! one candle's CPU matmul calls), and ReLU is applied while the rows are still in cache.
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use rayon::prelude::*;
+
+/// `len` consecutive output rows of a staircase mask, which read only the first `cols` inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub start: usize,
+    pub len: usize,
+    pub cols: usize,
+}
+
+/// Output rows a task computes at once: enough for the GEMM's blocking, few enough that the
+/// rows are still in cache when ReLU runs and two threads share a batch of 1000 evenly. A batch
+/// with fewer tasks than threads is one task whose GEMM splits its columns across the threads.
+const ROWS_PER_TASK: usize = 128;
+
+/// `act(bias + add + x · maskedᵀ)` for a contiguous-or-not `x` (n, i), `masked` (o, i) whose
+/// rows of group g are zero beyond `cols_g`, `bias` (o), `add` (n, o). f32 and f64 on the CPU;
+/// `None` for anything else (the caller falls back to candle's ops).
+pub fn affine(
+    x: &Tensor,
+    masked: &Tensor,
+    bias: &Tensor,
+    add: Option<&Tensor>,
+    groups: &[Group],
+    relu: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) || x.rank() != 2 {
+        return Ok(None);
+    }
+    let (n, i) = x.dims2()?;
+    let o = masked.dim(0)?;
+    if masked.dims2()? != (o, i) || bias.dims1()? != o {
+        candle_core::bail!("staircase affine: x {:?}, weight {:?}, bias {:?}", x.shape(), masked.shape(), bias.shape());
+    }
+    if let Some(a) = add {
+        if a.dims2()? != (n, o) {
+            candle_core::bail!("staircase affine: added term {:?}, output ({n}, {o})", a.shape());
+        }
+    }
+    let x = x.contiguous()?;
+    let add = add.map(|a| a.contiguous()).transpose()?;
+    let out = {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = masked.storage_and_layout();
+        let (bs, bl) = bias.storage_and_layout();
+        let added = add.as_ref().map(|a| a.storage_and_layout());
+        let added = added.as_ref().map(|(s, l)| (&**s, *l));
+        match (&*xs, &*ws, &*bs) {
+            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(w)), Storage::Cpu(CpuStorage::F32(b))) => {
+                let add = added.map(|(s, l)| slice(cpu::<f32>(s)?, l)).transpose()?;
+                let v = run(slice(x, xl)?, slice(w, wl)?, slice(b, bl)?, add, n, groups, relu)?;
+                Tensor::from_vec(v, (n, o), &candle_core::Device::Cpu)?
+            }
+            (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(w)), Storage::Cpu(CpuStorage::F64(b))) => {
+                let add = added.map(|(s, l)| slice(cpu::<f64>(s)?, l)).transpose()?;
+                let v = run(slice(x, xl)?, slice(w, wl)?, slice(b, bl)?, add, n, groups, relu)?;
+                Tensor::from_vec(v, (n, o), &candle_core::Device::Cpu)?
+            }
+            _ => return Ok(None),
+        }
+    };
+    Ok(Some(out))
+}
+
+trait Element: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+    fn of(s: &CpuStorage) -> Option<&[Self]>;
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn of(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Element for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn of(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn cpu<T: Element>(s: &Storage) -> candle_core::Result<&[T]> {
+    match s {
+        Storage::Cpu(c) => T::of(c).ok_or_else(|| candle_core::Error::Msg("staircase affine: mixed dtypes".into())),
+        _ => candle_core::bail!("staircase affine: mixed devices"),
+    }
+}
+
+fn slice<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("staircase affine: expected a contiguous tensor"),
+    }
+}
+
+fn run<T: Element>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    add: Option<&[T]>,
+    n: usize,
+    groups: &[Group],
+    relu: bool,
+) -> candle_core::Result<Vec<T>> {
+    let o = b.len();
+    let i = if n == 0 { 0 } else { x.len() / n };
+    if groups.iter().any(|g| g.start + g.len > o || g.cols > i) || groups.iter().map(|g| g.len).sum::<usize>() != o {
+        candle_core::bail!("staircase affine: groups {groups:?} do not tile {o} outputs of {i} inputs");
+    }
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let (rows_per_task, parallelism) = if n.div_ceil(ROWS_PER_TASK) >= threads || threads == 1 {
+        (ROWS_PER_TASK, gemm::Parallelism::None)
+    } else {
+        (n.max(1), gemm::Parallelism::Rayon(threads))
+    };
+    let mut out = vec![T::ZERO; n * o];
+    candle_core::utils::with_threadpool(|| {
+        out.par_chunks_mut(rows_per_task * o.max(1)).enumerate().for_each(|(task, rows)| {
+            let first = task * rows_per_task;
+            let m = rows.len() / o.max(1);
+            match add {
+                Some(a) => {
+                    for (row, a) in rows.chunks_mut(o).zip(a[first * o..].chunks(o)) {
+                        for ((v, &a), &bb) in row.iter_mut().zip(a).zip(b) {
+                            *v = a + bb;
+                        }
+                    }
+                }
+                None => rows.chunks_mut(o).for_each(|row| row.copy_from_slice(b)),
+            }
+            for g in groups.iter().filter(|g| g.cols > 0 && g.len > 0) {
+                // SAFETY: dst addresses rows[r·o + g.start + c] for r < m, c < g.len, inside
+                // `rows` (checked: g.start + g.len ≤ o); lhs x[(first + r)·i + k] for k < g.cols ≤ i
+                // and first + r < n; rhs w[(g.start + c)·i + k], inside the (o, i) weight.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        g.len,
+                        g.cols,
+                        rows.as_mut_ptr().add(g.start),
+                        1,
+                        o as isize,
+                        true,
+                        x.as_ptr().add(first * i),
+                        1,
+                        i as isize,
+                        w.as_ptr().add(g.start * i),
+                        i as isize,
+                        1,
+                        T::ONE,
+                        T::ONE,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+            if relu {
+                for v in rows.iter_mut() {
+                    if !(*v > T::ZERO) {
+                        *v = T::ZERO;
+                    }
+                }
+            }
+        })
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn reference(
+        x: &Tensor,
+        masked: &Tensor,
+        bias: &Tensor,
+        add: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        let mut y = x.matmul(&masked.t()?)?.broadcast_add(bias)?;
+        if let Some(a) = add {
+            y = (y + a)?;
+        }
+        if relu {
+            y = y.relu()?;
+        }
+        Ok(y)
+    }
+
+    /// A staircase weight (o, i): group g keeps its first `cols_g` inputs.
+    fn staircase_weight(o: usize, i: usize, groups: &[Group], dtype: DType) -> candle_core::Result<Tensor> {
+        let dev = Device::Cpu;
+        let mut w = Vec::with_capacity(o * i);
+        for r in 0..o {
+            let g = groups.iter().find(|g| (g.start..g.start + g.len).contains(&r)).unwrap();
+            for c in 0..i {
+                w.push(if c < g.cols { ((r * 31 + c * 17) % 23) as f64 / 23.0 - 0.5 } else { 0.0 });
+            }
+        }
+        Tensor::from_vec(w, (o, i), &dev)?.to_dtype(dtype)
+    }
+
+    #[test]
+    fn staircase_affine_equals_matmul_bias_add_relu() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (i, o) = (37, 50);
+        let groups = [
+            Group { start: 0, len: 7, cols: 0 },
+            Group { start: 7, len: 20, cols: 5 },
+            Group { start: 27, len: 13, cols: 30 },
+            Group { start: 40, len: 10, cols: 37 },
+        ];
+        for dtype in [DType::F32, DType::F64] {
+            let w = staircase_weight(o, i, &groups, dtype)?;
+            let b = Tensor::arange(0f64, o as f64, &dev)?.affine(0.01, -0.2)?.to_dtype(dtype)?;
+            // 300 rows: three tasks, the last one short.
+            for n in [1usize, 128, 300] {
+                let x = Tensor::arange(0f64, (n * i) as f64, &dev)?.reshape((n, i))?.affine(0.37, 0.1)?.sin()?.to_dtype(dtype)?;
+                let a = Tensor::arange(0f64, (n * o) as f64, &dev)?.reshape((n, o))?.affine(0.11, 0.0)?.cos()?.to_dtype(dtype)?;
+                for (add, relu) in [(None, false), (None, true), (Some(&a), false), (Some(&a), true)] {
+                    let got = affine(&x, &w, &b, add, &groups, relu)?.expect("cpu f32/f64");
+                    let want = reference(&x, &w, &b, add, relu)?;
+                    let worst = (got - &want)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+                    assert!(worst < tol, "{dtype:?} n {n} add {} relu {relu}: {worst}", add.is_some());
+                }
+            }
+            // A strided input is made contiguous first.
+            let x = Tensor::arange(0f64, (64 * i) as f64, &dev)?.reshape((i, 64))?.to_dtype(dtype)?.t()?;
+            let got = affine(&x, &w, &b, None, &groups, true)?.expect("cpu");
+            let want = reference(&x, &w, &b, None, true)?;
+            let worst = (got - want)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            assert!(worst < 1e-3, "strided input: {worst}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn groups_that_do_not_tile_the_outputs_are_refused() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((4, 3), DType::F32, &dev)?;
+        let b = Tensor::zeros(4, DType::F32, &dev)?;
+        let x = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        let short = [Group { start: 0, len: 3, cols: 3 }];
+        assert!(affine(&x, &w, &b, None, &short, false).is_err());
+        let wide = [Group { start: 0, len: 4, cols: 4 }];
+        assert!(affine(&x, &w, &b, None, &wide, false).is_err());
+        Ok(())
+    }
+}
