@@ -18,10 +18,10 @@ pub struct Group {
     pub cols: usize,
 }
 
-/// Output rows a task computes at once: enough for the GEMM's blocking, few enough that the
-/// rows are still in cache when ReLU runs and two threads share a batch of 1000 evenly. A batch
-/// with fewer tasks than threads is one task whose GEMM splits its columns across the threads.
-const ROWS_PER_TASK: usize = 128;
+/// Below this many rows per thread the batch is one task whose GEMM splits its columns across
+/// the threads (a single event, the ZDC output layer: a memory-bound product); above it each
+/// thread computes its share of the rows start to finish.
+const MIN_ROWS_PER_TASK: usize = 64;
 
 /// `act(bias + add + x · maskedᵀ)` for a contiguous-or-not `x` (n, i), `masked` (o, i) whose
 /// rows of group g are zero beyond `cols_g`, `bias` (o), `add` (n, o). f32 and f64 on the CPU;
@@ -72,14 +72,14 @@ pub fn affine(
     Ok(Some(out))
 }
 
-trait Element: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + 'static {
-    const ZERO: Self;
+trait Element: Copy + Send + Sync + std::ops::Add<Output = Self> + 'static {
     const ONE: Self;
     fn of(s: &CpuStorage) -> Option<&[Self]>;
+    /// max(v, 0), NaN → 0 (a `max` the compiler vectorises; a compare-and-branch it did not).
+    fn relu(self) -> Self;
 }
 
 impl Element for f32 {
-    const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     fn of(s: &CpuStorage) -> Option<&[Self]> {
         match s {
@@ -87,16 +87,21 @@ impl Element for f32 {
             _ => None,
         }
     }
+    fn relu(self) -> Self {
+        self.max(0.0)
+    }
 }
 
 impl Element for f64 {
-    const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     fn of(s: &CpuStorage) -> Option<&[Self]> {
         match s {
             CpuStorage::F64(v) => Some(v),
             _ => None,
         }
+    }
+    fn relu(self) -> Self {
+        self.max(0.0)
     }
 }
 
@@ -124,68 +129,81 @@ fn run<T: Element>(
     relu: bool,
 ) -> candle_core::Result<Vec<T>> {
     let o = b.len();
-    let i = if n == 0 { 0 } else { x.len() / n };
-    if groups.iter().any(|g| g.start + g.len > o || g.cols > i) || groups.iter().map(|g| g.len).sum::<usize>() != o {
+    let i = x.len().checked_div(n).unwrap_or(0);
+    if w.len() != o * i
+        || groups.iter().any(|g| g.start + g.len > o || g.cols > i)
+        || groups.iter().map(|g| g.len).sum::<usize>() != o
+    {
         candle_core::bail!("staircase affine: groups {groups:?} do not tile {o} outputs of {i} inputs");
     }
     let threads = candle_core::utils::get_num_threads().max(1);
-    let (rows_per_task, parallelism) = if n.div_ceil(ROWS_PER_TASK) >= threads || threads == 1 {
-        (ROWS_PER_TASK, gemm::Parallelism::None)
+    let (rows_per_task, parallelism) = if threads == 1 || n >= threads * MIN_ROWS_PER_TASK {
+        (n.div_ceil(threads).max(1), gemm::Parallelism::None)
     } else {
         (n.max(1), gemm::Parallelism::Rayon(threads))
     };
-    let mut out = vec![T::ZERO; n * o];
+    // Every element is written (bias first) before it is read, so the buffer is not zeroed.
+    let mut out: Vec<T> = Vec::with_capacity(n * o);
     candle_core::utils::with_threadpool(|| {
-        out.par_chunks_mut(rows_per_task * o.max(1)).enumerate().for_each(|(task, rows)| {
-            let first = task * rows_per_task;
-            let m = rows.len() / o.max(1);
-            match add {
-                Some(a) => {
-                    for (row, a) in rows.chunks_mut(o).zip(a[first * o..].chunks(o)) {
-                        for ((v, &a), &bb) in row.iter_mut().zip(a).zip(b) {
-                            *v = a + bb;
+        out.spare_capacity_mut()[..n * o].par_chunks_mut(rows_per_task * o.max(1)).enumerate().for_each(
+            |(task, rows)| {
+                let first = task * rows_per_task;
+                let m = rows.len() / o.max(1);
+                for (r, row) in rows.chunks_mut(o.max(1)).enumerate() {
+                    match add {
+                        Some(a) => {
+                            let a = &a[(first + r) * o..(first + r + 1) * o];
+                            for ((v, &a), &bb) in row.iter_mut().zip(a).zip(b) {
+                                v.write(a + bb);
+                            }
+                        }
+                        None => {
+                            for (v, &bb) in row.iter_mut().zip(b) {
+                                v.write(bb);
+                            }
                         }
                     }
                 }
-                None => rows.chunks_mut(o).for_each(|row| row.copy_from_slice(b)),
-            }
-            for g in groups.iter().filter(|g| g.cols > 0 && g.len > 0) {
-                // SAFETY: dst addresses rows[r·o + g.start + c] for r < m, c < g.len, inside
-                // `rows` (checked: g.start + g.len ≤ o); lhs x[(first + r)·i + k] for k < g.cols ≤ i
-                // and first + r < n; rhs w[(g.start + c)·i + k], inside the (o, i) weight.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        g.len,
-                        g.cols,
-                        rows.as_mut_ptr().add(g.start),
-                        1,
-                        o as isize,
-                        true,
-                        x.as_ptr().add(first * i),
-                        1,
-                        i as isize,
-                        w.as_ptr().add(g.start * i),
-                        i as isize,
-                        1,
-                        T::ONE,
-                        T::ONE,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
-                }
-            }
-            if relu {
-                for v in rows.iter_mut() {
-                    if !(*v > T::ZERO) {
-                        *v = T::ZERO;
+                // SAFETY: every element of `rows` was initialised just above.
+                let rows: &mut [T] = unsafe { &mut *(rows as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
+                for g in groups.iter().filter(|g| g.cols > 0 && g.len > 0) {
+                    // SAFETY: dst addresses rows[r·o + g.start + c] for r < m, c < g.len, inside
+                    // `rows` (checked: g.start + g.len ≤ o); lhs x[(first + r)·i + k] for k < g.cols ≤ i
+                    // and first + r < n; rhs w[(g.start + c)·i + k], inside the (o, i) weight.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            g.len,
+                            g.cols,
+                            rows.as_mut_ptr().add(g.start),
+                            1,
+                            o as isize,
+                            true,
+                            x.as_ptr().add(first * i),
+                            1,
+                            i as isize,
+                            w.as_ptr().add(g.start * i),
+                            i as isize,
+                            1,
+                            T::ONE,
+                            T::ONE,
+                            false,
+                            false,
+                            false,
+                            parallelism,
+                        );
                     }
                 }
-            }
-        })
+                if relu {
+                    for v in rows.iter_mut() {
+                        *v = v.relu();
+                    }
+                }
+            },
+        )
     });
+    // SAFETY: the tasks above initialised all n·o elements.
+    unsafe { out.set_len(n * o) };
     Ok(out)
 }
 
@@ -237,14 +255,23 @@ mod tests {
         for dtype in [DType::F32, DType::F64] {
             let w = staircase_weight(o, i, &groups, dtype)?;
             let b = Tensor::arange(0f64, o as f64, &dev)?.affine(0.01, -0.2)?.to_dtype(dtype)?;
-            // 300 rows: three tasks, the last one short.
+            // 1 row: one task, its GEMM threaded; 300: a share per thread.
             for n in [1usize, 128, 300] {
-                let x = Tensor::arange(0f64, (n * i) as f64, &dev)?.reshape((n, i))?.affine(0.37, 0.1)?.sin()?.to_dtype(dtype)?;
-                let a = Tensor::arange(0f64, (n * o) as f64, &dev)?.reshape((n, o))?.affine(0.11, 0.0)?.cos()?.to_dtype(dtype)?;
+                let x = Tensor::arange(0f64, (n * i) as f64, &dev)?
+                    .reshape((n, i))?
+                    .affine(0.37, 0.1)?
+                    .sin()?
+                    .to_dtype(dtype)?;
+                let a = Tensor::arange(0f64, (n * o) as f64, &dev)?
+                    .reshape((n, o))?
+                    .affine(0.11, 0.0)?
+                    .cos()?
+                    .to_dtype(dtype)?;
                 for (add, relu) in [(None, false), (None, true), (Some(&a), false), (Some(&a), true)] {
                     let got = affine(&x, &w, &b, add, &groups, relu)?.expect("cpu f32/f64");
                     let want = reference(&x, &w, &b, add, relu)?;
-                    let worst = (got - &want)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    let worst =
+                        (got - &want)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
                     assert!(worst < tol, "{dtype:?} n {n} add {} relu {relu}: {worst}", add.is_some());
                 }

@@ -321,7 +321,7 @@ impl Loop<'_, '_> {
                 let rate = self.session_samples as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
                 pb.set_message(format!("loss {loss:.4} lr {:.2e} {rate:.0} samples/s", self.adam.lr));
                 if cfg.eval_every > 0
-                    && self.state.step % cfg.eval_every as u64 == 0
+                    && self.state.step.is_multiple_of(cfg.eval_every as u64)
                     && self.state.batch_in_epoch < self.steps_per_epoch
                 {
                     self.validate_and_save()?;
