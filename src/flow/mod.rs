@@ -16,7 +16,7 @@ pub mod spline;
 mod spline_cuda;
 pub mod spline_reference;
 pub mod stack;
-pub mod staircase;
+mod staircase;
 pub mod weights_file;
 
 pub use spline::{Direction, SplineConfig};
