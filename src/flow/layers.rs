@@ -25,10 +25,11 @@ pub fn add_bias(ys: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
 struct BiasAdd;
 struct ColumnSum;
 
-fn contiguous<'a, T>(s: &'a [T], l: &candle_core::Layout) -> candle_core::Result<&'a [T]> {
+/// The elements of a contiguous tensor's storage `s` with layout `l`; `op` names the op in the error.
+pub(crate) fn contiguous_slice<'a, T>(s: &'a [T], l: &candle_core::Layout, op: &str) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("bias-add: expected a contiguous tensor"),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
     }
 }
 
@@ -83,8 +84,12 @@ impl candle_core::CustomOp2 for BiasAdd {
             candle_core::bail!("bias-add: bias of {} for {o} columns", l2.shape().elem_count());
         }
         let out = match (s1, s2) {
-            (S::F32(x), S::F32(b)) => S::F32(bias_add_rows(contiguous(x, l1)?, contiguous(b, l2)?)),
-            (S::F64(x), S::F64(b)) => S::F64(bias_add_rows(contiguous(x, l1)?, contiguous(b, l2)?)),
+            (S::F32(x), S::F32(b)) => {
+                S::F32(bias_add_rows(contiguous_slice(x, l1, "bias-add")?, contiguous_slice(b, l2, "bias-add")?))
+            }
+            (S::F64(x), S::F64(b)) => {
+                S::F64(bias_add_rows(contiguous_slice(x, l1, "bias-add")?, contiguous_slice(b, l2, "bias-add")?))
+            }
             _ => candle_core::bail!("bias-add: f32 or f64 of one kind"),
         };
         Ok((out, l1.shape().clone()))
@@ -115,8 +120,8 @@ impl candle_core::CustomOp1 for ColumnSum {
         use candle_core::CpuStorage as S;
         let (_, o) = l.shape().dims2()?;
         let out = match s {
-            S::F32(g) => S::F32(column_sums(contiguous(g, l)?, o)),
-            S::F64(g) => S::F64(column_sums(contiguous(g, l)?, o)),
+            S::F32(g) => S::F32(column_sums(contiguous_slice(g, l, "bias-add")?, o)),
+            S::F64(g) => S::F64(column_sums(contiguous_slice(g, l, "bias-add")?, o)),
             _ => candle_core::bail!("column-sum: f32 or f64"),
         };
         Ok((out, candle_core::Shape::from(o)))

@@ -7,8 +7,11 @@
 //! term), each group's product is accumulated into its columns in place by the `gemm` crate (the
 //! one candle's CPU matmul calls), and ReLU is applied while the rows are still in cache.
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
+use num_traits::Float;
 use rayon::prelude::*;
+
+use super::layers::contiguous_slice;
 
 /// `len` consecutive output rows of a staircase mask, which read only the first `cols` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,77 +52,41 @@ pub fn affine(
     }
     let x = x.contiguous()?;
     let add = add.map(|a| a.contiguous()).transpose()?;
-    let out = {
-        let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = masked.storage_and_layout();
-        let (bs, bl) = bias.storage_and_layout();
-        let added = add.as_ref().map(|a| a.storage_and_layout());
-        let added = added.as_ref().map(|(s, l)| (&**s, *l));
-        match (&*xs, &*ws, &*bs) {
-            (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(w)), Storage::Cpu(CpuStorage::F32(b))) => {
-                let add = added.map(|(s, l)| slice(cpu::<f32>(s)?, l)).transpose()?;
-                let v = run(slice(x, xl)?, slice(w, wl)?, slice(b, bl)?, add, n, groups, relu)?;
-                Tensor::from_vec(v, (n, o), &candle_core::Device::Cpu)?
-            }
-            (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(w)), Storage::Cpu(CpuStorage::F64(b))) => {
-                let add = added.map(|(s, l)| slice(cpu::<f64>(s)?, l)).transpose()?;
-                let v = run(slice(x, xl)?, slice(w, wl)?, slice(b, bl)?, add, n, groups, relu)?;
-                Tensor::from_vec(v, (n, o), &candle_core::Device::Cpu)?
-            }
-            _ => return Ok(None),
-        }
+    let out = match x.dtype() {
+        DType::F32 => host::<f32>(&x, masked, bias, add.as_ref(), groups, relu)?,
+        DType::F64 => host::<f64>(&x, masked, bias, add.as_ref(), groups, relu)?,
+        _ => return Ok(None),
     };
     Ok(Some(out))
 }
 
-trait Element: Copy + Send + Sync + std::ops::Add<Output = Self> + 'static {
-    const ONE: Self;
-    fn of(s: &CpuStorage) -> Option<&[Self]>;
-    /// max(v, 0), NaN → 0 (a `max` the compiler vectorises; a compare-and-branch it did not).
-    fn relu(self) -> Self;
+/// [`affine`] on the tensors' host storage, all of dtype `T`.
+fn host<T: WithDType + Float>(
+    x: &Tensor,
+    masked: &Tensor,
+    bias: &Tensor,
+    add: Option<&Tensor>,
+    groups: &[Group],
+    relu: bool,
+) -> candle_core::Result<Tensor> {
+    let (n, o) = (x.dim(0)?, bias.dim(0)?);
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = masked.storage_and_layout();
+    let (bs, bl) = bias.storage_and_layout();
+    let added = add.map(|a| a.storage_and_layout());
+    let add = added.as_ref().map(|(s, l)| on_host::<T>(s, l)).transpose()?;
+    let out = run(on_host(&xs, xl)?, on_host(&ws, wl)?, on_host(&bs, bl)?, add, n, groups, relu)?;
+    Tensor::from_vec(out, (n, o), &Device::Cpu)
 }
 
-impl Element for f32 {
-    const ONE: Self = 1.0;
-    fn of(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn relu(self) -> Self {
-        self.max(0.0)
-    }
-}
-
-impl Element for f64 {
-    const ONE: Self = 1.0;
-    fn of(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn relu(self) -> Self {
-        self.max(0.0)
-    }
-}
-
-fn cpu<T: Element>(s: &Storage) -> candle_core::Result<&[T]> {
+fn on_host<'a, T: WithDType>(s: &'a Storage, l: &Layout) -> candle_core::Result<&'a [T]> {
     match s {
-        Storage::Cpu(c) => T::of(c).ok_or_else(|| candle_core::Error::Msg("staircase affine: mixed dtypes".into())),
-        _ => candle_core::bail!("staircase affine: mixed devices"),
+        Storage::Cpu(c) => contiguous_slice(T::cpu_storage_as_slice(c)?, l, "staircase affine"),
+        _ => candle_core::bail!("staircase affine: a tensor not on the CPU"),
     }
 }
 
-fn slice<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("staircase affine: expected a contiguous tensor"),
-    }
-}
-
-fn run<T: Element>(
+fn run<T: WithDType + Float>(
     x: &[T],
     w: &[T],
     b: &[T],
@@ -185,8 +152,8 @@ fn run<T: Element>(
                             w.as_ptr().add(g.start * i),
                             i as isize,
                             1,
-                            T::ONE,
-                            T::ONE,
+                            T::one(),
+                            T::one(),
                             false,
                             false,
                             false,
@@ -196,7 +163,8 @@ fn run<T: Element>(
                 }
                 if relu {
                     for v in rows.iter_mut() {
-                        *v = v.relu();
+                        // `max`, which the compiler vectorises (a compare-and-branch it did not); NaN → 0.
+                        *v = Float::max(*v, T::zero());
                     }
                 }
             },

@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::super::layers::contiguous_slice;
 use super::kernel::{scratch_len, Consts};
 use super::math::Real;
 use super::simd::{dispatch_bwd, dispatch_fwd, RowScratch};
@@ -20,13 +21,6 @@ struct RqsOp {
 struct RqsBackwardOp {
     cfg: SplineConfig,
     dir: Direction,
-}
-
-fn contiguous_slice<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("rqs: expected a contiguous tensor"),
-    }
 }
 
 /// Rows handed to one rayon task: small enough to balance two to sixteen cores, large enough
@@ -102,11 +96,23 @@ impl CustomOp2 for RqsOp {
         let shape = Shape::from((2, n, d));
         match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(p)) => {
-                let out = rqs_fwd_cpu(&self.cfg, self.dir, contiguous_slice(x, l1)?, contiguous_slice(p, l2)?, d);
+                let out = rqs_fwd_cpu(
+                    &self.cfg,
+                    self.dir,
+                    contiguous_slice(x, l1, "rqs")?,
+                    contiguous_slice(p, l2, "rqs")?,
+                    d,
+                );
                 Ok((CpuStorage::F32(out), shape))
             }
             (CpuStorage::F64(x), CpuStorage::F64(p)) => {
-                let out = rqs_fwd_cpu(&self.cfg, self.dir, contiguous_slice(x, l1)?, contiguous_slice(p, l2)?, d);
+                let out = rqs_fwd_cpu(
+                    &self.cfg,
+                    self.dir,
+                    contiguous_slice(x, l1, "rqs")?,
+                    contiguous_slice(p, l2, "rqs")?,
+                    d,
+                );
                 Ok((CpuStorage::F64(out), shape))
             }
             _ => candle_core::bail!("rqs: inputs must both be f32 or both f64"),
@@ -159,11 +165,13 @@ impl CustomOp3 for RqsBackwardOp {
         let shape = Shape::from(n * d * (self.cfg.params_per_feature() + 1));
         match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(g)) => {
-                let (x, p, g) = (contiguous_slice(x, l1)?, contiguous_slice(p, l2)?, contiguous_slice(g, l3)?);
+                let (x, p, g) =
+                    (contiguous_slice(x, l1, "rqs")?, contiguous_slice(p, l2, "rqs")?, contiguous_slice(g, l3, "rqs")?);
                 Ok((CpuStorage::F32(rqs_bwd_cpu(&self.cfg, self.dir, x, p, g, d)), shape))
             }
             (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(g)) => {
-                let (x, p, g) = (contiguous_slice(x, l1)?, contiguous_slice(p, l2)?, contiguous_slice(g, l3)?);
+                let (x, p, g) =
+                    (contiguous_slice(x, l1, "rqs")?, contiguous_slice(p, l2, "rqs")?, contiguous_slice(g, l3, "rqs")?);
                 Ok((CpuStorage::F64(rqs_bwd_cpu(&self.cfg, self.dir, x, p, g, d)), shape))
             }
             _ => candle_core::bail!("rqs backward: inputs must all be f32 or all f64"),
