@@ -39,12 +39,14 @@ pub struct Globals {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     crate::util::interrupt::install_cleanup();
-    if let Some(n) = cli.threads {
-        // candle and rayon read this when their pools start (at the first tensor operation).
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    // candle and rayon read this when their pools start (at the first tensor operation). Without it
+    // candle looks the core count up again (reading /proc/cpuinfo) in every matrix product.
+    let threads = cli.threads.unwrap_or_else(candle_core::utils::get_num_threads);
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let globals = Globals { device: cli.device.clone(), show_progress: !cli.quiet };
-    match execute(&cli.command, &globals) {
+    // The command runs on a thread of candle's pool, so the many small parallel operations of a
+    // sampling or training loop start there instead of waking the pool from outside each time.
+    match candle_core::utils::with_threadpool(|| execute(&cli.command, &globals)) {
         Ok(code) => Ok(code),
         Err(Error::Interrupted) => Ok(ExitCode::from(130)),
         Err(e) => Err(e),
