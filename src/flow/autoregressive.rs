@@ -53,6 +53,11 @@ impl MadeRqs {
         Ok(Self { made: Made::frozen(made, vb.pp("made"))?, spline: *spline, fast })
     }
 
+    /// See [`Made::set_matmul_precision`].
+    pub fn set_matmul_precision(&mut self, precision: super::MatmulPrecision) -> candle_core::Result<()> {
+        self.made.set_matmul_precision(precision)
+    }
+
     fn spline_step(
         &self,
         made_input: &Tensor,

@@ -14,8 +14,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::amx::{self, PackedWeight};
 use super::layers::{add_bias, torch_default_init};
 use super::masked_linear::{self, MaskRule};
+use super::precision::{round_bf16, MatmulPrecision};
 use super::staircase::{self, Group};
 
 /// The shape of one MADE network.
@@ -77,7 +79,22 @@ enum Weights {
 struct Frozen {
     masked: Tensor,
     blocks: Option<Vec<Block>>,
+    /// bf16 products ([`MatmulPrecision::Bf16`]): `masked` then holds bf16-rounded values.
+    bf16: Option<Bf16Weight>,
 }
+
+/// How a frozen layer in bf16 multiplies.
+enum Bf16Weight {
+    /// Inputs rounded to bf16 like the weight, products in the model's precision (any device).
+    Rounded,
+    /// On AMX tiles, the weight packed for them (CPUs with AMX, batches of `AMX_MIN_ROWS` or more).
+    Amx(PackedWeight),
+    /// The weight in bf16 on a GPU, multiplied by its BLAS in bf16.
+    Device(Tensor),
+}
+
+/// Below this many rows the tiles (32 rows at a time) would mostly multiply padding.
+const AMX_MIN_ROWS: usize = 16;
 
 /// One row group of a staircase mask.
 struct Block {
@@ -197,7 +214,46 @@ impl MaskedLinear {
                     .collect::<candle_core::Result<Vec<_>>>()
             })
             .transpose()?;
-        Ok(Self { weights: Weights::Frozen(Frozen { masked, blocks }), bias })
+        Ok(Self { weights: Weights::Frozen(Frozen { masked, blocks, bf16: None }), bias })
+    }
+
+    /// Switches a frozen float32 layer's products to `precision` (a trainable layer, or a
+    /// float64 one, is refused).
+    fn set_matmul_precision(&mut self, precision: MatmulPrecision) -> candle_core::Result<()> {
+        let Weights::Frozen(f) = &mut self.weights else {
+            candle_core::bail!("reduced-precision products are for frozen (sampling) networks only")
+        };
+        if precision == MatmulPrecision::Full || f.bf16.is_some() {
+            return Ok(());
+        }
+        if f.masked.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("bf16 products need a float32 model, this one is {:?}", f.masked.dtype());
+        }
+        f.masked = round_bf16(&f.masked)?;
+        // The staircase blocks are views into `masked` on the CPU, contiguous copies on a GPU:
+        // make them again from the rounded weight.
+        let views = f.masked.device().is_cpu();
+        for b in f.blocks.iter_mut().flatten().filter(|b| b.weight_t.is_some()) {
+            let g = b.group;
+            let w = f.masked.narrow(0, g.start, g.len)?.narrow(1, 0, g.cols)?.t()?;
+            b.weight_t = Some(if views { w } else { w.contiguous()? });
+        }
+        if !views {
+            f.bf16 = Some(Bf16Weight::Device(f.masked.to_dtype(candle_core::DType::BF16)?));
+            return Ok(());
+        }
+        f.bf16 = Some(if amx::available() {
+            let (o, i) = f.masked.dims2()?;
+            let w = f.masked.flatten_all()?.to_vec1::<f32>()?;
+            // How many leading inputs each row reads: its last non-zero weight (a staircase after
+            // the frozen reordering, so the panels shrink with it).
+            let support: Vec<usize> =
+                w.chunks(i.max(1)).map(|row| row.iter().rposition(|&v| v != 0.0).map_or(0, |c| c + 1)).collect();
+            Bf16Weight::Amx(PackedWeight::pack(&w, o, i, |r| support[r]))
+        } else {
+            Bf16Weight::Rounded
+        });
+        Ok(())
     }
 
     /// `weight · mask` (for a frozen MADE, in its hidden-unit order).
@@ -220,6 +276,17 @@ impl MaskedLinear {
     /// CPU computes it in one pass over its output ([`staircase::affine`]).
     pub fn forward_with(&self, xs: &Tensor, add: Option<&Tensor>, relu: bool) -> candle_core::Result<Tensor> {
         let staircase = xs.dim(0).is_ok_and(|n| n >= MIN_ROWS_FOR_BLOCKS);
+        let rounded;
+        let xs = match &self.weights {
+            Weights::Frozen(Frozen { bf16: Some(w), .. }) => {
+                if let Some(ys) = self.forward_bf16(w, xs, add, relu)? {
+                    return Ok(ys);
+                }
+                rounded = round_bf16(xs)?;
+                &rounded
+            }
+            _ => xs,
+        };
         if let Weights::Frozen(f) = &self.weights {
             let groups: Vec<Group> = match &f.blocks {
                 Some(blocks) if staircase => blocks.iter().map(|b| b.group).collect(),
@@ -248,6 +315,11 @@ impl MaskedLinear {
             }
             Weights::Frozen(f) => xs.matmul(&f.masked.t()?)?,
         };
+        self.finish(ys, add, relu)
+    }
+
+    /// `act(ys + bias + add)`.
+    fn finish(&self, ys: Tensor, add: Option<&Tensor>, relu: bool) -> candle_core::Result<Tensor> {
         let mut ys = add_bias(&ys, &self.bias)?;
         if let Some(a) = add {
             ys = (ys + a)?;
@@ -256,6 +328,26 @@ impl MaskedLinear {
             ys = ys.relu()?;
         }
         Ok(ys)
+    }
+
+    /// The bf16 products that need no rounded copy of `xs`: AMX tiles, a GPU's bf16 GEMM.
+    fn forward_bf16(
+        &self,
+        w: &Bf16Weight,
+        xs: &Tensor,
+        add: Option<&Tensor>,
+        relu: bool,
+    ) -> candle_core::Result<Option<Tensor>> {
+        match w {
+            Bf16Weight::Amx(packed) if xs.dim(0)? >= AMX_MIN_ROWS => {
+                staircase::affine_bf16(xs, packed, &self.bias, add, relu)
+            }
+            Bf16Weight::Device(w) => {
+                let ys = xs.to_dtype(candle_core::DType::BF16)?.matmul(&w.t()?)?.to_dtype(xs.dtype())?;
+                self.finish(ys, add, relu).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -400,6 +492,22 @@ impl Made {
         &self.cfg
     }
 
+    /// Switches a frozen float32 MADE's masked-layer products to `precision` (see
+    /// [`MatmulPrecision`]); the context layers keep the model's precision.
+    pub fn set_matmul_precision(&mut self, precision: MatmulPrecision) -> candle_core::Result<()> {
+        self.initial.set_matmul_precision(precision)?;
+        for layer in &mut self.layers {
+            match layer {
+                HiddenLayer::FeedForward(lin) => lin.set_matmul_precision(precision)?,
+                HiddenLayer::Residual { lin0, lin1, .. } => {
+                    lin0.set_matmul_precision(precision)?;
+                    lin1.set_matmul_precision(precision)?;
+                }
+            }
+        }
+        self.last.set_matmul_precision(precision)
+    }
+
     /// `rng` turns dropout on (training); `None` is evaluation.
     pub fn forward(
         &self,
@@ -531,6 +639,40 @@ mod tests {
                 assert!(worst < 1e-12, "residual {residual}, {n} rows: largest difference {worst}");
             }
         }
+        Ok(())
+    }
+
+    /// A frozen layer in bf16 computes the product of bf16-rounded inputs and weights: the tile
+    /// kernel (16 rows or more, on AMX CPUs) and the rounded float32 path (below 16 rows, or no
+    /// AMX) agree to float32 summation order, and both differ from float32 by bf16's rounding.
+    #[test]
+    fn bf16_layers_round_inputs_and_weights_alike_on_every_path() -> candle_core::Result<()> {
+        use candle_core::{DType, Device};
+        use candle_nn::VarMap;
+        let dev = Device::Cpu;
+        let (d, h) = (40, 96);
+        let in_deg = input_degrees(d);
+        let mut hid_deg = hidden_degrees(h, d);
+        hid_deg.sort();
+        let layer = |dtype: DType| -> candle_core::Result<MaskedLinear> {
+            let varmap = VarMap::new();
+            let vb = super::super::params::SeededInit::var_builder(&varmap, 5, dtype, &dev);
+            let orders = Orders { inputs: None, outputs: None };
+            MaskedLinear::new(vb, &in_deg, &hid_deg, false, None, Some(orders))
+        };
+        let full = layer(DType::F32)?;
+        let mut low = layer(DType::F32)?;
+        low.set_matmul_precision(MatmulPrecision::Bf16)?;
+        let n = 300;
+        let xs = Tensor::arange(0f32, (n * d) as f32, &dev)?.reshape((n, d))?.affine(0.013, -0.4)?.sin()?;
+        let all = low.forward_with(&xs, None, true)?;
+        let few = low.forward_with(&xs.narrow(0, 0, 8)?, None, true)?;
+        let paths = (all.narrow(0, 0, 8)? - &few)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(paths < 1e-5, "tile and rounded paths differ by {paths}");
+        let rounding = (all - full.forward_with(&xs, None, true)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(rounding > 1e-6 && rounding < 2e-2, "bf16 against float32: {rounding}");
+        let mut wide = layer(DType::F64)?;
+        assert!(wide.set_matmul_precision(MatmulPrecision::Bf16).is_err(), "float64 layers are refused");
         Ok(())
     }
 

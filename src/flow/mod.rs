@@ -1,6 +1,7 @@
 //! The flow library: rational-quadratic splines parameterised by conditional MADE networks,
 //! stacked into MAF teachers and IAF students.
 
+mod amx;
 pub mod autoregressive;
 pub mod base;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod masked_linear;
 pub mod nflows;
 pub mod params;
 pub mod permutation;
+pub mod precision;
 pub mod spline;
 #[cfg(feature = "cuda")]
 mod spline_cuda;
@@ -19,6 +21,7 @@ pub mod stack;
 mod staircase;
 pub mod weights_file;
 
+pub use precision::MatmulPrecision;
 pub use spline::{Direction, SplineConfig};
 pub use stack::{Flow, FlowKind, FlowSpec, Pass, PassOptions, Trace};
 

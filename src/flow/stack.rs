@@ -188,6 +188,12 @@ impl Flow {
         &self.spec
     }
 
+    /// Switches a frozen float32 stack's masked-layer products to `precision` (an opt-in for
+    /// sampling: see [`super::MatmulPrecision`]); a trainable or float64 stack is refused.
+    pub fn set_matmul_precision(&mut self, precision: super::MatmulPrecision) -> candle_core::Result<()> {
+        self.blocks.iter_mut().try_for_each(|b| b.set_matmul_precision(precision))
+    }
+
     fn block_to_latent(
         &self,
         i: usize,

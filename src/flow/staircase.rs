@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Layout, Storage, Tensor, WithDType};
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::amx::PackedWeight;
 use super::layers::contiguous_slice;
 
 /// `len` consecutive output rows of a staircase mask, which read only the first `cols` inputs.
@@ -40,42 +41,86 @@ pub fn affine(
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) || x.rank() != 2 {
         return Ok(None);
     }
-    let (n, i) = x.dims2()?;
     let o = masked.dim(0)?;
-    if masked.dims2()? != (o, i) || bias.dims1()? != o {
-        candle_core::bail!("staircase affine: x {:?}, weight {:?}, bias {:?}", x.shape(), masked.shape(), bias.shape());
-    }
-    if let Some(a) = add {
-        if a.dims2()? != (n, o) {
-            candle_core::bail!("staircase affine: added term {:?}, output ({n}, {o})", a.shape());
-        }
+    let i = x.dim(1)?;
+    if masked.dims2()? != (o, i) {
+        candle_core::bail!("staircase affine: x {:?}, weight {:?}", x.shape(), masked.shape());
     }
     let x = x.contiguous()?;
-    let add = add.map(|a| a.contiguous()).transpose()?;
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let rows_per_task = gemm_rows_per_task(x.dim(0)?, threads);
+    let parallelism = if threads > 1 && rows_per_task >= x.dim(0)? {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (ws, wl) = masked.storage_and_layout();
     let out = match x.dtype() {
-        DType::F32 => host::<f32>(&x, masked, bias, add.as_ref(), groups, relu)?,
-        DType::F64 => host::<f64>(&x, masked, bias, add.as_ref(), groups, relu)?,
+        DType::F32 => {
+            let w = on_host::<f32>(&ws, wl)?;
+            host::<f32>(&x, bias, add, relu, rows_per_task, |x, out, m| {
+                gemm_product(x, w, out, m, groups, parallelism)
+            })?
+        }
+        DType::F64 => {
+            let w = on_host::<f64>(&ws, wl)?;
+            host::<f64>(&x, bias, add, relu, rows_per_task, |x, out, m| {
+                gemm_product(x, w, out, m, groups, parallelism)
+            })?
+        }
         _ => return Ok(None),
     };
     Ok(Some(out))
 }
 
-/// [`affine`] on the tensors' host storage, all of dtype `T`.
-fn host<T: WithDType + Float>(
+/// [`affine`] with the product on AMX tiles in bf16 ([`PackedWeight`]); `None` where `x` is not
+/// a float32 matrix on the CPU.
+pub fn affine_bf16(
     x: &Tensor,
-    masked: &Tensor,
+    packed: &PackedWeight,
     bias: &Tensor,
     add: Option<&Tensor>,
-    groups: &[Group],
     relu: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() != 2 {
+        return Ok(None);
+    }
+    if (bias.dims1()?, x.dim(1)?) != packed.shape() {
+        candle_core::bail!("staircase affine: x {:?}, bias {:?}, weight {:?}", x.shape(), bias.shape(), packed.shape());
+    }
+    let x = x.contiguous()?;
+    // Tiles take 32 rows at a time: each thread gets whole tile rows, however small the batch.
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let rows_per_task = x.dim(0)?.div_ceil(threads).div_ceil(32).max(1) * 32;
+    let out = host::<f32>(&x, bias, add, relu, rows_per_task, |x, out, m| {
+        packed.accumulate(x, out, m);
+        Ok(())
+    })?;
+    Ok(Some(out))
+}
+
+/// `act(bias + add + product)` on the tensors' host storage, all of dtype `T`: rows are split
+/// among the threads, and `product(x_rows, out_rows, m)` adds `x_rows · Wᵀ` into each task's rows.
+fn host<T: WithDType + Float>(
+    x: &Tensor,
+    bias: &Tensor,
+    add: Option<&Tensor>,
+    relu: bool,
+    rows_per_task: usize,
+    product: impl Fn(&[T], &mut [T], usize) -> candle_core::Result<()> + Sync,
 ) -> candle_core::Result<Tensor> {
-    let (n, o) = (x.dim(0)?, bias.dim(0)?);
+    let (n, o) = (x.dim(0)?, bias.dims1()?);
+    let add = add.map(|a| a.contiguous()).transpose()?;
+    if let Some(a) = &add {
+        if a.dims2()? != (n, o) {
+            candle_core::bail!("staircase affine: added term {:?}, output ({n}, {o})", a.shape());
+        }
+    }
     let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = masked.storage_and_layout();
     let (bs, bl) = bias.storage_and_layout();
-    let added = add.map(|a| a.storage_and_layout());
+    let added = add.as_ref().map(|a| a.storage_and_layout());
     let add = added.as_ref().map(|(s, l)| on_host::<T>(s, l)).transpose()?;
-    let out = run(on_host(&xs, xl)?, on_host(&ws, wl)?, on_host(&bs, bl)?, add, n, groups, relu)?;
+    let out = run(on_host(&xs, xl)?, on_host(&bs, bl)?, add, n, relu, rows_per_task, product)?;
     Tensor::from_vec(out, (n, o), &Device::Cpu)
 }
 
@@ -86,33 +131,31 @@ fn on_host<'a, T: WithDType>(s: &'a Storage, l: &Layout) -> candle_core::Result<
     }
 }
 
+/// Rows per GEMM task for `n` rows: a share per thread, or below `MIN_ROWS_PER_TASK` rows per
+/// thread one task (whose GEMM then splits its columns).
+fn gemm_rows_per_task(n: usize, threads: usize) -> usize {
+    if threads == 1 || n >= threads * MIN_ROWS_PER_TASK {
+        n.div_ceil(threads).max(1)
+    } else {
+        n.max(1)
+    }
+}
+
 fn run<T: WithDType + Float>(
     x: &[T],
-    w: &[T],
     b: &[T],
     add: Option<&[T]>,
     n: usize,
-    groups: &[Group],
     relu: bool,
+    rows_per_task: usize,
+    product: impl Fn(&[T], &mut [T], usize) -> candle_core::Result<()> + Sync,
 ) -> candle_core::Result<Vec<T>> {
     let o = b.len();
     let i = x.len().checked_div(n).unwrap_or(0);
-    if w.len() != o * i
-        || groups.iter().any(|g| g.start + g.len > o || g.cols > i)
-        || groups.iter().map(|g| g.len).sum::<usize>() != o
-    {
-        candle_core::bail!("staircase affine: groups {groups:?} do not tile {o} outputs of {i} inputs");
-    }
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let (rows_per_task, parallelism) = if threads == 1 || n >= threads * MIN_ROWS_PER_TASK {
-        (n.div_ceil(threads).max(1), gemm::Parallelism::None)
-    } else {
-        (n.max(1), gemm::Parallelism::Rayon(threads))
-    };
     // Every element is written (bias first) before it is read, so the buffer is not zeroed.
     let mut out: Vec<T> = Vec::with_capacity(n * o);
     candle_core::utils::with_threadpool(|| {
-        out.spare_capacity_mut()[..n * o].par_chunks_mut(rows_per_task * o.max(1)).enumerate().for_each(
+        out.spare_capacity_mut()[..n * o].par_chunks_mut(rows_per_task * o.max(1)).enumerate().try_for_each(
             |(task, rows)| {
                 let first = task * rows_per_task;
                 let m = rows.len() / o.max(1);
@@ -133,46 +176,72 @@ fn run<T: WithDType + Float>(
                 }
                 // SAFETY: every element of `rows` was initialised just above.
                 let rows: &mut [T] = unsafe { &mut *(rows as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
-                for g in groups.iter().filter(|g| g.cols > 0 && g.len > 0) {
-                    // SAFETY: dst addresses rows[r·o + g.start + c] for r < m, c < g.len, inside
-                    // `rows` (checked: g.start + g.len ≤ o); lhs x[(first + r)·i + k] for k < g.cols ≤ i
-                    // and first + r < n; rhs w[(g.start + c)·i + k], inside the (o, i) weight.
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            g.len,
-                            g.cols,
-                            rows.as_mut_ptr().add(g.start),
-                            1,
-                            o as isize,
-                            true,
-                            x.as_ptr().add(first * i),
-                            1,
-                            i as isize,
-                            w.as_ptr().add(g.start * i),
-                            i as isize,
-                            1,
-                            T::one(),
-                            T::one(),
-                            false,
-                            false,
-                            false,
-                            parallelism,
-                        );
-                    }
-                }
+                product(&x[first * i..(first + m) * i], rows, m)?;
                 if relu {
                     for v in rows.iter_mut() {
                         // `max`, which the compiler vectorises (a compare-and-branch it did not); NaN → 0.
                         *v = Float::max(*v, T::zero());
                     }
                 }
+                Ok::<(), candle_core::Error>(())
             },
         )
-    });
+    })?;
     // SAFETY: the tasks above initialised all n·o elements.
     unsafe { out.set_len(n * o) };
     Ok(out)
+}
+
+/// `out (m, o) += x (m, i) · wᵀ` for a weight `w` (o, i) whose rows of group g are zero beyond
+/// `cols_g`: one GEMM per group.
+fn gemm_product<T: WithDType + Float>(
+    x: &[T],
+    w: &[T],
+    out: &mut [T],
+    m: usize,
+    groups: &[Group],
+    parallelism: gemm::Parallelism,
+) -> candle_core::Result<()> {
+    let o = out.len().checked_div(m).unwrap_or(0);
+    let i = x.len().checked_div(m).unwrap_or(0);
+    if m == 0 {
+        return Ok(());
+    }
+    if w.len() != o * i
+        || groups.iter().any(|g| g.start + g.len > o || g.cols > i)
+        || groups.iter().map(|g| g.len).sum::<usize>() != o
+    {
+        candle_core::bail!("staircase affine: groups {groups:?} do not tile {o} outputs of {i} inputs");
+    }
+    for g in groups.iter().filter(|g| g.cols > 0 && g.len > 0) {
+        // SAFETY: dst addresses out[r·o + g.start + c] for r < m, c < g.len, inside `out`
+        // (checked: g.start + g.len ≤ o); lhs x[r·i + k] for k < g.cols ≤ i and r < m;
+        // rhs w[(g.start + c)·i + k], inside the (o, i) weight.
+        unsafe {
+            gemm::gemm(
+                m,
+                g.len,
+                g.cols,
+                out.as_mut_ptr().add(g.start),
+                1,
+                o as isize,
+                true,
+                x.as_ptr(),
+                1,
+                i as isize,
+                w.as_ptr().add(g.start * i),
+                i as isize,
+                1,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
