@@ -1,6 +1,7 @@
 //! `cargo bench`: the same measurements as `zdcflow bench`, for every paper shape — a MAF training
 //! step (log-prob + backward + Adam), IAF sampling and MAF sampling of random-weight stacks, then
-//! whole student showers (everything `sample` does but writing the file) — printed as one table.
+//! whole student showers (everything `sample` does but writing the file), each also with bf16
+//! products (`sample --precision bf16`, the `-bf16` rows) — printed as one table.
 //!
 //! `cargo bench -- FILTER` keeps the rows whose "shape what" contains FILTER (e.g. `ds2`, `sample-iaf`);
 //! `ZDCFLOW_BENCH_REPEATS=N` sets the timed runs per row (best of N after one warm-up, default 3);
@@ -11,6 +12,7 @@
 use candle_core::Device;
 use zdcflow::config::Detector;
 use zdcflow::diagnostics::perf::{self as bench, Measurement, What};
+use zdcflow::flow::MatmulPrecision;
 
 fn env_usize(name: &str, default: usize) -> zdcflow::Result<usize> {
     match std::env::var(name) {
@@ -43,12 +45,14 @@ fn main() -> zdcflow::Result<()> {
         }
     }
     for (detector, label, batch) in [
-        (Detector::Ds2, "ds2-student sample-shower", shower_batch),
-        (Detector::Ds3, "ds3-student sample-shower", (shower_batch / 10).max(1)),
-        (Detector::Zdc, "zdc-student sample-shower", shower_batch),
+        (Detector::Ds2, "ds2-student", shower_batch),
+        (Detector::Ds3, "ds3-student", (shower_batch / 10).max(1)),
+        (Detector::Zdc, "zdc-student", shower_batch),
     ] {
-        if keep(label) {
-            record(bench::measure_showers(detector, true, batch, repeats, &device)?);
+        for (precision, suffix) in [(MatmulPrecision::Full, ""), (MatmulPrecision::Bf16, "-bf16")] {
+            if keep(&format!("{label}{suffix} sample-shower")) {
+                record(bench::measure_showers(detector, true, batch, repeats, precision, &device)?);
+            }
         }
     }
     println!("\nzdcflow {} on {}", env!("CARGO_PKG_VERSION"), zdcflow::device::describe(&device));

@@ -211,6 +211,10 @@ pub struct SampleArgs {
     /// ZDC: noise removal: round (default), floor, floor-recalc, sub-floor, sub-floor-recalc.
     #[arg(long, value_enum, default_value = "round")]
     pub denoise: crate::sample::denoise::Denoise,
+    /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
+    /// README "Performance" gives the measured effect on the metrics).
+    #[arg(long, value_enum, default_value = "model")]
+    pub precision: crate::sample::Precision,
 }
 
 #[derive(Args, Debug)]
@@ -327,6 +331,9 @@ pub struct BenchArgs {
     /// Print JSON lines in the peer benchmark's schema.
     #[arg(long)]
     pub json: bool,
+    /// With --shower: the precision of the masked-layer products, as `sample --precision`.
+    #[arg(long, value_enum, default_value = "model", requires = "shower")]
+    pub precision: crate::sample::Precision,
 }
 
 /// `ds2`, `ds3` or `zdc` as a [`crate::config::Detector`].

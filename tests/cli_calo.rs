@@ -59,6 +59,37 @@ fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() 
     let gen = CaloFile::open(&d.join("gen.h5")).unwrap();
     assert_eq!((gen.events, gen.geometry.voxels()), (30, 6480));
     let c = gen.read(0, 30).unwrap();
+    // bf16 products: the same draws through slightly different networks — the same incident
+    // energies, showers that differ, but by little (AMX tiles for the batches of 16, the rounded
+    // float32 path for the last 14 showers, or for all where the CPU has no tiles).
+    ok(
+        d,
+        &[
+            "sample",
+            "--model",
+            "s",
+            "--events",
+            "30",
+            "--seed",
+            "1",
+            "--batch-size",
+            "16",
+            "--precision",
+            "bf16",
+            "--output",
+            "gen-bf16.h5",
+        ],
+    );
+    let low = CaloFile::open(&d.join("gen-bf16.h5")).unwrap().read(0, 30).unwrap();
+    assert_eq!(low.incident_energies, c.incident_energies);
+    assert_ne!(low.showers, c.showers, "bf16 products must change the showers");
+    let totals = |s: &[f32]| s.chunks(6480).map(|v| v.iter().map(|&e| e as f64).sum::<f64>()).collect::<Vec<_>>();
+    let mut rel: Vec<f64> =
+        totals(&low.showers).iter().zip(totals(&c.showers)).map(|(a, b)| (a - b).abs() / b.max(1e-9)).collect();
+    rel.sort_by(f64::total_cmp);
+    assert!(rel[15] < 0.05, "median relative change of the shower energy in bf16: {}", rel[15]);
+    let err = fails(d, &["sample", "--model", "s", "--events", "3", "--precision", "tf32", "--output", "gen-tf32.h5"]);
+    assert!(err.contains("tf32") && !d.join("gen-tf32.h5").exists(), "{err}");
     assert!(c.incident_energies.iter().all(|&e| (1e3..=1e6).contains(&e)), "E_inc log-uniform in 1 GeV – 1 TeV");
     assert!(c.showers.iter().all(|&v| v == 0.0 || v >= 0.015), "generated voxels are 0 or above the 15 keV threshold");
     ok(

@@ -254,6 +254,9 @@ fn three_imported_icaloflow_flows_sample_evaluate_and_distil() {
         assert_eq!(m["units"][u]["flow"]["context_features"], c, "{u}");
     }
     ok(d, &["sample", "--model", "t", "--events", "12", "--seed", "1", "--output", "g.h5"]);
+    // bf16 products are for float32 models: one line naming the model, no output file.
+    let err = fails(d, &["sample", "--model", "t", "--events", "2", "--precision", "bf16", "--output", "g16.h5"]);
+    assert!(err.contains("float64") && err.contains('t') && !d.join("g16.h5").exists(), "{err}");
     ok(d, &["evaluate", "--reference", "ds2.h5", "--generated", "g.h5", "--output", "metrics.json"]);
     let s = std::fs::read_to_string(d.join("metrics.json")).unwrap();
     assert!(s.contains("separation_power"), "{s}");

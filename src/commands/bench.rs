@@ -17,7 +17,14 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
     }
     let device = crate::device::open(&g.device)?;
     if let Some(detector) = a.shower {
-        let m = bench::measure_showers(detector, !a.teacher, a.batch_size.unwrap_or(1000), a.repeats, &device)?;
+        let m = bench::measure_showers(
+            detector,
+            !a.teacher,
+            a.batch_size.unwrap_or(1000),
+            a.repeats,
+            a.precision.apply(&device)?,
+            &device,
+        )?;
         if a.json {
             println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
         } else {

@@ -19,8 +19,8 @@ use crate::models::manifest::Manifest;
 use crate::sample::calo::CaloChain;
 use crate::sample::zdc::ZdcSampler;
 use crate::sample::{
-    check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Report,
-    Subset,
+    check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Precision,
+    Report, Subset,
 };
 use crate::util::progress;
 
@@ -46,6 +46,7 @@ pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
         show_progress: g.show_progress,
         photon_sum: a.photon_sum,
         denoise: a.denoise,
+        precision: a.precision,
     };
     let r = generate(&req, &crate::device::open(&g.device)?)?;
     println!(
@@ -75,6 +76,8 @@ struct Request {
     show_progress: bool,
     /// ZDC: where the conditioning photon sums come from.
     photon_sum: zdc::PhotonSumSource,
+    /// The flows' masked-layer products.
+    precision: Precision,
     /// ZDC: how the noise is removed from generated images.
     denoise: denoise::Denoise,
 }
@@ -86,6 +89,7 @@ fn attrs(req: &Request, dir: &Path, m: &Manifest, source: Option<(&Path, usize)>
         ("model_role", format!("{:?}", m.role).to_lowercase()),
         ("seed", req.seed.to_string()),
         ("selection", format!("{:?}", req.subset).to_lowercase()),
+        ("precision", req.precision.name().to_string()),
     ];
     if m.detector == Detector::Zdc {
         a.push(("photon_sum_source", format!("{:?}", req.photon_sum).to_lowercase()));
@@ -119,12 +123,21 @@ fn generate(req: &Request, device: &Device) -> Result<Report> {
     }
 }
 
+/// What `--precision` asks of the flows, refused in one line where the model cannot do it.
+fn matmul_precision(p: Precision, dir: &Path, m: &Manifest, device: &Device) -> Result<crate::flow::MatmulPrecision> {
+    if p == Precision::Bf16 && m.dtype != crate::config::Precision::F32 {
+        return Err(Error::checkpoint(dir, "is a float64 model: --precision bf16 needs a float32 one"));
+    }
+    p.apply(device)
+}
+
 fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<Report> {
     let path = req
         .conditions
         .as_ref()
         .ok_or_else(|| Error::Invalid("ZDC sampling needs --conditions FILE (the particles to simulate)".into()))?;
-    let sampler = ZdcSampler::load(dir, m, device)?;
+    let mut sampler = ZdcSampler::load(dir, m, device)?;
+    sampler.set_matmul_precision(matmul_precision(req.precision, dir, m, device)?)?;
     let file = ZdcFile::open(path)?;
     let rows = select(file.events, m, req.subset, path, Some(&file.conditions.pdg))?;
     let range = shard_range(rows.len(), req.shard);
@@ -156,7 +169,8 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
 }
 
 fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<Report> {
-    let chain = CaloChain::load(dir, m, device)?;
+    let mut chain = CaloChain::load(dir, m, device)?;
+    chain.set_matmul_precision(matmul_precision(req.precision, dir, m, device)?)?;
     let (energies, source) = match (&req.conditions, req.events) {
         (Some(path), _) => {
             let f = CaloFile::open(path)?;

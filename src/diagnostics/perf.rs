@@ -352,13 +352,15 @@ pub fn measure_showers(
     student: bool,
     batch: usize,
     repeats: usize,
+    precision: crate::flow::MatmulPrecision,
     device: &Device,
 ) -> Result<Measurement> {
     let tmp = std::env::temp_dir().join(format!("zdcflow-bench-{}-{detector:?}-{student}", std::process::id()));
     let m = random_model(detector, student, &tmp)?;
     let secs = match detector {
         Detector::Zdc => {
-            let sampler = crate::sample::zdc::ZdcSampler::load(&tmp, &m, device)?;
+            let mut sampler = crate::sample::zdc::ZdcSampler::load(&tmp, &m, device)?;
+            sampler.set_matmul_precision(precision)?;
             let particles: Vec<f32> = (0..batch * FEATURES).map(|i| ((i % FEATURES) as f32 - 4.0) * 0.3).collect();
             best_of(repeats, device, || {
                 let mut noise = crate::detector::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
@@ -368,7 +370,8 @@ pub fn measure_showers(
             })?
         }
         _ => {
-            let chain = crate::sample::calo::CaloChain::load(&tmp, &m, device)?;
+            let mut chain = crate::sample::calo::CaloChain::load(&tmp, &m, device)?;
+            chain.set_matmul_precision(precision)?;
             let e_inc: Vec<f32> = (0..batch).map(|i| crate::sample::log_uniform_energy(1, i)).collect();
             best_of(repeats, device, || {
                 let mut noise = crate::detector::noise::BatchNoise::new(1, 0, batch, DType::F32, device)?;
@@ -378,7 +381,12 @@ pub fn measure_showers(
         }
     };
     let _ = std::fs::remove_dir_all(&tmp);
-    let name = format!("{}-{}", format!("{detector:?}").to_lowercase(), if student { "student" } else { "teacher" });
+    let name = format!(
+        "{}-{}{}",
+        format!("{detector:?}").to_lowercase(),
+        if student { "student" } else { "teacher" },
+        if precision == crate::flow::MatmulPrecision::Bf16 { "-bf16" } else { "" }
+    );
     Ok(Measurement {
         implementation: "zdcflow",
         shape: name,

@@ -50,6 +50,14 @@ impl CaloChain {
         Ok(Self { flows, prep, geometry, dtype, device: device.clone() })
     }
 
+    /// Switches every flow's products to `precision`.
+    pub fn set_matmul_precision(&mut self, precision: crate::flow::MatmulPrecision) -> Result<()> {
+        for f in &mut self.flows {
+            f.set_matmul_precision(precision)?;
+        }
+        Ok(())
+    }
+
     fn column(t: &Tensor, i: usize) -> candle_core::Result<Tensor> {
         t.narrow(1, i, 1)
     }

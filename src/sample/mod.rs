@@ -29,6 +29,47 @@ pub enum Subset {
     Part(Part),
 }
 
+/// The precision of the flows' masked-layer products when sampling (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The model's own (float32 or float64).
+    #[default]
+    Model,
+    /// bf16 inputs and weights, float32 sums, in the masked layers of a float32 model: on AMX
+    /// tiles where the CPU has them (Intel Xeon 4th generation and later), by cuBLAS in bf16 on
+    /// CUDA; on other CPUs the same numbers, but slower than float32.
+    Bf16,
+    /// CUDA only: every float32 matrix product on TF32 tensor cores (10-bit significands).
+    Tf32,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Model => "model",
+            Precision::Bf16 => "bf16",
+            Precision::Tf32 => "tf32",
+        }
+    }
+
+    /// Sets what is process-wide (TF32 on CUDA) and returns what the flows are to use.
+    pub fn apply(self, device: &candle_core::Device) -> Result<crate::flow::MatmulPrecision> {
+        use crate::flow::MatmulPrecision;
+        match self {
+            Precision::Model => Ok(MatmulPrecision::Full),
+            Precision::Bf16 => Ok(MatmulPrecision::Bf16),
+            Precision::Tf32 if device.is_cuda() => {
+                candle_core::cuda::set_gemm_reduced_precision_f32(true);
+                Ok(MatmulPrecision::Full)
+            }
+            Precision::Tf32 => Err(Error::Invalid(
+                "--precision tf32 is a CUDA tensor-core format (use it with --device cuda); on a CPU use bf16".into(),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub events: usize,

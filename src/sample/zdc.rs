@@ -72,6 +72,12 @@ impl ZdcSampler {
         Ok(Self { flow, photon_sum, prep, conditions, dtype, device: device.clone() })
     }
 
+    /// Switches the image flow's products to `precision` (the 1-D photon-sum flow keeps the
+    /// model's).
+    pub fn set_matmul_precision(&mut self, precision: crate::flow::MatmulPrecision) -> Result<()> {
+        Ok(self.flow.set_matmul_precision(precision)?)
+    }
+
     /// Responses (n × 1936 photon counts) and the photon sums used, for `particles` (n × 9);
     /// `file_sums` are the conditions file's sums (used with [`PhotonSumSource::Data`]).
     pub fn generate(
