@@ -95,6 +95,19 @@ fn steps(edges: &[f64], h: &[f64]) -> Vec<(f64, f64)> {
     pts
 }
 
+/// An axis tick without needless decimals: "1000", "2.5", "0.04" (ten ticks of "900.0" ran into
+/// each other on photon axes).
+fn tick_label(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn draw_histogram(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
     p: &HistPanel,
@@ -112,7 +125,14 @@ fn draw_histogram(
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d(x0..x1, 0.0..ymax)?;
-    chart.configure_mesh().x_desc(&p.xlabel).y_desc("fraction").light_line_style(WHITE).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(&p.xlabel)
+        .y_desc("fraction")
+        .x_labels(6)
+        .x_label_formatter(&|v| tick_label(*v))
+        .light_line_style(WHITE)
+        .draw()?;
     chart
         .draw_series(LineSeries::new(steps(&edges, &hr), REFERENCE.stroke_width(2)))?
         .label("reference")
