@@ -289,3 +289,14 @@ fn draw_heatmap(
     }))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tick_label;
+
+    #[test]
+    fn tick_labels_keep_only_the_decimals_that_tell() {
+        let got: Vec<String> = [0.0, 1000.0, -250.0, 12.5, 2.5, 0.04, -0.5].map(tick_label).into();
+        assert_eq!(got, ["0", "1000", "-250", "12.5", "2.5", "0.04", "-0.50"]);
+    }
+}
