@@ -6,7 +6,7 @@
 //! once, in panels of 16 outputs laid out as the tile unit wants them (pairs of consecutive inputs
 //! side by side); a panel stores only the inputs its rows can see (the staircase of a frozen MADE
 //! layer), rounded up to 32. The instructions are written as inline assembly: Rust has no stable
-//! AMX intrinsics, and the kernel needs only five of them.
+//! AMX intrinsics, and the kernel needs only six of them.
 
 use half::bf16;
 
@@ -45,7 +45,7 @@ fn detect() -> bool {
     false
 }
 
-/// One panel: `PANEL` outputs starting at `start`, reading the first `k` inputs (a multiple of
+/// One panel of `PANEL` consecutive outputs, reading the first `k` inputs (a multiple of
 /// `K_STEP`), stored from `offset` as `k / K_STEP` tiles of (`K_STEP`/2 input pairs × `PANEL` × 2).
 #[derive(Clone, Copy, Debug)]
 struct Panel {
