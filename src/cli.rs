@@ -214,7 +214,7 @@ pub struct SampleArgs {
     /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
     /// README "Performance" gives the measured effect on the metrics).
     #[arg(long, value_enum, default_value = "model")]
-    pub precision: crate::sample::Precision,
+    pub precision: crate::sample::SamplingPrecision,
 }
 
 #[derive(Args, Debug)]
@@ -333,7 +333,7 @@ pub struct BenchArgs {
     pub json: bool,
     /// With --shower: the precision of the masked-layer products, as `sample --precision`.
     #[arg(long, value_enum, default_value = "model", requires = "shower")]
-    pub precision: crate::sample::Precision,
+    pub precision: crate::sample::SamplingPrecision,
 }
 
 /// `ds2`, `ds3` or `zdc` as a [`crate::config::Detector`].

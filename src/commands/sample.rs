@@ -19,8 +19,8 @@ use crate::models::manifest::Manifest;
 use crate::sample::calo::CaloChain;
 use crate::sample::zdc::ZdcSampler;
 use crate::sample::{
-    check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Precision,
-    Report, Subset,
+    check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Report,
+    SamplingPrecision, Subset,
 };
 use crate::util::progress;
 
@@ -77,7 +77,7 @@ struct Request {
     /// ZDC: where the conditioning photon sums come from.
     photon_sum: zdc::PhotonSumSource,
     /// The flows' masked-layer products.
-    precision: Precision,
+    precision: SamplingPrecision,
     /// ZDC: how the noise is removed from generated images.
     denoise: denoise::Denoise,
 }
@@ -124,8 +124,13 @@ fn generate(req: &Request, device: &Device) -> Result<Report> {
 }
 
 /// What `--precision` asks of the flows, refused in one line where the model cannot do it.
-fn matmul_precision(p: Precision, dir: &Path, m: &Manifest, device: &Device) -> Result<crate::flow::MatmulPrecision> {
-    if p == Precision::Bf16 && m.dtype != crate::config::Precision::F32 {
+fn matmul_precision(
+    p: SamplingPrecision,
+    dir: &Path,
+    m: &Manifest,
+    device: &Device,
+) -> Result<crate::flow::MatmulPrecision> {
+    if p == SamplingPrecision::Bf16 && m.dtype != crate::config::Precision::F32 {
         return Err(Error::checkpoint(dir, "is a float64 model: --precision bf16 needs a float32 one"));
     }
     p.apply(device)

@@ -41,31 +41,33 @@ pub fn affine(
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) || x.rank() != 2 {
         return Ok(None);
     }
+    let (n, i) = x.dims2()?;
     let o = masked.dim(0)?;
-    let i = x.dim(1)?;
-    if masked.dims2()? != (o, i) {
-        candle_core::bail!("staircase affine: x {:?}, weight {:?}", x.shape(), masked.shape());
+    if masked.dims2()? != (o, i) || bias.dims1()? != o {
+        candle_core::bail!("staircase affine: x {:?}, weight {:?}, bias {:?}", x.shape(), masked.shape(), bias.shape());
+    }
+    if groups.iter().any(|g| g.start + g.len > o || g.cols > i) || groups.iter().map(|g| g.len).sum::<usize>() != o {
+        candle_core::bail!("staircase affine: groups {groups:?} do not tile {o} outputs of {i} inputs");
     }
     let x = x.contiguous()?;
     let threads = candle_core::utils::get_num_threads().max(1);
-    let rows_per_task = gemm_rows_per_task(x.dim(0)?, threads);
-    let parallelism = if threads > 1 && rows_per_task >= x.dim(0)? {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let rows_per_task = gemm_rows_per_task(n, threads);
+    let parallelism =
+        if threads > 1 && rows_per_task >= n { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let (ws, wl) = masked.storage_and_layout();
     let out = match x.dtype() {
         DType::F32 => {
             let w = on_host::<f32>(&ws, wl)?;
             host::<f32>(&x, bias, add, relu, rows_per_task, |x, out, m| {
-                gemm_product(x, w, out, m, groups, parallelism)
+                gemm_product(x, w, out, m, groups, parallelism);
+                Ok(())
             })?
         }
         DType::F64 => {
             let w = on_host::<f64>(&ws, wl)?;
             host::<f64>(&x, bias, add, relu, rows_per_task, |x, out, m| {
-                gemm_product(x, w, out, m, groups, parallelism)
+                gemm_product(x, w, out, m, groups, parallelism);
+                Ok(())
             })?
         }
         _ => return Ok(None),
@@ -193,7 +195,7 @@ fn run<T: WithDType + Float>(
 }
 
 /// `out (m, o) += x (m, i) · wᵀ` for a weight `w` (o, i) whose rows of group g are zero beyond
-/// `cols_g`: one GEMM per group.
+/// `cols_g`: one GEMM per group. [`affine`] has checked the shapes and that the groups tile `o`.
 fn gemm_product<T: WithDType + Float>(
     x: &[T],
     w: &[T],
@@ -201,21 +203,15 @@ fn gemm_product<T: WithDType + Float>(
     m: usize,
     groups: &[Group],
     parallelism: gemm::Parallelism,
-) -> candle_core::Result<()> {
-    let o = out.len().checked_div(m).unwrap_or(0);
-    let i = x.len().checked_div(m).unwrap_or(0);
+) {
     if m == 0 {
-        return Ok(());
+        return;
     }
-    if w.len() != o * i
-        || groups.iter().any(|g| g.start + g.len > o || g.cols > i)
-        || groups.iter().map(|g| g.len).sum::<usize>() != o
-    {
-        candle_core::bail!("staircase affine: groups {groups:?} do not tile {o} outputs of {i} inputs");
-    }
+    let (o, i) = (out.len() / m, x.len() / m);
+    debug_assert_eq!(w.len(), o * i, "weight of the output's and the input's width");
     for g in groups.iter().filter(|g| g.cols > 0 && g.len > 0) {
         // SAFETY: dst addresses out[r·o + g.start + c] for r < m, c < g.len, inside `out`
-        // (checked: g.start + g.len ≤ o); lhs x[r·i + k] for k < g.cols ≤ i and r < m;
+        // (checked in `affine`: g.start + g.len ≤ o, g.cols ≤ i, w is (o, i)); lhs x[r·i + k] for k < g.cols ≤ i and r < m;
         // rhs w[(g.start + c)·i + k], inside the (o, i) weight.
         unsafe {
             gemm::gemm(
@@ -241,7 +237,6 @@ fn gemm_product<T: WithDType + Float>(
             );
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

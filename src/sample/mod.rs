@@ -32,7 +32,7 @@ pub enum Subset {
 /// The precision of the flows' masked-layer products when sampling (`--precision`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Precision {
+pub enum SamplingPrecision {
     /// The model's own (float32 or float64).
     #[default]
     Model,
@@ -44,12 +44,12 @@ pub enum Precision {
     Tf32,
 }
 
-impl Precision {
+impl SamplingPrecision {
     pub fn name(self) -> &'static str {
         match self {
-            Precision::Model => "model",
-            Precision::Bf16 => "bf16",
-            Precision::Tf32 => "tf32",
+            SamplingPrecision::Model => "model",
+            SamplingPrecision::Bf16 => "bf16",
+            SamplingPrecision::Tf32 => "tf32",
         }
     }
 
@@ -57,13 +57,13 @@ impl Precision {
     pub fn apply(self, device: &candle_core::Device) -> Result<crate::flow::MatmulPrecision> {
         use crate::flow::MatmulPrecision;
         match self {
-            Precision::Model => Ok(MatmulPrecision::Full),
-            Precision::Bf16 => Ok(MatmulPrecision::Bf16),
-            Precision::Tf32 if device.is_cuda() => {
+            SamplingPrecision::Model => Ok(MatmulPrecision::Full),
+            SamplingPrecision::Bf16 => Ok(MatmulPrecision::Bf16),
+            SamplingPrecision::Tf32 if device.is_cuda() => {
                 candle_core::cuda::set_gemm_reduced_precision_f32(true);
                 Ok(MatmulPrecision::Full)
             }
-            Precision::Tf32 => Err(Error::Invalid(
+            SamplingPrecision::Tf32 => Err(Error::Invalid(
                 "--precision tf32 is a CUDA tensor-core format (use it with --device cuda); on a CPU use bf16".into(),
             )),
         }
