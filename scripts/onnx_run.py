@@ -12,10 +12,17 @@ import numpy as np
 import onnxruntime as ort
 
 
+TYPES = {"tensor(double)": np.float64, "tensor(float)": np.float32, "tensor(int64)": np.int64}
+
+
 def main():
     if len(sys.argv) >= 4 and "=" in sys.argv[2]:
         sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+        types = {i.name: TYPES.get(i.type) for i in sess.get_inputs()}
         feeds = {k: np.load(v) for k, v in (a.split("=", 1) for a in sys.argv[2:-1])}
+        # float32 arrays feed a float64 graph exactly (and the other way only if asked for).
+        feeds = {k: (v.astype(types[k]) if types.get(k) == np.float64 and v.dtype == np.float32 else v)
+                 for k, v in feeds.items()}
         (y,) = sess.run([sess.get_outputs()[0].name], feeds)
         np.save(sys.argv[-1], y)
         return

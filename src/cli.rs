@@ -475,6 +475,19 @@ pub struct ExportOnnxArgs {
     /// With --postprocess: the noise removal written into the graph (as `sample --denoise`).
     #[arg(long, value_enum, default_value_t, requires = "postprocess")]
     pub denoise: crate::sample::denoise::Denoise,
+    /// CaloChallenge models (dataset 2 or 3): the whole shower in one graph (Flow-1, Flow-2 and
+    /// the 44 Flow-3 steps with their pre- and postprocessing). Inputs, N any batch size, in the
+    /// model's float type: `e_inc` (N, 1) MeV, `noise_energies` (N, 45) and `noise_first_layer`
+    /// (N, V) standard normals, `noise_layers` (N, 44, V) standard normals (`[:, t-1]` for layer
+    /// t) and `noise_patterns` (N, 44, V) U[0,1) draws (`[:, t-1]` noise layer t-1 as it
+    /// conditions layer t); output `showers` (N, 45·V) MeV, layer-major, after the threshold:
+    /// what `sample` generates from the same draws. See docs/onnx.md.
+    #[arg(long, conflicts_with_all = ["postprocess", "unit"])]
+    pub whole_shower: bool,
+    /// With --whole-shower: how a MAF's D sequential passes per block are written (one ONNX
+    /// Loop per block, or written out: same results, see docs/performance.md for the speed).
+    #[arg(long, value_enum, default_value_t, requires = "whole_shower")]
+    pub maf_passes: crate::export::onnx::MafPasses,
 }
 
 /// The CaloChallenge definition of `log_prob` (a literal, for `concat!`).

@@ -428,3 +428,233 @@ fn postprocessed_calo_layer_graphs_give_the_voxels_of_zdcflow() {
     assert!(e.contains("flow2 or flow3"), "{e}");
     assert!(!d.join("f1.onnx").exists());
 }
+
+/// Trains smoke teachers (Flow-1/2/3) in `dtype` (f32 or f64) for CaloChallenge dataset `ds` (2
+/// or 3) on a generated file and distils their students; returns the student's directory name.
+fn smoke_calo_student(d: &Path, ds: u8, events: usize, dtype: &str) -> String {
+    let file = format!("ds{ds}.h5");
+    if !d.join(&file).exists() {
+        ok(d, &["generate", "calo", "--dataset", &ds.to_string(), "--events", &events.to_string(), "--output", &file]);
+    }
+    let (data, dt) = (format!("data.path={file}"), format!("model.dtype={dtype}"));
+    let (teacher, student) = (format!("t-{dtype}"), format!("s-{dtype}"));
+    let t_config = common::config(&format!("smoke-ds{ds}.toml"));
+    let s_config = common::config(&format!("smoke-ds{ds}-student.toml"));
+    let t = ["train-teacher", "--config", &t_config, "--set", &data, "--set", &dt, "--set", "train.epochs=1"];
+    let t_limit = ["--set", "flow3.train.max_batches=4", "--output-dir", &teacher];
+    ok(d, &t.iter().chain(&t_limit).copied().collect::<Vec<_>>());
+    let s = ["distill-student", "--config", &s_config, "--teacher", &teacher, "--set", &data, "--set", &dt];
+    let s_limit = ["--set", "train.epochs=1", "--set", "student.flow3.train.max_batches=2", "--output-dir", &student];
+    ok(d, &s.iter().chain(&s_limit).copied().collect::<Vec<_>>());
+    student
+}
+
+/// Log-uniform incident energies in 1 GeV – 1 TeV (MeV), as `sample --events` draws them.
+fn energies(n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| 10f64.powf(rng.random_range(3.0..6.0)) as f32).collect()
+}
+
+/// Writes the whole-shower graph's inputs for `e_inc` and `noise` as .npy files; returns the
+/// `name=path` feeds of `scripts/onnx_run.py`.
+fn save_shower_inputs(d: &Path, tag: &str, e_inc: &[f32], noise: &zdcflow::export::shower::ShowerNoise) -> Vec<String> {
+    use ndarray::Array3;
+    let (n, v, l) = (noise.events, noise.voxels, 44);
+    let save2 = |name: &str, x: &[f32], cols: usize| {
+        let p = d.join(format!("{tag}.{name}.npy"));
+        ndarray_npy::write_npy(&p, &Array2::from_shape_vec((n, cols), x.to_vec()).unwrap()).unwrap();
+        format!("{name}={}", p.display())
+    };
+    let save3 = |name: &str, x: &[f32]| {
+        let p = d.join(format!("{tag}.{name}.npy"));
+        ndarray_npy::write_npy(&p, &Array3::from_shape_vec((n, l, v), x.to_vec()).unwrap()).unwrap();
+        format!("{name}={}", p.display())
+    };
+    vec![
+        save2("e_inc", e_inc, 1),
+        save2("noise_energies", &noise.energies, 45),
+        save2("noise_first_layer", &noise.first_layer, v),
+        save3("noise_layers", &noise.layers),
+        save3("noise_patterns", &noise.patterns),
+    ]
+}
+
+/// How a graph's showers compare with zdcflow's, voxel by voxel after the threshold.
+struct ShowerComparison {
+    voxels: usize,
+    /// Voxels on which the threshold decided differently (one is zero, the other not).
+    crossed: usize,
+    /// Relative differences of the voxels both keep, sorted.
+    relative: Vec<f64>,
+}
+
+impl ShowerComparison {
+    fn new(got: &[f64], want: &[f32]) -> Self {
+        assert_eq!(got.len(), want.len());
+        let mut crossed = 0;
+        let mut relative = Vec::new();
+        for (&g, &w) in got.iter().zip(want) {
+            let w = w as f64;
+            if (g == 0.0) != (w == 0.0) {
+                crossed += 1;
+            } else if w != 0.0 {
+                relative.push((g - w).abs() / w.abs());
+            }
+        }
+        relative.sort_by(f64::total_cmp);
+        Self { voxels: got.len(), crossed, relative }
+    }
+
+    fn worst(&self) -> f64 {
+        self.relative.last().copied().unwrap_or(0.0)
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        self.relative.get(((self.relative.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0.0)
+    }
+
+    /// Voxels whose relative difference exceeds `tol`.
+    fn above(&self, tol: f64) -> usize {
+        self.relative.len() - self.relative.partition_point(|&r| r <= tol)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} voxels: {} cross the threshold differently; relative difference median {:.1e}, 99.9% {:.1e}, worst \
+             {:.1e}; {} above 1e-5",
+            self.voxels,
+            self.crossed,
+            self.quantile(0.5),
+            self.quantile(0.999),
+            self.worst(),
+            self.above(1e-5)
+        )
+    }
+}
+
+/// Runs the whole-shower graph `onnx` of the model `model` under ONNX Runtime on `n` showers and
+/// compares them with what zdcflow's sampler generates from the same draws (the noise of
+/// `sample --seed 7`).
+fn check_whole_shower(d: &Path, python: &str, model: &str, onnx: &str, n: usize, tag: &str) -> ShowerComparison {
+    use zdcflow::export::shower::sample_with_noise;
+    let e_inc = energies(n, n as u64);
+    let (want, noise) = sample_with_noise(&d.join(model), &e_inc, 7, 0).unwrap();
+    let feeds = save_shower_inputs(d, tag, &e_inc, &noise);
+    let out = path(d, &format!("{tag}.showers.npy"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
+    let r = Command::new(python).arg(script).arg(onnx).args(&feeds).arg(&out).output().unwrap();
+    assert!(r.status.success(), "{tag}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+    let got = read(Path::new(&out));
+    let nonzero = want.iter().filter(|&&x| x > 0.0).count();
+    assert!(nonzero >= n * 45, "{tag}: zdcflow's showers are almost empty ({nonzero} voxels > 0)");
+    let c = ShowerComparison::new(&got, &want);
+    eprintln!("{tag}: {n} showers ({nonzero} voxels > 0 in zdcflow's), {}", c.summary());
+    c
+}
+
+/// A float64 model's graph computes zdcflow's showers: equal to the float32 rounding of
+/// `sample`'s output (which is written in float32), no voxel crossing the threshold differently.
+fn assert_exact(c: &ShowerComparison, tag: &str) {
+    assert!(c.crossed == 0 && c.worst() <= 1e-6, "{tag}: float64 graph and zdcflow differ: {}", c.summary());
+}
+
+/// A float32 model's graph against zdcflow's float32 sampler. The two runtimes' float32 rounding
+/// differs (ONNX Runtime's Softmax/Exp/MatMul against zdcflow's kernels), and the rational-quadratic
+/// spline amplifies it: its bin widths are differences of knots near ±B (relative rounding
+/// ~ulp(B)/width, ~1e-5 per evaluation), and every Flow-3 step is conditioned on the previous
+/// layer, so differences travel through 45 layers. Per voxel most agree within 1e-5; the bounds
+/// here are a few times what the smoke models show (median 3e-6, 99.9 % 3e-4, worst 6e-3 on 1000
+/// DS2 showers); float64 models agree exactly ([`assert_exact`]), so the formulas are the sampler's.
+fn assert_float32_close(c: &ShowerComparison, tag: &str) {
+    assert!(c.crossed * 100_000 <= c.voxels, "{tag}: too many voxels cross the threshold: {}", c.summary());
+    assert!(c.quantile(0.5) <= 1e-5, "{tag}: median relative difference above 1e-5: {}", c.summary());
+    assert!(c.quantile(0.999) <= 2e-3, "{tag}: 99.9 % relative difference above 2e-3: {}", c.summary());
+    assert!(c.worst() <= 3e-2, "{tag}: a voxel differs by more than 3 %: {}", c.summary());
+}
+
+/// `export-onnx --whole-shower` on DS2 students: one graph file runs batches of 1, 7 and 1000
+/// showers under ONNX Runtime and gives zdcflow's showers from the same noise (float32 model:
+/// within float32 rounding, see [`assert_float32_close`]; float64 model: exactly); the noise is
+/// that of `zdcflow sample`, whose output file the library call reproduces bit for bit. The MAF
+/// passes written out (`--maf-passes unrolled`) give what the Loop gives.
+#[test]
+fn whole_shower_graph_of_a_ds2_student_gives_the_showers_of_zdcflow_sample() {
+    let Some(python) = python_with_onnxruntime() else {
+        eprintln!("no Python with onnxruntime found: the whole-shower graph is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = smoke_calo_student(d, 2, 300, "f32");
+
+    // The library call is `sample`'s computation: same showers, bit for bit, for `--seed 7`.
+    ok(d, &["sample", "--model", &s, "--events", "5", "--seed", "7", "--batch-size", "5", "--output", "x.h5"]);
+    let (e_inc, showers) = {
+        let _hdf5 = common::hdf5_in_process();
+        let f = zdcflow::data::calo::CaloFile::open(&d.join("x.h5")).unwrap();
+        let c = f.read(0, 5).unwrap();
+        (c.incident_energies, c.showers)
+    };
+    let (mine, _) = zdcflow::export::shower::sample_with_noise(&d.join(&s), &e_inc, 7, 0).unwrap();
+    assert!(mine == showers, "sample_with_noise differs from `zdcflow sample`");
+
+    // zdcflow against itself: 7 showers in one batch, and one at a time (the same draws).
+    let e7 = energies(7, 7);
+    let (batch, _) = zdcflow::export::shower::sample_with_noise(&d.join(&s), &e7, 7, 0).unwrap();
+    let mut single = Vec::new();
+    for i in 0..7 {
+        single.extend(zdcflow::export::shower::sample_with_noise(&d.join(&s), &e7[i..i + 1], 7, i).unwrap().0);
+    }
+    let c = ShowerComparison::new(&single.iter().map(|&x| x as f64).collect::<Vec<_>>(), &batch);
+    eprintln!("zdcflow against itself, batch of 7 vs one at a time: {}", c.summary());
+
+    let onnx = path(d, "s.onnx");
+    ok(d, &["export-onnx", "--model", &s, "--whole-shower", "--output", &onnx]);
+    for n in [1, 7, 1000] {
+        let tag = format!("ds2-f32-{n}");
+        assert_float32_close(&check_whole_shower(d, &python, &s, &onnx, n, &tag), &tag);
+    }
+    let unrolled = path(d, "s-unrolled.onnx");
+    ok(d, &["export-onnx", "--model", &s, "--whole-shower", "--maf-passes", "unrolled", "--output", &unrolled]);
+    let tag = "ds2-f32-unrolled-7";
+    assert_float32_close(&check_whole_shower(d, &python, &s, &unrolled, 7, tag), tag);
+
+    let s64 = smoke_calo_student(d, 2, 300, "f64");
+    let onnx64 = path(d, "s64.onnx");
+    ok(d, &["export-onnx", "--model", &s64, "--whole-shower", "--output", &onnx64]);
+    for n in [1, 7, 1000] {
+        let tag = format!("ds2-f64-{n}");
+        assert_exact(&check_whole_shower(d, &python, &s64, &onnx64, n, &tag), &tag);
+    }
+
+    // Bad requests are one line each, and no file.
+    let e = fails(d, &["export-onnx", "--model", "t-f32/flow1", "--whole-shower", "--output", &path(d, "bad.onnx")]);
+    assert!(e.contains("--whole-shower"), "{e}");
+    let e = fails(
+        d,
+        &["export-onnx", "--model", &s, "--whole-shower", "--unit", "flow3", "--output", &path(d, "bad.onnx")],
+    );
+    assert!(e.contains("--unit"), "{e}");
+    assert!(!d.join("bad.onnx").exists());
+}
+
+/// A smoke DS3 student's whole-shower graph (40 500 voxels per shower) computes zdcflow's showers
+/// too (a float64 model, so that the comparison is exact; float32 DS3 smoke models differ more
+/// than DS2's through their 900-voxel contexts, up to a few % in the worst of 40 500 voxels).
+#[test]
+fn whole_shower_graph_of_a_ds3_student_gives_the_showers_of_zdcflow() {
+    let Some(python) = python_with_onnxruntime() else {
+        eprintln!("no Python with onnxruntime found: the whole-shower graph is not checked");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = smoke_calo_student(d, 3, 40, "f64");
+    let onnx = path(d, "s.onnx");
+    ok(d, &["export-onnx", "--model", &s, "--whole-shower", "--output", &onnx]);
+    for n in [1, 7] {
+        let tag = format!("ds3-f64-{n}");
+        assert_exact(&check_whole_shower(d, &python, &s, &onnx, n, &tag), &tag);
+    }
+}

@@ -1,15 +1,18 @@
 //! `zdcflow export-onnx`: one flow unit's sampling direction as an ONNX graph, or (`--postprocess`)
 //! a ZDC model's image flow, or a CaloChallenge model's Flow-2 or Flow-3, with the detector's pre-
-//! and postprocessing.
+//! and postprocessing, or (`--whole-shower`) a CaloChallenge model's whole shower.
 
 use crate::cli::ExportOnnxArgs;
 use crate::config::FlowName;
 use crate::error::{Error, Result};
-use crate::export::{calo, onnx, zdc};
+use crate::export::{calo, onnx, shower, zdc};
 use crate::flow::io;
 use crate::util::atomic;
 
 pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
+    if a.whole_shower {
+        return whole_shower(a);
+    }
     let units = super::flow_dir::read(&a.model)?;
     let manifest = crate::models::manifest::Manifest::load(&a.model).ok();
     let dataset = manifest.as_ref().and_then(|m| m.detector.dataset());
@@ -49,4 +52,33 @@ pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     let bytes = onnx::to_bytes(&model);
     atomic::write_bytes(&a.output, &bytes)?;
     Ok((name, bytes.len()))
+}
+
+/// `--whole-shower`: Flow-1, Flow-2 and Flow-3 of a CaloChallenge model in one graph.
+fn whole_shower(a: &ExportOnnxArgs) -> Result<(String, usize)> {
+    let fail = |m: &str| Error::checkpoint(&a.model, format!("--whole-shower: {m}"));
+    let m = crate::models::manifest::Manifest::load(&a.model)
+        .map_err(|_| fail("needs a CaloChallenge model directory (train-teacher, distill-student or import-nflows)"))?;
+    let dataset = m.detector.dataset().ok_or_else(|| fail("only CaloChallenge models (dataset 2 or 3) have one"))?;
+    let units = super::flow_dir::read(&a.model)?;
+    let dtype = units.dtype.dtype();
+    let mut loaded = Vec::new();
+    for flow in [FlowName::Flow1, FlowName::Flow2, FlowName::Flow3] {
+        if !units.units.contains_key(flow.as_str()) {
+            return Err(fail(&format!("the model has no {} (the chain needs all three flows)", flow.as_str())));
+        }
+        let (_, spec, weights) = units.pick(Some(flow.as_str()))?;
+        io::load_frozen_flow(&spec, &weights, io::PREFIX, dtype, &candle_core::Device::Cpu)?;
+        let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
+            .map_err(|e| Error::checkpoint(&weights, e.to_string()))?;
+        loaded.push((spec, tensors));
+    }
+    let prep = crate::models::calo::preprocessing(&m, &a.model)?;
+    let geometry = crate::data::geometry::CaloGeometry::for_dataset(dataset).expect("dataset 2 or 3");
+    let flows = [0, 1, 2].map(|i| shower::FlowWeights { spec: &loaded[i].0, tensors: &loaded[i].1 });
+    let model =
+        shower::export(flows, io::PREFIX, dtype, a.opset, &prep, &geometry, a.maf_passes).map_err(|e| fail(&e))?;
+    let bytes = onnx::to_bytes(&model);
+    atomic::write_bytes(&a.output, &bytes)?;
+    Ok(("flow1+flow2+flow3 (whole shower)".into(), bytes.len()))
 }

@@ -13,6 +13,23 @@ use rayon::prelude::*;
 
 use crate::util::rng::{derive, derive_seed, tag};
 
+/// Where a sampler's noise comes from, one draw of `d` numbers per event at a time.
+pub trait NoiseSource {
+    /// (n, d) standard normals.
+    fn normal(&mut self, d: usize) -> candle_core::Result<Tensor>;
+    /// (n, d) uniforms on [0, 1).
+    fn uniform(&mut self, d: usize) -> candle_core::Result<Tensor>;
+}
+
+impl NoiseSource for BatchNoise {
+    fn normal(&mut self, d: usize) -> candle_core::Result<Tensor> {
+        BatchNoise::normal(self, d)
+    }
+    fn uniform(&mut self, d: usize) -> candle_core::Result<Tensor> {
+        BatchNoise::uniform(self, d)
+    }
+}
+
 /// Noise for one batch of events `first..first + n`.
 pub struct BatchNoise {
     seed: u64,

@@ -8,7 +8,7 @@
 //! previous layer's voxels (MeV), `prev_noise` (N, V) uniform draws U[0, 1) and `layer` (N, 1)
 //! int64 the 0-based index t (1..=44) of the layer generated. Output `voxels` (N, V), MeV.
 //!
-//! 1. E_inc → log10(E_inc) − offset (in float64, then cast);
+//! 1. E_inc → log10(E_inc) − offset (in float64, rounded to float32 as the sampler does);
 //! 2. each energy E: zero below the threshold, then u = logit(E / layer_scale) (α-regularised);
 //! 3. Flow-2's context [e_pre, u_1 / divisor]; Flow-3's [e_pre, u_t, u_{t−1}, logit of the previous
 //!    layer noised by prev_noise·noise_mev and normalised to unit sum, one-hot(t − 1) of 44];
@@ -53,8 +53,40 @@ pub fn description(flow: FlowName, voxels: usize) -> String {
     }
 }
 
+// The chain's per-layer pre- and postprocessing as graph nodes, shared by the layer graphs and the
+// whole-shower graph (`super::shower`): everything between a flow's output and a layer's voxels,
+// and between a generated layer and the next flow's context, is written here and only here.
+
+/// Step 1: E_inc (N, 1) in MeV → log10(E_inc) − offset, computed in float64 and rounded to float32
+/// (as the sampler does on the host, [`CaloPreprocessing::e_inc`]), then in the graph's dtype.
+pub(crate) fn incident(g: &mut Builder, prep: &CaloPreprocessing, e_inc: &str) -> String {
+    let dt = g.dtype;
+    g.dtype = DataType::Double;
+    let e = cast(g, e_inc, DataType::Double);
+    let ln = g.op("Log", &[&e], vec![]);
+    let e_pre = g.affine(&ln, std::f64::consts::LOG10_E, -prep.log10_e_inc_offset);
+    g.dtype = dt;
+    let e_pre = cast(g, &e_pre, DataType::Float);
+    if dt == DataType::Float {
+        e_pre
+    } else {
+        cast(g, &e_pre, dt)
+    }
+}
+
+pub(crate) fn cast(g: &mut Builder, x: &str, to: DataType) -> String {
+    g.op("Cast", &[x], vec![int_attr("to", to as i64)])
+}
+
+/// Flow-1's output (N, 45) → the layer energies in MeV, thresholded.
+pub(crate) fn layer_energies(g: &mut Builder, prep: &CaloPreprocessing, x1: &str) -> String {
+    let fractions = inverse_logit(g, prep, x1);
+    let e = g.affine(&fractions, prep.layer_scale_mev, 0.0);
+    threshold(g, prep, &e)
+}
+
 /// Step 2: the logit Flow-2 and Flow-3 take of a thresholded layer energy `e` (N, 1) in MeV.
-fn energy_logit(g: &mut Builder, prep: &CaloPreprocessing, e: &str) -> String {
+pub(crate) fn energy_logit(g: &mut Builder, prep: &CaloPreprocessing, e: &str) -> String {
     let x = g.affine(e, 1.0 / prep.layer_scale_mev, 0.0);
     logit(g, &x, prep.alpha)
 }
@@ -65,6 +97,15 @@ fn logit(g: &mut Builder, x: &str, alpha: f64) -> String {
     let one_minus = g.affine(&u, -1.0, 1.0);
     let ratio = g.div(&u, &one_minus);
     g.op("Log", &[&ratio], vec![])
+}
+
+/// clip((sigmoid(y) − α)/(1 − 2α), 0, 1), as [`crate::data::preprocess::inverse_logit_tensor`].
+fn inverse_logit(g: &mut Builder, prep: &CaloPreprocessing, y: &str) -> String {
+    let s = g.op("Sigmoid", &[y], vec![]);
+    let span = 1.0 - 2.0 * prep.alpha;
+    let p = g.affine(&s, 1.0 / span, -prep.alpha / span);
+    let (zero, one) = (g.scalar(0.0), g.scalar(1.0));
+    g.op("Clip", &[&p, &zero, &one], vec![])
 }
 
 /// Zero below the generation threshold.
@@ -79,6 +120,52 @@ fn threshold(g: &mut Builder, prep: &CaloPreprocessing, x: &str) -> String {
 fn row_sum(g: &mut Builder, x: &str) -> String {
     let axis = g.ints(&[1]);
     g.op("ReduceSum", &[x, &axis], vec![int_attr("keepdims", 1)])
+}
+
+/// Step 5, a flow's output → a layer: pattern logits `y` (N, V) and the layer's thresholded energy
+/// `e_layer` (N, 1) → voxels (N, V) in MeV, as [`crate::sample::calo::layer_voxels`].
+pub(crate) fn pattern_to_voxels(g: &mut Builder, prep: &CaloPreprocessing, y: &str, e_layer: &str) -> String {
+    let mut pattern = inverse_logit(g, prep, y);
+    if prep.renormalise_layers {
+        let sum = row_sum(g, &pattern);
+        let sum = g.affine(&sum, 1.0, 1e-16);
+        pattern = g.div(&pattern, &sum);
+    }
+    let scaled = g.mul(&pattern, e_layer);
+    threshold(g, prep, &scaled)
+}
+
+/// Step 3, a generated layer → Flow-3's view of it: voxels `layer` (N, V) in MeV noised by
+/// `uniforms`·noise_mev (U[0, 1) draws), normalised to unit sum, logit, as
+/// [`crate::detector::calo::layer_pattern_tensor`].
+pub(crate) fn context_pattern(g: &mut Builder, prep: &CaloPreprocessing, layer: &str, uniforms: &str) -> String {
+    let noise = g.affine(uniforms, prep.noise_mev, 0.0);
+    let noised = g.add(layer, &noise);
+    let sum = row_sum(g, &noised);
+    let pattern = g.div(&noised, &sum);
+    logit(g, &pattern, prep.alpha)
+}
+
+/// Flow-2's context [e_pre, logit(E_1) / divisor] from the thresholded energy `e1` (N, 1).
+pub(crate) fn flow2_context(g: &mut Builder, prep: &CaloPreprocessing, e_pre: &str, e1: &str) -> String {
+    let u_layer = energy_logit(g, prep, e1);
+    let u = g.affine(&u_layer, 1.0 / prep.flow2_e1_divisor, 0.0);
+    g.op("Concat", &[e_pre, &u], vec![int_attr("axis", 1)])
+}
+
+/// Flow-3's context [e_pre, logit E_t, logit E_{t−1}, `prev_pattern`, `onehot`] (thresholded
+/// energies (N, 1), the previous layer's [`context_pattern`] and one-hot(t − 1) of 44, (N, 44)).
+pub(crate) fn flow3_context(
+    g: &mut Builder,
+    prep: &CaloPreprocessing,
+    e_pre: &str,
+    (e_t, e_prev): (&str, &str),
+    prev_pattern: &str,
+    onehot: &str,
+) -> String {
+    let u_layer = energy_logit(g, prep, e_t);
+    let u_prev = energy_logit(g, prep, e_prev);
+    g.op("Concat", &[e_pre, &u_layer, &u_prev, prev_pattern, onehot], vec![int_attr("axis", 1)])
 }
 
 /// The graph of a student's Flow-2 or Flow-3 `spec` (weights `tensors` under `prefix`).
@@ -110,57 +197,23 @@ pub fn export(
     }
     let mut g = builder(spec, dtype, opset)?;
     let dt = data_type(dtype)?;
-    let cast = |g: &mut Builder, x: &str, to: DataType| g.op("Cast", &[x], vec![int_attr("to", to as i64)]);
-
-    // 1. log10(E_inc) − offset in float64, as the sampler computes it on the host.
-    g.dtype = DataType::Double;
-    let e_inc = cast(&mut g, INPUT_E_INC, DataType::Double);
-    let ln = g.op("Log", &[&e_inc], vec![]);
-    let e_pre = g.affine(&ln, std::f64::consts::LOG10_E, -prep.log10_e_inc_offset);
-    let e_pre = cast(&mut g, &e_pre, dt);
-    g.dtype = dt;
-
-    // 2–3. The flow's context.
+    let e_pre = incident(&mut g, prep, INPUT_E_INC);
     let e_layer = threshold(&mut g, prep, INPUT_E_LAYER);
-    let u_layer = energy_logit(&mut g, prep, &e_layer);
     let ctx = match flow {
-        FlowName::Flow2 => {
-            let u = g.affine(&u_layer, 1.0 / prep.flow2_e1_divisor, 0.0);
-            g.op("Concat", &[&e_pre, &u], vec![int_attr("axis", 1)])
-        }
+        FlowName::Flow2 => flow2_context(&mut g, prep, &e_pre, &e_layer),
         _ => {
             let e_prev = threshold(&mut g, prep, INPUT_E_PREV);
-            let u_prev = energy_logit(&mut g, prep, &e_prev);
-            let noise = g.affine(INPUT_PREV_NOISE, prep.noise_mev, 0.0);
-            let noised = g.add(INPUT_PREV_LAYER, &noise);
-            let sum = row_sum(&mut g, &noised);
-            let pattern = g.div(&noised, &sum);
-            let prev = logit(&mut g, &pattern, prep.alpha);
+            let prev = context_pattern(&mut g, prep, INPUT_PREV_LAYER, INPUT_PREV_NOISE);
             let layers: Vec<i64> = (1..LAYERS as i64).collect();
             let layers = g.ints(&layers);
             let hot = g.op("Equal", &[INPUT_LAYER, &layers], vec![]);
             let onehot = cast(&mut g, &hot, dt);
-            g.op("Concat", &[&e_pre, &u_layer, &u_prev, &prev, &onehot], vec![int_attr("axis", 1)])
+            flow3_context(&mut g, prep, &e_pre, (&e_layer, &e_prev), &prev, &onehot)
         }
     };
-
-    // 4. Base and flow.
     let z = g.base_from_noise(spec, tensors, prefix, INPUT_Z, &ctx)?;
     let y = g.flow(spec, tensors, prefix, &z, &ctx)?;
-
-    // 5. Voxels in MeV.
-    let s = g.op("Sigmoid", &[&y], vec![]);
-    let span = 1.0 - 2.0 * prep.alpha;
-    let p = g.affine(&s, 1.0 / span, -prep.alpha / span);
-    let (zero, one) = (g.scalar(0.0), g.scalar(1.0));
-    let mut pattern = g.op("Clip", &[&p, &zero, &one], vec![]);
-    if prep.renormalise_layers {
-        let sum = row_sum(&mut g, &pattern);
-        let sum = g.affine(&sum, 1.0, 1e-16);
-        pattern = g.div(&pattern, &sum);
-    }
-    let scaled = g.mul(&pattern, &e_layer);
-    let voxels = threshold(&mut g, prep, &scaled);
+    let voxels = pattern_to_voxels(&mut g, prep, &y, &e_layer);
     g.output_as(&voxels, OUTPUT_VOXELS);
 
     let mut inputs = vec![value_info(INPUT_Z, v, dt), value_info(INPUT_E_INC, 1, dt), value_info(INPUT_E_LAYER, 1, dt)];

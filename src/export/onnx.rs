@@ -32,6 +32,8 @@ pub(crate) struct Builder {
     inits: Vec<TensorProto>,
     count: usize,
     pub(crate) dtype: DataType,
+    /// Constants already stored, by (type, dims, bytes): every use refers to one initializer.
+    consts: HashMap<(i32, Vec<i64>, Vec<u8>), String>,
 }
 
 pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
@@ -57,38 +59,56 @@ impl Builder {
         out
     }
 
-    /// A float initializer in the graph's dtype.
-    pub(crate) fn floats(&mut self, stem: &str, dims: &[usize], values: &[f64]) -> String {
-        let name = self.fresh(stem);
-        let raw: Vec<u8> = if self.dtype == DataType::Double {
+    fn float_bytes(&self, values: &[f64]) -> Vec<u8> {
+        if self.dtype == DataType::Double {
             values.iter().flat_map(|v| v.to_le_bytes()).collect()
         } else {
             values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect()
-        };
+        }
+    }
+
+    fn initializer(&mut self, name: String, dims: Vec<i64>, data_type: DataType, raw_data: Vec<u8>) -> String {
         self.inits.push(TensorProto {
             name: name.clone(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: self.dtype as i32,
-            raw_data: raw,
+            dims,
+            data_type: data_type as i32,
+            raw_data,
             ..Default::default()
         });
         name
+    }
+
+    /// A small constant, stored once however often it is used.
+    fn constant(&mut self, stem: &str, dims: Vec<i64>, data_type: DataType, raw: Vec<u8>) -> String {
+        let key = (data_type as i32, dims, raw);
+        if let Some(name) = self.consts.get(&key) {
+            return name.clone();
+        }
+        let name = self.fresh(stem);
+        self.consts.insert(key.clone(), name.clone());
+        self.initializer(name, key.1, data_type, key.2)
+    }
+
+    /// A float initializer in the graph's dtype.
+    pub(crate) fn floats(&mut self, stem: &str, dims: &[usize], values: &[f64]) -> String {
+        let name = self.fresh(stem);
+        let raw = self.float_bytes(values);
+        self.initializer(name, dims.iter().map(|&d| d as i64).collect(), self.dtype, raw)
     }
 
     pub(crate) fn scalar(&mut self, v: f64) -> String {
-        self.floats("c", &[], &[v])
+        let raw = self.float_bytes(&[v]);
+        self.constant("c", vec![], self.dtype, raw)
     }
 
     pub(crate) fn ints(&mut self, values: &[i64]) -> String {
-        let name = self.fresh("i");
-        self.inits.push(TensorProto {
-            name: name.clone(),
-            dims: vec![values.len() as i64],
-            data_type: DataType::Int64 as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.constant("i", vec![values.len() as i64], DataType::Int64, raw)
+    }
+
+    /// An int64 scalar.
+    pub(crate) fn int_scalar(&mut self, v: i64) -> String {
+        self.constant("i", vec![], DataType::Int64, v.to_le_bytes().to_vec())
     }
 
     pub(crate) fn add(&mut self, a: &str, b: &str) -> String {
@@ -176,10 +196,10 @@ impl Builder {
         self.op("GatherElements", &[data, idx], vec![int_attr("axis", 2)])
     }
 
-    /// The spline on (N, D) inputs with raw parameters (N, D·(3K−1)).
-    fn rqs(&mut self, inputs: &str, params: &str, spec: &FlowSpec, dir: Direction) -> String {
+    /// The spline on (N, d) inputs with raw parameters (N, d·(3K−1)).
+    fn rqs(&mut self, inputs: &str, params: &str, spec: &FlowSpec, d: usize, dir: Direction) -> String {
         let s = &spec.spline;
-        let (k, d, b) = (s.num_bins, spec.features, s.tail_bound);
+        let (k, b) = (s.num_bins, s.tail_bound);
         let shape = self.ints(&[-1, d as i64, (3 * k - 1) as i64]);
         let p = self.op("Reshape", &[params, &shape], vec![]);
         let (uw, uh, ud) = (self.slice(&p, 0, k), self.slice(&p, k, 2 * k), self.slice(&p, 2 * k, 3 * k - 1));
@@ -304,31 +324,264 @@ pub(crate) fn builder(spec: &FlowSpec, dtype: DType, opset: i64) -> Result<Build
                 .into(),
         );
     }
+    empty(dtype, opset)
+}
+
+/// An empty graph builder in `dtype` for opset ≥ 13, for a graph of any flows.
+pub(crate) fn empty(dtype: DType, opset: i64) -> Result<Builder, String> {
     if opset < 13 {
         return Err(format!("opset {opset}: the graph needs opset 13 or later (ReduceSum, Squeeze with axes inputs)"));
     }
-    Ok(Builder { nodes: Vec::new(), inits: Vec::new(), count: 0, dtype: data_type(dtype)? })
+    Ok(Builder { nodes: Vec::new(), inits: Vec::new(), count: 0, dtype: data_type(dtype)?, consts: HashMap::new() })
 }
 
 /// A graph input or output (N, cols) of `dt`.
 pub(crate) fn value_info(name: &str, cols: usize, dt: DataType) -> ValueInfoProto {
+    value_info_dims(name, &[cols], dt)
+}
+
+/// A graph input or output (N, dims…) of `dt`, N symbolic (any batch size).
+pub(crate) fn value_info_dims(name: &str, dims: &[usize], dt: DataType) -> ValueInfoProto {
+    let batch = tensor_shape_proto::Dimension {
+        value: Some(tensor_shape_proto::dimension::Value::DimParam("N".into())),
+        ..Default::default()
+    };
+    let rest = dims.iter().map(|&d| tensor_shape_proto::Dimension {
+        value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+        ..Default::default()
+    });
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: dt as i32,
-                shape: Some(TensorShapeProto {
-                    dim: vec![
-                        tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimParam("N".into())),
-                            ..Default::default()
-                        },
-                        tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(cols as i64)),
-                            ..Default::default()
-                        },
-                    ],
-                }),
+                shape: Some(TensorShapeProto { dim: std::iter::once(batch).chain(rest).collect() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// How a MAF's D sequential MADE passes per block are written (an IAF samples in one pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MafPasses {
+    /// One ONNX `Loop` per block, its body one pass (the graph stays small).
+    #[default]
+    Loop,
+    /// The D passes written out one after the other (same shared weights, D× the nodes).
+    Unrolled,
+}
+
+/// One block's MADE: its weights (masks folded in) read once, its nodes written on demand.
+struct MadeNet<'a> {
+    spec: &'a FlowSpec,
+    tensors: &'a HashMap<String, Tensor>,
+    key: String,
+    stem: String,
+}
+
+/// A MADE's context terms: the first layer's relu(W_c·c + b_c) and each residual layer's W·c + b.
+struct ContextTerms {
+    first: Option<String>,
+    layers: Vec<Option<String>>,
+}
+
+impl MadeNet<'_> {
+    fn key(&self, s: &str) -> String {
+        format!("{}.{s}", self.key)
+    }
+
+    fn masks(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, h) = (self.spec.features, self.spec.hidden_features);
+        let in_deg = input_degrees(d);
+        let hid_deg = hidden_degrees(h, d);
+        let out_deg = output_degrees(d, self.spec.spline.params_per_feature());
+        (mask(&hid_deg, &in_deg, false), mask(&hid_deg, &hid_deg, false), mask(&out_deg, &hid_deg, true))
+    }
+
+    fn context_terms(&self, g: &mut Builder, ctx: &str) -> Result<ContextTerms, String> {
+        let (h, c) = (self.spec.hidden_features, self.spec.context_features);
+        if c == 0 {
+            return Ok(ContextTerms { first: None, layers: vec![None; self.spec.hidden_layers] });
+        }
+        let w = values(self.tensors, &self.key("context.weight"))?;
+        let b = values(self.tensors, &self.key("context.bias"))?;
+        let first = g.linear(ctx, &w, &b, h, c, &format!("{}_context", self.stem));
+        let first = Some(g.relu(&first));
+        let mut layers = Vec::new();
+        for j in 0..self.spec.hidden_layers {
+            layers.push(if self.spec.residual {
+                let cw = values(self.tensors, &self.key(&format!("layers.{j}.context.weight")))?;
+                let cb = values(self.tensors, &self.key(&format!("layers.{j}.context.bias")))?;
+                Some(g.linear(ctx, &cw, &cb, h, c, &format!("{}_layer{j}_context", self.stem)))
+            } else {
+                None
+            });
+        }
+        Ok(ContextTerms { first, layers })
+    }
+
+    /// From the first masked layer's pre-activation `pre` (N, H) to the last hidden layer's output.
+    fn trunk(&self, g: &mut Builder, pre: &str, terms: &ContextTerms) -> Result<String, String> {
+        let h = self.spec.hidden_features;
+        let (_, m_hid, _) = self.masks();
+        let mut t = pre.to_string();
+        if let Some(c) = &terms.first {
+            t = g.add(&t, c);
+        }
+        if !self.spec.residual {
+            t = g.relu(&t);
+        }
+        for (j, term) in terms.layers.iter().enumerate() {
+            let stem = format!("{}_layer{j}", self.stem);
+            if self.spec.residual {
+                let r = g.relu(&t);
+                let w0 = masked(self.tensors, &self.key(&format!("layers.{j}.lin0.weight")), &m_hid)?;
+                let b0 = values(self.tensors, &self.key(&format!("layers.{j}.lin0.bias")))?;
+                let mut u = g.linear(&r, &w0, &b0, h, h, &format!("{stem}_lin0"));
+                if let Some(c) = term {
+                    u = g.add(&u, c);
+                }
+                let u = g.relu(&u);
+                let w1 = masked(self.tensors, &self.key(&format!("layers.{j}.lin1.weight")), &m_hid)?;
+                let b1 = values(self.tensors, &self.key(&format!("layers.{j}.lin1.bias")))?;
+                let v = g.linear(&u, &w1, &b1, h, h, &format!("{stem}_lin1"));
+                t = g.add(&t, &v);
+            } else {
+                let w = masked(self.tensors, &self.key(&format!("layers.{j}.weight")), &m_hid)?;
+                let b = values(self.tensors, &self.key(&format!("layers.{j}.bias")))?;
+                let l = g.linear(&t, &w, &b, h, h, &stem);
+                t = g.relu(&l);
+            }
+        }
+        Ok(t)
+    }
+
+    /// The one-MADE-pass direction: spline(`input`; MADE(`input`)) in direction `dir`.
+    fn fast_pass(&self, g: &mut Builder, input: &str, ctx: &str, dir: Direction) -> Result<String, String> {
+        let (d, h) = (self.spec.features, self.spec.hidden_features);
+        let m = self.spec.spline.params_per_feature();
+        let (m_in, _, m_out) = self.masks();
+        let terms = self.context_terms(g, ctx)?;
+        let w = masked(self.tensors, &self.key("initial.weight"), &m_in)?;
+        let b = values(self.tensors, &self.key("initial.bias"))?;
+        let pre = g.linear(input, &w, &b, h, d, &format!("{}_initial", self.stem));
+        let t = self.trunk(g, &pre, &terms)?;
+        let wf = masked(self.tensors, &self.key("final.weight"), &m_out)?;
+        let params = g.linear(
+            &t,
+            &wf,
+            &values(self.tensors, &self.key("final.bias"))?,
+            d * m,
+            h,
+            &format!("{}_final", self.stem),
+        );
+        Ok(g.rqs(input, &params, self.spec, d, dir))
+    }
+
+    /// The other direction, as zdcflow's `MadeRqs::slow_pass` solves it: D passes, pass t computing
+    /// only feature t's spline parameters from the first layer's pre-activation, which each solved
+    /// feature then updates by its own column. The weights are stored once, per feature slices
+    /// gathered by index; `passes` says whether the D passes are a `Loop` or written out.
+    fn slow_pass(
+        &self,
+        g: &mut Builder,
+        target: &str,
+        ctx: &str,
+        dir: Direction,
+        passes: MafPasses,
+    ) -> Result<String, String> {
+        let (d, h) = (self.spec.features, self.spec.hidden_features);
+        let m = self.spec.spline.params_per_feature();
+        let (m_in, _, m_out) = self.masks();
+        let terms = self.context_terms(g, ctx)?;
+        // w_in (H, D) masked → its columns as rows (D, H); w_out (D·m, H) → (D, H, m); b_out (D, m).
+        let w_in = masked(self.tensors, &self.key("initial.weight"), &m_in)?;
+        let mut cols = vec![0.0; d * h];
+        for o in 0..h {
+            for i in 0..d {
+                cols[i * h + o] = w_in[o * d + i];
+            }
+        }
+        let w_cols = g.floats(&format!("{}_initial_columns", self.stem), &[d, h], &cols);
+        let b_in = values(self.tensors, &self.key("initial.bias"))?;
+        let b_in = g.floats(&format!("{}_initial_bias", self.stem), &[h], &b_in);
+        let w_out = masked(self.tensors, &self.key("final.weight"), &m_out)?;
+        let mut per = vec![0.0; d * h * m];
+        for t in 0..d {
+            for j in 0..h {
+                for k in 0..m {
+                    per[(t * h + j) * m + k] = w_out[(t * m + k) * h + j];
+                }
+            }
+        }
+        let w_per = g.floats(&format!("{}_final_per_feature", self.stem), &[d, h, m], &per);
+        let b_out = values(self.tensors, &self.key("final.bias"))?;
+        let b_per = g.floats(&format!("{}_final_bias", self.stem), &[d, m], &b_out);
+        // pre = b_in broadcast to (N, H).
+        let shape = g.op("Shape", &[target], vec![]);
+        let (zero, one) = (g.ints(&[0]), g.ints(&[1]));
+        let shape = g.op("Slice", &[&shape, &zero, &one], vec![]);
+        let hh = g.ints(&[h as i64]);
+        let shape = g.op("Concat", &[&shape, &hh], vec![int_attr("axis", 0)]);
+        let pre = g.op("Expand", &[&b_in, &shape], vec![]);
+
+        // One pass: (feature index t as an int64 scalar, pre) → (y_t (N, 1), the next pre).
+        let pass = |g: &mut Builder, t: &str, pre: &str| -> Result<(String, String), String> {
+            let hidden = self.trunk(g, pre, &terms)?;
+            let w = g.op("Gather", &[&w_per, t], vec![int_attr("axis", 0)]);
+            let b = g.op("Gather", &[&b_per, t], vec![int_attr("axis", 0)]);
+            let mm = g.op("MatMul", &[&hidden, &w], vec![]);
+            let params = g.add(&mm, &b);
+            let axis0 = g.ints(&[0]);
+            let t1 = g.op("Unsqueeze", &[t, &axis0], vec![]);
+            let column = g.op("Gather", &[target, &t1], vec![int_attr("axis", 1)]);
+            let y = g.rqs(&column, &params, self.spec, 1, dir);
+            let w_col = g.op("Gather", &[&w_cols, t], vec![int_attr("axis", 0)]);
+            let step = g.mul(&y, &w_col);
+            Ok((y, g.add(pre, &step)))
+        };
+        let columns = match passes {
+            MafPasses::Unrolled => {
+                let mut pre = pre;
+                let mut ys = Vec::with_capacity(d);
+                for t in 0..d {
+                    let ti = g.int_scalar(t as i64);
+                    let (y, next) = pass(g, &ti, &pre)?;
+                    ys.push(y);
+                    pre = next;
+                }
+                let refs: Vec<&str> = ys.iter().map(|s| s.as_str()).collect();
+                return Ok(g.op("Concat", &refs, vec![int_attr("axis", 1)]));
+            }
+            MafPasses::Loop => {
+                let dt = g.dtype;
+                let (_, scans) = g.repeat(d, &[(pre.as_str(), dt)], 1, |g, t, carried| {
+                    let (y, next) = pass(g, t, &carried[0])?;
+                    Ok((vec![next], vec![y]))
+                })?;
+                scans.into_iter().next().expect("one scan output")
+            }
+        };
+        // (D, N, 1) → (N, D).
+        let tr = g.op("Transpose", &[&columns], vec![ints_attr("perm", &[1, 0, 2])]);
+        Ok(g.op("Flatten", &[&tr], vec![int_attr("axis", 1)]))
+    }
+}
+
+pub(crate) fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+}
+
+/// A body graph's input or output of `elem` type and unknown shape (a scalar where `scalar`).
+fn body_value(name: &str, elem: DataType, scalar: bool) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: elem as i32,
+                shape: scalar.then(TensorShapeProto::default),
             })),
             ..Default::default()
         }),
@@ -337,8 +590,88 @@ pub(crate) fn value_info(name: &str, cols: usize, dt: DataType) -> ValueInfoProt
 }
 
 impl Builder {
+    /// An ONNX `Loop` of `trips` iterations. `carried` are the loop-carried values' initial names and
+    /// types; `body(g, i, carried)` writes one iteration (i the 0-based int64 iteration number) and
+    /// returns the next carried values and `scans` per-iteration outputs. Returns the final carried
+    /// values and the scan outputs, each stacked on a new first axis (trips, …). The body refers to
+    /// the graph's initializers and values by name (outer scope): weights are stored once.
+    pub(crate) fn repeat<F>(
+        &mut self,
+        trips: usize,
+        carried: &[(&str, DataType)],
+        scans: usize,
+        body: F,
+    ) -> Result<(Vec<String>, Vec<String>), String>
+    where
+        F: FnOnce(&mut Self, &str, &[String]) -> Result<(Vec<String>, Vec<String>), String>,
+    {
+        let outer = std::mem::take(&mut self.nodes);
+        let iter = self.fresh("iteration");
+        let cond_in = self.fresh("cond_in");
+        let inner: Vec<String> = carried.iter().map(|_| self.fresh("carried")).collect();
+        let result = body(self, &iter, &inner);
+        let body_nodes = std::mem::replace(&mut self.nodes, outer);
+        let (next, scan_out) = result?;
+        if next.len() != carried.len() || scan_out.len() != scans {
+            return Err("a Loop body returned the wrong number of values".into());
+        }
+        // Body outputs are fresh names (an Identity each), so that no output is also an input.
+        let mut body_nodes = body_nodes;
+        let mut outputs = Vec::new();
+        let cond_out = self.fresh("cond_out");
+        body_nodes.push(NodeProto {
+            op_type: "Identity".into(),
+            input: vec![cond_in.clone()],
+            output: vec![cond_out.clone()],
+            ..Default::default()
+        });
+        outputs.push(body_value(&cond_out, DataType::Bool, true));
+        let types: Vec<DataType> = carried.iter().map(|c| c.1).chain(std::iter::repeat_n(self.dtype, scans)).collect();
+        for (v, dt) in next.iter().chain(&scan_out).zip(&types) {
+            let o = self.fresh("body_out");
+            body_nodes.push(NodeProto {
+                op_type: "Identity".into(),
+                input: vec![v.clone()],
+                output: vec![o.clone()],
+                ..Default::default()
+            });
+            outputs.push(body_value(&o, *dt, false));
+        }
+        let mut inputs = vec![body_value(&iter, DataType::Int64, true), body_value(&cond_in, DataType::Bool, true)];
+        inputs.extend(inner.iter().zip(carried).map(|(n, c)| body_value(n, c.1, false)));
+        let graph = GraphProto {
+            name: self.fresh("loop_body"),
+            node: body_nodes,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        };
+        let trips = self.constant("trips", vec![], DataType::Int64, (trips as i64).to_le_bytes().to_vec());
+        let mut loop_inputs = vec![trips, String::new()];
+        loop_inputs.extend(carried.iter().map(|c| c.0.to_string()));
+        let finals: Vec<String> = carried.iter().map(|_| self.fresh("loop_final")).collect();
+        let stacked: Vec<String> = (0..scans).map(|_| self.fresh("loop_scan")).collect();
+        let name = self.fresh("loop");
+        self.nodes.push(NodeProto {
+            op_type: "Loop".into(),
+            name,
+            input: loop_inputs,
+            output: finals.iter().chain(&stacked).cloned().collect(),
+            attribute: vec![AttributeProto {
+                name: "body".into(),
+                r#type: AttributeType::Graph as i32,
+                g: Some(graph),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        Ok((finals, stacked))
+    }
+
     /// Adds the flow's sampling direction from the node `zs` (and `ctx` for a conditional flow);
-    /// returns the name of x. The base is not included (z is the base-space sample).
+    /// returns the name of x. The base is not included (z is the base-space sample). Blocks whose
+    /// sampling direction is their fast one (IAF) take one MADE pass; the others (MAF) D passes,
+    /// written as `passes` says.
     pub(crate) fn flow(
         &mut self,
         spec: &FlowSpec,
@@ -347,15 +680,22 @@ impl Builder {
         zs: &str,
         ctx: &str,
     ) -> Result<String, String> {
-        let g = self;
-        let (d, h, c) = (spec.features, spec.hidden_features, spec.context_features);
-        let m = spec.spline.params_per_feature();
-        let in_deg = input_degrees(d);
-        let hid_deg = hidden_degrees(h, d);
-        let out_deg = output_degrees(d, m);
-        let (m_in, m_hid, m_out) =
-            (mask(&hid_deg, &in_deg, false), mask(&hid_deg, &hid_deg, false), mask(&out_deg, &hid_deg, true));
-        let dir = spec.fast_direction();
+        self.flow_with(spec, tensors, prefix, zs, ctx, MafPasses::Loop)
+    }
+
+    /// [`Self::flow`] with the MAF passes' form.
+    pub(crate) fn flow_with(
+        &mut self,
+        spec: &FlowSpec,
+        tensors: &HashMap<String, Tensor>,
+        prefix: &str,
+        zs: &str,
+        ctx: &str,
+        passes: MafPasses,
+    ) -> Result<String, String> {
+        let d = spec.features;
+        let fast = spec.fast_direction();
+        let id = self.fresh("flow");
         let mut x = zs.to_string();
         for i in (0..spec.blocks).rev() {
             if let Some(p) = spec.permutations.get(i) {
@@ -363,79 +703,20 @@ impl Builder {
                 for (j, &q) in p.iter().enumerate() {
                     inv[q] = j as i64;
                 }
-                let idx = g.ints(&inv);
-                x = g.op("Gather", &[&x, &idx], vec![int_attr("axis", 1)]);
+                let idx = self.ints(&inv);
+                x = self.op("Gather", &[&x, &idx], vec![int_attr("axis", 1)]);
             }
-            let key = |s: &str| format!("{prefix}.{i}.made.{s}");
-            let stem = format!("block{i}");
-            let mut t = g.linear(
-                &x,
-                &masked(tensors, &key("initial.weight"), &m_in)?,
-                &values(tensors, &key("initial.bias"))?,
-                h,
-                d,
-                &format!("{stem}_initial"),
-            );
-            if c > 0 {
-                let ctx = g.linear(
-                    ctx,
-                    &values(tensors, &key("context.weight"))?,
-                    &values(tensors, &key("context.bias"))?,
-                    h,
-                    c,
-                    &format!("{stem}_context"),
-                );
-                let r = g.relu(&ctx);
-                t = g.add(&t, &r);
-            }
-            if !spec.residual {
-                t = g.relu(&t);
-            }
-            for j in 0..spec.hidden_layers {
-                if spec.residual {
-                    let r = g.relu(&t);
-                    let w0 = masked(tensors, &key(&format!("layers.{j}.lin0.weight")), &m_hid)?;
-                    let mut u = g.linear(
-                        &r,
-                        &w0,
-                        &values(tensors, &key(&format!("layers.{j}.lin0.bias")))?,
-                        h,
-                        h,
-                        &format!("{stem}_layer{j}_lin0"),
-                    );
-                    if c > 0 {
-                        let cw = values(tensors, &key(&format!("layers.{j}.context.weight")))?;
-                        let cb = values(tensors, &key(&format!("layers.{j}.context.bias")))?;
-                        let cc = g.linear(ctx, &cw, &cb, h, c, &format!("{stem}_layer{j}_context"));
-                        u = g.add(&u, &cc);
-                    }
-                    let u = g.relu(&u);
-                    let w1 = masked(tensors, &key(&format!("layers.{j}.lin1.weight")), &m_hid)?;
-                    let v = g.linear(
-                        &u,
-                        &w1,
-                        &values(tensors, &key(&format!("layers.{j}.lin1.bias")))?,
-                        h,
-                        h,
-                        &format!("{stem}_layer{j}_lin1"),
-                    );
-                    t = g.add(&t, &v);
-                } else {
-                    let w = masked(tensors, &key(&format!("layers.{j}.weight")), &m_hid)?;
-                    let l = g.linear(
-                        &t,
-                        &w,
-                        &values(tensors, &key(&format!("layers.{j}.bias")))?,
-                        h,
-                        h,
-                        &format!("{stem}_layer{j}"),
-                    );
-                    t = g.relu(&l);
+            let net = MadeNet { spec, tensors, key: format!("{prefix}.{i}.made"), stem: format!("{id}_block{i}") };
+            x = match spec.kind {
+                FlowKind::Iaf => net.fast_pass(self, &x, ctx, fast)?,
+                FlowKind::Maf => {
+                    let dir = match fast {
+                        Direction::Forward => Direction::Inverse,
+                        Direction::Inverse => Direction::Forward,
+                    };
+                    net.slow_pass(self, &x, ctx, dir, passes)?
                 }
-            }
-            let wf = masked(tensors, &key("final.weight"), &m_out)?;
-            let params = g.linear(&t, &wf, &values(tensors, &key("final.bias"))?, d * m, h, &format!("{stem}_final"));
-            x = g.rqs(&x, &params, spec, dir);
+            };
         }
         Ok(x)
     }

@@ -14,7 +14,7 @@ use crate::config::FlowName;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::{inverse_logit_tensor, logit_tensor, threshold_tensor, CaloPreprocessing};
 use crate::detector::calo::{flow2_context_tensor, flow3_context_tensor, layer_pattern_tensor};
-use crate::detector::noise::BatchNoise;
+use crate::detector::noise::NoiseSource;
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::models::manifest::Manifest;
@@ -120,8 +120,10 @@ impl CaloChain {
         Ok(self.voxels(&y, e_t)?)
     }
 
-    /// Showers (n × voxels, MeV, row-major) for incident energies in MeV.
-    pub fn generate(&self, e_inc: &[f32], noise: &mut BatchNoise) -> Result<Vec<f32>> {
+    /// Showers (n × voxels, MeV, row-major) for incident energies in MeV. The draws, in order:
+    /// normal(45) for Flow-1, normal(voxels) for Flow-2, then per layer 1..45 uniform(voxels) (the
+    /// previous layer's noise) and normal(voxels) for Flow-3.
+    pub fn generate(&self, e_inc: &[f32], noise: &mut impl NoiseSource) -> Result<Vec<f32>> {
         let v = self.geometry.voxels_per_layer();
         let e_pre = self.incident(e_inc)?;
         let energies = self.layer_energies(&e_pre, &noise.normal(LAYERS)?)?;
