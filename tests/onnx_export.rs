@@ -665,3 +665,59 @@ fn whole_shower_graph_of_a_ds3_student_gives_the_showers_of_zdcflow() {
         assert_exact(&check_whole_shower(d, &python, &s, &onnx, n, &tag), &tag);
     }
 }
+
+/// The C++ program `scripts/onnx_cpp/onnx_showers` (ONNX Runtime's C API, the Python wheel's
+/// library) runs a DS2 student's whole-shower graph on 20 showers with noise it draws itself; the
+/// showers it writes are zdcflow's from that noise. It is built when `ORT_INCLUDE` names ONNX
+/// Runtime's headers (no apt or pip package ships them; see scripts/onnx_cpp/build.sh), or used
+/// if already built; otherwise this test says so and checks nothing.
+#[test]
+fn cpp_program_runs_the_whole_shower_graph_as_zdcflow_samples() {
+    use ndarray::Array3;
+    let here = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_cpp");
+    if std::env::var_os("ORT_INCLUDE").is_some() {
+        let r = Command::new("bash").arg(format!("{here}/build.sh")).output().unwrap();
+        assert!(r.status.success(), "build.sh failed: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    let program = format!("{here}/onnx_showers");
+    if !Path::new(&program).exists() {
+        eprintln!(
+            "{program} is not built (set ORT_INCLUDE, see scripts/onnx_cpp/build.sh): the C++ run is not checked"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = smoke_calo_student(d, 2, 300, "f32");
+    let onnx = path(d, "s.onnx");
+    ok(d, &["export-onnx", "--model", &s, "--whole-shower", "--output", &onnx]);
+    let out = d.join("cpp");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = Command::new(&program)
+        .args([&onnx, "20", "loguniform", &out.display().to_string(), "2", "5"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "onnx_showers failed: {}", String::from_utf8_lossy(&r.stderr));
+    let two = |name: &str| -> Vec<f32> {
+        let a: Array2<f32> = ndarray_npy::read_npy(out.join(format!("{name}.npy"))).unwrap();
+        a.iter().copied().collect()
+    };
+    let three = |name: &str| -> Vec<f32> {
+        let a: Array3<f32> = ndarray_npy::read_npy(out.join(format!("{name}.npy"))).unwrap();
+        a.iter().copied().collect()
+    };
+    let noise = zdcflow::export::shower::ShowerNoise {
+        events: 20,
+        voxels: 144,
+        energies: two("noise_energies"),
+        first_layer: two("noise_first_layer"),
+        layers: three("noise_layers"),
+        patterns: three("noise_patterns"),
+    };
+    let want = zdcflow::export::shower::sample_from_noise(&d.join(&s), &two("e_inc"), &noise).unwrap();
+    let got: Vec<f64> = two("showers").iter().map(|&x| x as f64).collect();
+    let c = ShowerComparison::new(&got, &want);
+    eprintln!("C++ (ONNX Runtime C API), 20 DS2 showers against zdcflow: {}", c.summary());
+    assert!(want.iter().filter(|&&x| x > 0.0).count() >= 20 * 45, "zdcflow's showers are almost empty");
+    assert_float32_close(&c, "C++");
+}
