@@ -437,19 +437,22 @@ fn postprocessed_calo_layer_graphs_give_the_voxels_of_zdcflow() {
 }
 
 /// Trains smoke teachers (Flow-1/2/3) in `dtype` (f32 or f64) for CaloChallenge dataset `ds` (2
-/// or 3) on a generated file and distils their students; returns the student's directory name.
-fn smoke_calo_student(d: &Path, ds: u8, events: usize, dtype: &str) -> String {
+/// or 3) on a generated file, with the teacher's `[model]` settings `model_sets` (`--set` values),
+/// and distils their students; returns the student's directory name.
+fn smoke_calo_student(d: &Path, ds: u8, events: usize, dtype: &str, model_sets: &[&str]) -> String {
     let file = format!("ds{ds}.h5");
     if !d.join(&file).exists() {
         ok(d, &["generate", "calo", "--dataset", &ds.to_string(), "--events", &events.to_string(), "--output", &file]);
     }
     let (data, dt) = (format!("data.path={file}"), format!("model.dtype={dtype}"));
-    let (teacher, student) = (format!("t-{dtype}"), format!("s-{dtype}"));
+    let tag = format!("{dtype}-{}", model_sets.len());
+    let (teacher, student) = (format!("t-{tag}"), format!("s-{tag}"));
     let t_config = common::config(&format!("smoke-ds{ds}.toml"));
     let s_config = common::config(&format!("smoke-ds{ds}-student.toml"));
     let t = ["train-teacher", "--config", &t_config, "--set", &data, "--set", &dt, "--set", "train.epochs=1"];
     let t_limit = ["--set", "flow3.train.max_batches=4", "--output-dir", &teacher];
-    ok(d, &t.iter().chain(&t_limit).copied().collect::<Vec<_>>());
+    let extra: Vec<&str> = model_sets.iter().flat_map(|s| ["--set", *s]).collect();
+    ok(d, &t.iter().chain(&t_limit).chain(&extra).copied().collect::<Vec<_>>());
     let s = ["distill-student", "--config", &s_config, "--teacher", &teacher, "--set", &data, "--set", &dt];
     let s_limit = ["--set", "train.epochs=1", "--set", "student.flow3.train.max_batches=2", "--output-dir", &student];
     ok(d, &s.iter().chain(&s_limit).copied().collect::<Vec<_>>());
@@ -593,7 +596,7 @@ fn whole_shower_graph_of_a_ds2_student_gives_the_showers_of_zdcflow_sample() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = smoke_calo_student(d, 2, 300, "f32");
+    let s = smoke_calo_student(d, 2, 300, "f32", &[]);
 
     // The library call is `sample`'s computation: same showers, bit for bit, for `--seed 7`.
     ok(d, &["sample", "--model", &s, "--events", "5", "--seed", "7", "--batch-size", "5", "--output", "x.h5"]);
@@ -627,7 +630,10 @@ fn whole_shower_graph_of_a_ds2_student_gives_the_showers_of_zdcflow_sample() {
     let tag = "ds2-f32-unrolled-7";
     assert_float32_close(&check_whole_shower(d, &python, &s, &unrolled, 7, tag), tag);
 
-    let s64 = smoke_calo_student(d, 2, 300, "f64");
+    // Float64, with the voxel standardisation (per-layer mean/std of the logits in the graph).
+    let s64 = smoke_calo_student(d, 2, 300, "f64", &["model.calo_standardise_voxels=true"]);
+    let json = std::fs::read_to_string(d.join(&s64).join("model.json")).unwrap();
+    assert!(json.contains("voxel_standardisation"), "the student has no voxel standardisation");
     let onnx64 = path(d, "s64.onnx");
     ok(d, &["export-onnx", "--model", &s64, "--whole-shower", "--output", &onnx64]);
     for n in [1, 7, 1000] {
@@ -636,7 +642,7 @@ fn whole_shower_graph_of_a_ds2_student_gives_the_showers_of_zdcflow_sample() {
     }
 
     // Bad requests are one line each, and no file.
-    let e = fails(d, &["export-onnx", "--model", "t-f32/flow1", "--whole-shower", "--output", &path(d, "bad.onnx")]);
+    let e = fails(d, &["export-onnx", "--model", "t-f32-0/flow1", "--whole-shower", "--output", &path(d, "bad.onnx")]);
     assert!(e.contains("--whole-shower"), "{e}");
     let e = fails(
         d,
@@ -657,7 +663,7 @@ fn whole_shower_graph_of_a_ds3_student_gives_the_showers_of_zdcflow() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = smoke_calo_student(d, 3, 40, "f64");
+    let s = smoke_calo_student(d, 3, 40, "f64", &[]);
     let onnx = path(d, "s.onnx");
     ok(d, &["export-onnx", "--model", &s, "--whole-shower", "--output", &onnx]);
     for n in [1, 7] {
@@ -688,7 +694,7 @@ fn cpp_program_runs_the_whole_shower_graph_as_zdcflow_samples() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let s = smoke_calo_student(d, 2, 300, "f32");
+    let s = smoke_calo_student(d, 2, 300, "f32", &[]);
     let onnx = path(d, "s.onnx");
     ok(d, &["export-onnx", "--model", &s, "--whole-shower", "--output", &onnx]);
     let out = d.join("cpp");

@@ -12,7 +12,9 @@
 //! 2. each energy E: zero below the threshold, then u = logit(E / layer_scale) (α-regularised);
 //! 3. Flow-2's context [e_pre, u_1 / divisor]; Flow-3's [e_pre, u_t, u_{t−1}, logit of the previous
 //!    layer noised by prev_noise·noise_mev and normalised to unit sum, one-hot(t − 1) of 44];
-//! 4. y = f⁻¹(b(z | c) | c), b the flow's base (z itself for the standard normal);
+//! 4. y = f⁻¹(b(z | c) | c), b the flow's base (z itself for the standard normal), times the
+//!    voxel standardisation's std plus its mean (of layer t) where the model has one — whose
+//!    previous-layer logits in step 3 are standardised with layer t − 1's;
 //! 5. voxels = threshold(clip((sigmoid(y) − α)/(1 − 2α), 0, 1) [/ its sum + 1e-16 where the model
 //!    renormalises layers] · E_layer).
 
@@ -116,16 +118,64 @@ fn threshold(g: &mut Builder, prep: &CaloPreprocessing, x: &str) -> String {
     g.op("Where", &[&keep, x, &zero], vec![])
 }
 
+/// A voxel standardisation's (45, V) mean and std tables as graph initializers, stored once.
+pub(crate) struct VoxelTables {
+    mean: String,
+    std: String,
+    voxels: usize,
+}
+
+/// The tables of `prep`'s voxel standardisation (None without one), checked against `v` voxels.
+pub(crate) fn voxel_tables(g: &mut Builder, prep: &CaloPreprocessing, v: usize) -> Result<Option<VoxelTables>, String> {
+    let Some(s) = &prep.voxel_standardisation else { return Ok(None) };
+    if s.mean.len() != LAYERS * v || s.std.len() != LAYERS * v {
+        return Err(format!(
+            "the voxel standardisation has {} means and {} stds; {LAYERS} layers of {v} voxels need {}",
+            s.mean.len(),
+            s.std.len(),
+            LAYERS * v
+        ));
+    }
+    let mean = g.floats("voxel_mean", &[LAYERS, v], &s.mean);
+    let std = g.floats("voxel_std", &[LAYERS, v], &s.std);
+    Ok(Some(VoxelTables { mean, std, voxels: v }))
+}
+
+/// The (mean, std) rows of layer `layer` (an int64 scalar → (1, V), or (N, 1) → (N, V)).
+fn voxel_rows(g: &mut Builder, tables: &VoxelTables, layer: &str) -> (String, String) {
+    let shape = g.ints(&[-1, tables.voxels as i64]);
+    let mut row = |table: &str| {
+        let picked = g.op("Gather", &[table, layer], vec![int_attr("axis", 0)]);
+        g.op("Reshape", &[&picked, &shape], vec![])
+    };
+    (row(&tables.mean), row(&tables.std))
+}
+
 /// Row sums (N, 1) of `x` (N, V).
 fn row_sum(g: &mut Builder, x: &str) -> String {
     let axis = g.ints(&[1]);
     g.op("ReduceSum", &[x, &axis], vec![int_attr("keepdims", 1)])
 }
 
-/// Step 5, a flow's output → a layer: pattern logits `y` (N, V) and the layer's thresholded energy
-/// `e_layer` (N, 1) → voxels (N, V) in MeV, as [`crate::sample::calo::layer_voxels`].
-pub(crate) fn pattern_to_voxels(g: &mut Builder, prep: &CaloPreprocessing, y: &str, e_layer: &str) -> String {
-    let mut pattern = inverse_logit(g, prep, y);
+/// Step 5, a flow's output → a layer: the flow's output `y` (N, V) for layer `layer` (int64, a
+/// scalar or (N, 1)), de-standardised with that layer's rows where the model standardises voxels
+/// (y·std + mean), and the layer's thresholded energy `e_layer` (N, 1) → voxels (N, V) in MeV, as
+/// `CaloChain`'s `voxels` ([`crate::sample::calo::layer_voxels`]).
+pub(crate) fn pattern_to_voxels(
+    g: &mut Builder,
+    prep: &CaloPreprocessing,
+    tables: Option<&VoxelTables>,
+    layer: &str,
+    y: &str,
+    e_layer: &str,
+) -> String {
+    let mut y = y.to_string();
+    if let Some(t) = tables {
+        let (mean, std) = voxel_rows(g, t, layer);
+        let scaled = g.mul(&y, &std);
+        y = g.add(&scaled, &mean);
+    }
+    let mut pattern = inverse_logit(g, prep, &y);
     if prep.renormalise_layers {
         let sum = row_sum(g, &pattern);
         let sum = g.affine(&sum, 1.0, 1e-16);
@@ -135,15 +185,31 @@ pub(crate) fn pattern_to_voxels(g: &mut Builder, prep: &CaloPreprocessing, y: &s
     threshold(g, prep, &scaled)
 }
 
-/// Step 3, a generated layer → Flow-3's view of it: voxels `layer` (N, V) in MeV noised by
-/// `uniforms`·noise_mev (U[0, 1) draws), normalised to unit sum, logit, as
-/// [`crate::detector::calo::layer_pattern_tensor`].
-pub(crate) fn context_pattern(g: &mut Builder, prep: &CaloPreprocessing, layer: &str, uniforms: &str) -> String {
+/// Step 3, a generated layer → Flow-3's view of it: voxels `voxels` (N, V) in MeV of layer `layer`
+/// (int64, a scalar or (N, 1)) noised by `uniforms`·noise_mev (U[0, 1) draws), normalised to unit
+/// sum, logit ([`crate::detector::calo::layer_pattern_tensor`]), standardised with that layer's
+/// rows where the model standardises voxels ((logit − mean) / std).
+pub(crate) fn context_pattern(
+    g: &mut Builder,
+    prep: &CaloPreprocessing,
+    tables: Option<&VoxelTables>,
+    layer: &str,
+    voxels: &str,
+    uniforms: &str,
+) -> String {
     let noise = g.affine(uniforms, prep.noise_mev, 0.0);
-    let noised = g.add(layer, &noise);
+    let noised = g.add(voxels, &noise);
     let sum = row_sum(g, &noised);
     let pattern = g.div(&noised, &sum);
-    logit(g, &pattern, prep.alpha)
+    let logits = logit(g, &pattern, prep.alpha);
+    match tables {
+        Some(t) => {
+            let (mean, std) = voxel_rows(g, t, layer);
+            let centred = g.sub(&logits, &mean);
+            g.div(&centred, &std)
+        }
+        None => logits,
+    }
 }
 
 /// Flow-2's context [e_pre, logit(E_1) / divisor] from the thresholded energy `e1` (N, 1).
@@ -197,13 +263,16 @@ pub fn export(
     }
     let mut g = builder(spec, dtype, opset)?;
     let dt = data_type(dtype)?;
+    let tables = voxel_tables(&mut g, prep, v)?;
     let e_pre = incident(&mut g, prep, INPUT_E_INC);
     let e_layer = threshold(&mut g, prep, INPUT_E_LAYER);
     let ctx = match flow {
         FlowName::Flow2 => flow2_context(&mut g, prep, &e_pre, &e_layer),
         _ => {
             let e_prev = threshold(&mut g, prep, INPUT_E_PREV);
-            let prev = context_pattern(&mut g, prep, INPUT_PREV_LAYER, INPUT_PREV_NOISE);
+            let one = g.ints(&[1]);
+            let prev_layer = g.op("Sub", &[INPUT_LAYER, &one], vec![]);
+            let prev = context_pattern(&mut g, prep, tables.as_ref(), &prev_layer, INPUT_PREV_LAYER, INPUT_PREV_NOISE);
             let layers: Vec<i64> = (1..LAYERS as i64).collect();
             let layers = g.ints(&layers);
             let hot = g.op("Equal", &[INPUT_LAYER, &layers], vec![]);
@@ -213,7 +282,11 @@ pub fn export(
     };
     let z = g.base_from_noise(spec, tensors, prefix, INPUT_Z, &ctx)?;
     let y = g.flow(spec, tensors, prefix, &z, &ctx)?;
-    let voxels = pattern_to_voxels(&mut g, prep, &y, &e_layer);
+    let layer = match flow {
+        FlowName::Flow3 => INPUT_LAYER.to_string(),
+        _ => g.int_scalar(0),
+    };
+    let voxels = pattern_to_voxels(&mut g, prep, tables.as_ref(), &layer, &y, &e_layer);
     g.output_as(&voxels, OUTPUT_VOXELS);
 
     let mut inputs = vec![value_info(INPUT_Z, v, dt), value_info(INPUT_E_INC, 1, dt), value_info(INPUT_E_LAYER, 1, dt)];

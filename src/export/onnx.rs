@@ -34,6 +34,9 @@ pub(crate) struct Builder {
     pub(crate) dtype: DataType,
     /// Constants already stored, by (type, dims, bytes): every use refers to one initializer.
     consts: HashMap<(i32, Vec<i64>, Vec<u8>), String>,
+    /// A layer's (weight, bias) initializers by its stem: a layer written again (the passes of an
+    /// unrolled MAF solve) refers to the same weights.
+    layers: HashMap<String, (String, String)>,
 }
 
 pub(crate) fn int_attr(name: &str, v: i64) -> AttributeProto {
@@ -145,16 +148,23 @@ impl Builder {
         self.op("Concat", parts, vec![int_attr("axis", 2)])
     }
 
-    /// `xs · Wᵀ + b` with `weight` (out, in) stored transposed.
+    /// `xs · Wᵀ + b` with `weight` (out, in) stored transposed, once per `stem`.
     fn linear(&mut self, xs: &str, weight: &[f64], bias: &[f64], outputs: usize, inputs: usize, stem: &str) -> String {
-        let mut wt = vec![0.0; weight.len()];
-        for o in 0..outputs {
-            for i in 0..inputs {
-                wt[i * outputs + o] = weight[o * inputs + i];
+        let (w, b) = match self.layers.get(stem) {
+            Some(wb) => wb.clone(),
+            None => {
+                let mut wt = vec![0.0; weight.len()];
+                for o in 0..outputs {
+                    for i in 0..inputs {
+                        wt[i * outputs + o] = weight[o * inputs + i];
+                    }
+                }
+                let w = self.floats(&format!("{stem}_weight_t"), &[inputs, outputs], &wt);
+                let b = self.floats(&format!("{stem}_bias"), &[outputs], bias);
+                self.layers.insert(stem.to_string(), (w.clone(), b.clone()));
+                (w, b)
             }
-        }
-        let w = self.floats(&format!("{stem}_weight_t"), &[inputs, outputs], &wt);
-        let b = self.floats(&format!("{stem}_bias"), &[outputs], bias);
+        };
         let m = self.op("MatMul", &[xs, &w], vec![]);
         self.add(&m, &b)
     }
@@ -332,7 +342,14 @@ pub(crate) fn empty(dtype: DType, opset: i64) -> Result<Builder, String> {
     if opset < 13 {
         return Err(format!("opset {opset}: the graph needs opset 13 or later (ReduceSum, Squeeze with axes inputs)"));
     }
-    Ok(Builder { nodes: Vec::new(), inits: Vec::new(), count: 0, dtype: data_type(dtype)?, consts: HashMap::new() })
+    Ok(Builder {
+        nodes: Vec::new(),
+        inits: Vec::new(),
+        count: 0,
+        dtype: data_type(dtype)?,
+        consts: HashMap::new(),
+        layers: HashMap::new(),
+    })
 }
 
 /// A graph input or output (N, cols) of `dt`.
@@ -738,6 +755,7 @@ impl Builder {
         let d = spec.features;
         let widths: Vec<usize> =
             std::iter::once(spec.context_features).chain(hidden.iter().copied()).chain([2 * d]).collect();
+        let id = self.fresh("base");
         let mut h = ctx.to_string();
         for (i, w) in widths.windows(2).enumerate() {
             let weight = values(tensors, &format!("{prefix}.base.{i}.weight"))?;
@@ -749,7 +767,7 @@ impl Builder {
                     w[0] * w[1]
                 ));
             }
-            h = self.linear(&h, &weight, &bias, w[1], w[0], &format!("base{i}"));
+            h = self.linear(&h, &weight, &bias, w[1], w[0], &format!("{id}_{i}"));
             if i + 2 < widths.len() {
                 h = self.relu(&h);
             }

@@ -15,14 +15,19 @@
 //! Inside: Flow-1 (a MAF: per block D sequential passes, one ONNX `Loop` or written out, see
 //! [`MafPasses`]; an IAF in one pass) → layer energies; Flow-2 → layer 0; one `Loop` of 44
 //! iterations runs Flow-3 (its weights stored once, referred to from the loop body) on the
-//! previous layer. The per-layer pre- and postprocessing is [`super::calo`]'s.
+//! previous layer. The per-layer pre- and postprocessing is [`super::calo`]'s, with the model's
+//! voxel standardisation where it has one (`[model] calo_standardise_voxels`: layer t's flow output
+//! de-standardised with layer t's mean and std, layer t − 1's context logits standardised with
+//! layer t − 1's; the (45, V) tables stored once).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_onnx::onnx::ModelProto;
 
-use super::calo::{cast, context_pattern, flow2_context, flow3_context, incident, layer_energies, pattern_to_voxels};
+use super::calo::{
+    cast, context_pattern, flow2_context, flow3_context, incident, layer_energies, pattern_to_voxels, voxel_tables,
+};
 use super::onnx::{data_type, empty, int_attr, ints_attr, value_info_dims, MafPasses};
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::CaloPreprocessing;
@@ -81,6 +86,7 @@ pub fn export(
     let mut g = empty(dtype, opset)?;
     let dt = data_type(dtype)?;
     let [f1, f2, f3] = flows;
+    let tables = voxel_tables(&mut g, prep, v)?;
 
     // Flow-1: the layer energies (N, 45).
     let e_pre = incident(&mut g, prep, INPUT_E_INC);
@@ -95,7 +101,8 @@ pub fn export(
     let ctx2 = flow2_context(&mut g, prep, &e_pre, &e1);
     let z2 = g.base_from_noise(f2.spec, f2.tensors, prefix, INPUT_NOISE_FIRST_LAYER, &ctx2)?;
     let y2 = g.flow_with(f2.spec, f2.tensors, prefix, &z2, &ctx2, passes)?;
-    let layer0 = pattern_to_voxels(&mut g, prep, &y2, &e1);
+    let zero = g.int_scalar(0);
+    let layer0 = pattern_to_voxels(&mut g, prep, tables.as_ref(), &zero, &y2, &e1);
 
     // Flow-3: layers 1..45, iteration i generating layer t = i + 1 from layer t − 1.
     let batch = {
@@ -116,7 +123,7 @@ pub fn export(
         let (t1, i1) = (g.op("Unsqueeze", &[&t, &axis0], vec![]), g.op("Unsqueeze", &[i, &axis0], vec![]));
         let (e_t, e_prev) = (energy(g, &t1), energy(g, &i1));
         let uniforms = g.op("Gather", &[INPUT_NOISE_PATTERNS, i], vec![int_attr("axis", 1)]);
-        let prev = context_pattern(g, prep, &carried[0], &uniforms);
+        let prev = context_pattern(g, prep, tables.as_ref(), i, &carried[0], &uniforms);
         let hot = g.op("Equal", &[&t, &layer_numbers], vec![]);
         let hot = cast(g, &hot, dt);
         let onehot = g.op("Expand", &[&hot, &onehot_shape], vec![]);
@@ -124,7 +131,7 @@ pub fn export(
         let eps = g.op("Gather", &[INPUT_NOISE_LAYERS, i], vec![int_attr("axis", 1)]);
         let z3 = g.base_from_noise(f3.spec, f3.tensors, prefix, &eps, &ctx3)?;
         let y3 = g.flow_with(f3.spec, f3.tensors, prefix, &z3, &ctx3, passes)?;
-        let layer = pattern_to_voxels(g, prep, &y3, &e_t);
+        let layer = pattern_to_voxels(g, prep, tables.as_ref(), &t, &y3, &e_t);
         Ok((vec![layer.clone()], vec![layer]))
     })?;
     // (44, N, V) → (N, 44·V), after layer 0.
