@@ -487,7 +487,17 @@ pub struct ExportOnnxArgs {
     /// With --whole-shower: how a MAF's D sequential passes per block are written (one ONNX
     /// Loop per block, or written out: same results, see docs/performance.md for the speed).
     #[arg(long, value_enum, default_value_t, requires = "whole_shower")]
-    pub maf_passes: crate::export::onnx::MafPasses,
+    pub maf_passes: MafPassesArg,
+}
+
+/// `export-onnx --maf-passes` (mapped to `export::onnx::MafPasses` by the command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MafPassesArg {
+    /// One ONNX Loop per block, its body one pass.
+    #[default]
+    Loop,
+    /// The D passes written out (same shared weights).
+    Unrolled,
 }
 
 /// The CaloChallenge definition of `log_prob` (a literal, for `concat!`).

@@ -76,8 +76,11 @@ fn whole_shower(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     let prep = crate::models::calo::preprocessing(&m, &a.model)?;
     let geometry = crate::data::geometry::CaloGeometry::for_dataset(dataset).expect("dataset 2 or 3");
     let flows = [0, 1, 2].map(|i| shower::FlowWeights { spec: &loaded[i].0, tensors: &loaded[i].1 });
-    let model =
-        shower::export(flows, io::PREFIX, dtype, a.opset, &prep, &geometry, a.maf_passes).map_err(|e| fail(&e))?;
+    let passes = match a.maf_passes {
+        crate::cli::MafPassesArg::Loop => onnx::MafPasses::Loop,
+        crate::cli::MafPassesArg::Unrolled => onnx::MafPasses::Unrolled,
+    };
+    let model = shower::export(flows, io::PREFIX, dtype, a.opset, &prep, &geometry, passes).map_err(|e| fail(&e))?;
     let bytes = onnx::to_bytes(&model);
     atomic::write_bytes(&a.output, &bytes)?;
     Ok(("flow1+flow2+flow3 (whole shower)".into(), bytes.len()))

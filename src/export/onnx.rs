@@ -381,7 +381,7 @@ pub(crate) fn value_info_dims(name: &str, dims: &[usize], dt: DataType) -> Value
 }
 
 /// How a MAF's D sequential MADE passes per block are written (an IAF samples in one pass).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MafPasses {
     /// One ONNX `Loop` per block, its body one pass (the graph stays small).
     #[default]
