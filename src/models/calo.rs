@@ -237,7 +237,12 @@ pub fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
 
 /// The preprocessing a teacher of `cfg` is trained with, before any voxel standardisation is fitted.
 pub fn configured_preprocessing(cfg: &Config) -> CaloPreprocessing {
-    CaloPreprocessing { renormalise_layers: cfg.model.calo_renormalise_layers, ..CaloPreprocessing::default() }
+    let default = CaloPreprocessing::default();
+    CaloPreprocessing {
+        renormalise_layers: cfg.model.calo_renormalise_layers,
+        noise_mev: cfg.model.calo_noise_mev.unwrap_or(default.noise_mev),
+        ..default
+    }
 }
 
 /// Training showers the voxel standardisation is fitted on at most (its means and stds are
