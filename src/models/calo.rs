@@ -358,7 +358,13 @@ pub fn merge_with_existing(out: &Path, mut manifest: Manifest, resume: bool) -> 
 /// The CaloChallenge preprocessing a model was trained with.
 pub fn preprocessing(m: &Manifest, dir: &Path) -> Result<CaloPreprocessing> {
     match &m.preprocessing {
-        Preprocessing::Calo(p) => Ok(p.clone()),
+        Preprocessing::Calo(p) => {
+            if let Some(g) = m.detector.dataset().and_then(CaloGeometry::for_dataset) {
+                p.check_voxel_standardisation(g.voxels_per_layer())
+                    .map_err(|e| Error::checkpoint(&dir.join(MODEL_JSON), e))?;
+            }
+            Ok(p.clone())
+        }
         Preprocessing::Zdc(_) => Err(Error::checkpoint(dir, "is a ZDC model, not a CaloChallenge one")),
     }
 }
