@@ -7,6 +7,7 @@ pub mod calo_features_out;
 pub mod calo_hist;
 pub mod calo_plots;
 pub mod classifier;
+pub mod photon_total;
 pub mod plots;
 pub mod report;
 pub mod stats;
