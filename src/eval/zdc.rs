@@ -274,7 +274,14 @@ fn draw(dir: &Path, r: &Scan, g: &Scan) -> Result<()> {
             generated: g.channels.iter().map(|x| x[c]).collect(),
         })
         .collect();
-    plots::histograms(&dir.join("zdc_channels.png"), "ZDC channel values", &panels)?;
+    let (ws, mean_ws) = ws_channels(&r.channels, &g.channels);
+    let notes: Vec<String> = ws.iter().map(|w| format!("WS {w:.2} photons")).collect();
+    plots::log_histograms(
+        &dir.join("zdc_channels.png"),
+        &format!("ZDC channel values (mean WS {mean_ws:.2}; reference band, generated line)"),
+        &panels,
+        &notes,
+    )?;
     let heat = |title: &str, v: &[f64]| HeatPanel { title: title.into(), values: v.to_vec(), rows: SIDE, cols: SIDE };
     plots::heatmaps_with_colorbar(
         &dir.join("zdc_mean_images.png"),
