@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures peak memory (RSS) of generating, inspecting, sampling and evaluating 100 000
-# CaloChallenge dataset-3 showers (16 GB as float32): every step streams, so each stays far
-# below 2 GB. Needs ≈ 40 GB of free disk; takes a while on 2 cores (sampling 100k DS3 showers).
+# CaloChallenge dataset-3 showers (16 GB as float32): every step streams; all but `evaluate` stay
+# below 1 GB, `evaluate` (the classifier on 40 501 inputs) peaks near 5.3 GB (docs/performance.md).
+# Needs ≈ 40 GB of free disk; takes a while on 2 cores (sampling 100k DS3 showers).
 #   bash scripts/memory.sh [WORKDIR] [EVENTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Channel-loss weight sweep (ZDC): one teacher, one bs+ch student per weight (distill.channel_weight,
-# channel loss in photons², README "Distillation loss"), each sampled on the test split with the
+# channel loss in photons², docs/methods.md "Distillation loss"), each sampled on the test split with the
 # file's photon sums and the default noise removal, evaluated; prints a markdown table of MAE_c,
 # MAE_cw, WS and the student's best validation KL against the weight, after the noise-floor row.
 #

@@ -490,8 +490,9 @@ log_prob = log q1(u | E_inc) + log q2(y_1 | E_inc, E_1) + sum_{i=2..45} log q3(y
 + log_det, where q are the flows' densities (base included) and log_det = sum_i [log|du_i/dE_i| + \
 sum_{v<V} log|dy_iv/dp_iv| - (V-1) log E_i] is log|det| of the bijection x~_i -> (u_i, y_i1..y_i(V-1)) of each layer \
 (the fractions sum to one, so the V-th logit is fixed by the others; the flows' density of the whole V-vector y_i \
-is taken as the density of its first V-1 coordinates, as the published factorisation is read). E_inc is a \
-condition, not a variable."
+is taken as the density of its first V-1 coordinates, as the published factorisation is read). A model with a \
+voxel standardisation models y_iv = (logit(p_iv) - m_iv) / s_iv instead (m, s in model.json), and log_det holds \
+- sum_{v<V} log s_iv besides. E_inc is a condition, not a variable."
     };
 }
 

@@ -124,12 +124,13 @@ fn calo_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summa
         let spec = teacher_spec(section, dx, dc, derive_seed(tc.seed, &[tag::INIT, calo::index(f)]));
         units.insert(f.as_str().to_string(), Unit { dir: f.as_str().into(), flow: Some(spec) });
     }
+    let prep = calo::teacher_preprocessing(cfg, out, &data, base.seed)?;
     let manifest = Manifest::teacher(
         cfg.model.detector,
         cfg.model.dtype,
         base.seed,
         calo::data_info(cfg, &data, split_seed),
-        Preprocessing::Calo(calo::configured_preprocessing(cfg)),
+        Preprocessing::Calo(prep),
         units,
         cfg.to_json(),
     );

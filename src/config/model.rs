@@ -78,6 +78,11 @@ pub struct ModelSection {
     /// by Flow-1's layer energy (default false, as the published sampler; saved in model.json).
     #[serde(default)]
     pub calo_renormalise_layers: bool,
+    /// CaloChallenge: standardise every (layer, voxel) logit that Flow-2 and Flow-3 see — their
+    /// targets and Flow-3's previous-layer context — by its mean and std over the training split
+    /// (saved in model.json, undone at sampling). Not in the paper: the fast recipe's main step.
+    #[serde(default)]
+    pub calo_standardise_voxels: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -66,6 +66,11 @@ pub struct CaloPreprocessing {
     /// published sampler; see `[model] calo_renormalise_layers`.
     #[serde(default)]
     pub renormalise_layers: bool,
+    /// Per-(layer, voxel) standardisation of the pattern logits (45 × voxels per layer, layer by
+    /// layer), fitted on the training split; `[model] calo_standardise_voxels`. Flow-2 and Flow-3
+    /// model the standardised logits `(y − mean) / std`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voxel_standardisation: Option<Standardizer>,
 }
 
 impl Default for CaloPreprocessing {
@@ -78,6 +83,7 @@ impl Default for CaloPreprocessing {
             flow2_e1_divisor: 4.0,
             threshold_mev: 1.5e-2,
             renormalise_layers: false,
+            voxel_standardisation: None,
         }
     }
 }
@@ -103,6 +109,17 @@ impl CaloPreprocessing {
         let sum: f64 = noised.iter().sum();
         for (o, v) in out.iter_mut().zip(&noised) {
             *o = logit(v / sum, self.alpha) as f32;
+        }
+    }
+
+    /// Standardises layer `layer`'s pattern logits in place (nothing without a standardisation).
+    pub fn standardise_layer(&self, layer: usize, logits: &mut [f32]) {
+        if let Some(s) = &self.voxel_standardisation {
+            let v = logits.len();
+            let (mean, std) = (&s.mean[layer * v..(layer + 1) * v], &s.std[layer * v..(layer + 1) * v]);
+            for ((o, m), sd) in logits.iter_mut().zip(mean).zip(std) {
+                *o = ((*o as f64 - m) / sd) as f32;
+            }
         }
     }
 

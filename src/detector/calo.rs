@@ -52,6 +52,53 @@ pub fn layer_pattern<R: Rng>(prep: &CaloPreprocessing, layer: &[f32], rng: &mut 
     }
 }
 
+/// A voxel standardisation (`CaloPreprocessing::voxel_standardisation`) as (45, voxels) tensors:
+/// what sampling applies to the previous layer's logits and undoes on the flows' outputs.
+pub struct StandardisationTables {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl StandardisationTables {
+    /// The tables of `prep`'s standardisation (None without one); `Err` with a message when its
+    /// length is not 45 × `v`.
+    pub fn new(
+        prep: &CaloPreprocessing,
+        v: usize,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> std::result::Result<Option<Self>, String> {
+        let Some(s) = &prep.voxel_standardisation else { return Ok(None) };
+        if s.mean.len() != LAYERS * v || s.std.len() != LAYERS * v {
+            return Err(format!(
+                "preprocessing.calo.voxel_standardisation has {} means and {} stds; {LAYERS} layers of {v} voxels need {}",
+                s.mean.len(),
+                s.std.len(),
+                LAYERS * v
+            ));
+        }
+        if let Some(bad) = s.std.iter().chain(&s.mean).find(|x| !x.is_finite()) {
+            return Err(format!("preprocessing.calo.voxel_standardisation holds {bad}"));
+        }
+        if let Some(bad) = s.std.iter().find(|&&x| x <= 0.0) {
+            return Err(format!("preprocessing.calo.voxel_standardisation has a std of {bad}; stds must be > 0"));
+        }
+        let table = |x: &[f64]| Tensor::from_slice(x, (LAYERS, v), device)?.to_dtype(dtype);
+        let tables = (|| Ok::<_, candle_core::Error>(Self { mean: table(&s.mean)?, std: table(&s.std)? }))();
+        tables.map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Logits (n, voxels) of layer `t` → the standardised values the flows see.
+    pub fn standardise(&self, logits: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+        logits.broadcast_sub(&self.mean.narrow(0, t, 1)?)?.broadcast_div(&self.std.narrow(0, t, 1)?)
+    }
+
+    /// A flow's output (n, voxels) for layer `t` → pattern logits.
+    pub fn destandardise(&self, y: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+        y.broadcast_mul(&self.std.narrow(0, t, 1)?)?.broadcast_add(&self.mean.narrow(0, t, 1)?)
+    }
+}
+
 /// [`flow2_context`] of a batch: `e_inc` (n, 1) preprocessed, `e1_logits` (n, 1).
 pub fn flow2_context_tensor(
     prep: &CaloPreprocessing,

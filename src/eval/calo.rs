@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::calo_features::{calo_features, feature_columns, high_level_matrix, CaloFeatures, EVALUATION_THRESHOLD_MEV};
 use super::calo_hist::{kind_of, log_edges, Binned, Compared};
+use super::calo_profile::{LayerProfile, ProfileErrors, PROFILE_LAYERS};
 use super::classifier::{self, RowStore, RowWriter, Settings};
 use super::stats::{frechet_distance, kernel_physics_distance, normalise_by_reference_max};
 use crate::data::calo::CaloFile;
@@ -209,6 +210,11 @@ pub fn evaluate(
     let mut metrics = Map::new();
     metrics.insert("separation_power".into(), Value::Object(sp));
 
+    // The per-layer shape profile (sparsity, width and centre in r), layers 2–40.
+    let (profile_r, profile_g) = (LayerProfile::of(&r.features), LayerProfile::of(&g.features));
+    let profile = ProfileErrors::between(&profile_r, &profile_g);
+    metrics.insert("profile".into(), json!(profile));
+
     // FPD and KPD on the high-level features, scaled by the reference's column maxima.
     let (hr, hg) = (high_level_matrix(&r.features), high_level_matrix(&g.features));
     let (nr, ng) = normalise_by_reference_max(&hr, &hg);
@@ -224,6 +230,13 @@ pub fn evaluate(
         "separation_power_binning": "evaluate.py (CaloChallenge/homepage code/evaluate_plotting_helper.py)",
         "separation_power_per_feature": per_feature,
         "out_of_range_underflow_overflow": out_of_range,
+        "profile": {
+            "layers": [PROFILE_LAYERS.start(), PROFILE_LAYERS.end()],
+            "definition": "per-layer means of sparsity, width r and centre r (HighLevelFeatures, after the threshold); \
+                sparsity: mean |Δ|, width_r_rel: mean |Δ|/reference, centre_r_mm: mean |Δ| in mm, over the layers",
+            "reference": profile_r,
+            "generated": profile_g,
+        },
     });
 
     if !opts.inputs.is_empty() {

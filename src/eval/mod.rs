@@ -6,6 +6,7 @@ pub mod calo_features;
 pub mod calo_features_out;
 pub mod calo_hist;
 pub mod calo_plots;
+pub mod calo_profile;
 pub mod classifier;
 pub mod photon_total;
 pub mod plots;

@@ -12,7 +12,9 @@
 //! 2. each energy E: zero below the threshold, then u = logit(E / layer_scale) (α-regularised);
 //! 3. Flow-2's context [e_pre, u_1 / divisor]; Flow-3's [e_pre, u_t, u_{t−1}, logit of the previous
 //!    layer noised by prev_noise·noise_mev and normalised to unit sum, one-hot(t − 1) of 44];
-//! 4. y = f⁻¹(b(z | c) | c), b the flow's base (z itself for the standard normal);
+//! 4. y = f⁻¹(b(z | c) | c), b the flow's base (z itself for the standard normal), times the
+//!    voxel standardisation's std plus its mean (of layer t) where the model has one — whose
+//!    previous-layer logits in step 3 are standardised with layer t − 1's;
 //! 5. voxels = threshold(clip((sigmoid(y) − α)/(1 − 2α), 0, 1) [/ its sum + 1e-16 where the model
 //!    renormalises layers] · E_layer).
 
@@ -75,6 +77,30 @@ fn threshold(g: &mut Builder, prep: &CaloPreprocessing, x: &str) -> String {
     g.op("Where", &[&keep, x, &zero], vec![])
 }
 
+/// The voxel standardisation's (mean, std) rows (N, V) — or (1, V) for layer 0 — of the layer
+/// `index` (N, 1) int64 (None: layer 0), minus `back` layers; None without a standardisation.
+fn standardisation(
+    g: &mut Builder,
+    prep: &CaloPreprocessing,
+    v: usize,
+    index: Option<&str>,
+    back: i64,
+) -> Option<(String, String)> {
+    let s = prep.voxel_standardisation.as_ref()?;
+    let mut rows = |stem: &str, values: &[f64]| match index {
+        None => g.floats(stem, &[1, v], &values[..v]),
+        Some(index) => {
+            let table = g.floats(stem, &[LAYERS, v], values);
+            let offset = g.ints(&[back]);
+            let layer = g.op("Sub", &[index, &offset], vec![]);
+            let picked = g.op("Gather", &[&table, &layer], vec![int_attr("axis", 0)]);
+            let shape = g.ints(&[-1, v as i64]);
+            g.op("Reshape", &[&picked, &shape], vec![])
+        }
+    };
+    Some((rows("voxel_mean", &s.mean), rows("voxel_std", &s.std)))
+}
+
 /// Row sums (N, 1) of `x` (N, V).
 fn row_sum(g: &mut Builder, x: &str) -> String {
     let axis = g.ints(&[1]);
@@ -135,7 +161,11 @@ pub fn export(
             let noised = g.add(INPUT_PREV_LAYER, &noise);
             let sum = row_sum(&mut g, &noised);
             let pattern = g.div(&noised, &sum);
-            let prev = logit(&mut g, &pattern, prep.alpha);
+            let mut prev = logit(&mut g, &pattern, prep.alpha);
+            if let Some((mean, std)) = standardisation(&mut g, prep, v, Some(INPUT_LAYER), 1) {
+                let centred = g.sub(&prev, &mean);
+                prev = g.div(&centred, &std);
+            }
             let layers: Vec<i64> = (1..LAYERS as i64).collect();
             let layers = g.ints(&layers);
             let hot = g.op("Equal", &[INPUT_LAYER, &layers], vec![]);
@@ -146,7 +176,12 @@ pub fn export(
 
     // 4. Base and flow.
     let z = g.base_from_noise(spec, tensors, prefix, INPUT_Z, &ctx)?;
-    let y = g.flow(spec, tensors, prefix, &z, &ctx)?;
+    let mut y = g.flow(spec, tensors, prefix, &z, &ctx)?;
+    let index = (flow == FlowName::Flow3).then_some(INPUT_LAYER);
+    if let Some((mean, std)) = standardisation(&mut g, prep, v, index, 0) {
+        let scaled = g.mul(&y, &std);
+        y = g.add(&scaled, &mean);
+    }
 
     // 5. Voxels in MeV.
     let s = g.op("Sigmoid", &[&y], vec![]);

@@ -87,7 +87,8 @@ impl CaloData {
     }
 }
 
-/// One shower, preprocessed: E_inc, layer-energy logits (noised), per-layer voxel logits.
+/// One shower, preprocessed: E_inc, layer-energy logits (noised), per-layer voxel logits
+/// (standardised when the preprocessing has a voxel standardisation).
 pub struct Processed {
     pub e_inc: f32,
     pub layer_logits: Vec<f32>,
@@ -116,7 +117,9 @@ pub fn process(
         }
         layer_logits.push(prep.layer_energy(e));
         if l < voxel_layers {
-            layer_pattern(prep, layer, rng, &mut voxel_logits[l * v..(l + 1) * v]);
+            let out = &mut voxel_logits[l * v..(l + 1) * v];
+            layer_pattern(prep, layer, rng, out);
+            prep.standardise_layer(l, out);
         }
     }
     Ok(Processed { e_inc: prep.e_inc(e_inc), layer_logits, voxel_logits })
@@ -232,9 +235,83 @@ pub fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
     }
 }
 
-/// The preprocessing a teacher of `cfg` is trained with.
+/// The preprocessing a teacher of `cfg` is trained with, before any voxel standardisation is fitted.
 pub fn configured_preprocessing(cfg: &Config) -> CaloPreprocessing {
     CaloPreprocessing { renormalise_layers: cfg.model.calo_renormalise_layers, ..CaloPreprocessing::default() }
+}
+
+/// Training showers the voxel standardisation is fitted on at most (its means and stds are
+/// settled well before; a DS3 pass over 70 000 showers would take minutes).
+pub const STANDARDISATION_SHOWERS: usize = 20_000;
+
+/// Per-(layer, voxel) mean and std of the pattern logits (one noise draw per voxel, from `seed`)
+/// over the first [`STANDARDISATION_SHOWERS`] training showers `events`.
+pub fn fit_voxel_standardisation(
+    prep: &CaloPreprocessing,
+    data: &CaloData,
+    events: &[usize],
+    seed: u64,
+) -> Result<crate::data::preprocess::Standardizer> {
+    let g = &data.file.geometry;
+    let (v, width) = (g.voxels_per_layer(), g.voxels());
+    let mut chosen: Vec<usize> = events.iter().copied().take(STANDARDISATION_SHOWERS).collect();
+    chosen.sort_unstable();
+    if chosen.is_empty() {
+        return Err(Error::config("model.calo_standardise_voxels", "needs training showers; the split has none"));
+    }
+    let mut rng = crate::util::rng::derive(seed, &[crate::util::rng::tag::STANDARDISE]);
+    let (mut sum, mut sum_sq) = (vec![0f64; width], vec![0f64; width]);
+    let mut logits = vec![0f32; v];
+    let block = ((64 << 20) / (4 * width)).max(1);
+    for part in chosen.chunks(block) {
+        let chunk = data.file.read_at(part)?;
+        for shower in chunk.showers.chunks(width) {
+            for (l, layer) in shower.chunks(v).enumerate() {
+                layer_pattern(prep, layer, &mut rng, &mut logits);
+                for (k, &y) in logits.iter().enumerate() {
+                    sum[l * v + k] += y as f64;
+                    sum_sq[l * v + k] += (y as f64) * (y as f64);
+                }
+            }
+        }
+    }
+    let n = chosen.len() as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sum_sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| {
+            let sd = (q / n - m * m).max(0.0).sqrt();
+            // A voxel that never varies (one shower, or a constant pattern) keeps its scale.
+            if sd > 1e-6 {
+                sd
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Ok(crate::data::preprocess::Standardizer { mean, std })
+}
+
+/// The preprocessing of a teacher directory: `configured` with the voxel standardisation fitted
+/// on the training split when `[model] calo_standardise_voxels` asks for it — or the one already in
+/// `out`'s model.json, so flows trained into one directory by several configs share it.
+pub fn teacher_preprocessing(cfg: &Config, out: &Path, data: &CaloData, seed: u64) -> Result<CaloPreprocessing> {
+    let mut prep = configured_preprocessing(cfg);
+    if !cfg.model.calo_standardise_voxels {
+        return Ok(prep);
+    }
+    if out.join(MODEL_JSON).is_file() {
+        if let Ok(Manifest { preprocessing: Preprocessing::Calo(existing), .. }) = Manifest::load(out) {
+            let mut same = existing.clone();
+            same.voxel_standardisation = None;
+            if same == prep && existing.voxel_standardisation.is_some() {
+                return Ok(existing);
+            }
+        }
+    }
+    prep.voxel_standardisation = Some(fit_voxel_standardisation(&prep, data, &data.split.train, seed)?);
+    Ok(prep)
 }
 
 /// A teacher directory may gain flows from further configs (one config per flow): the existing

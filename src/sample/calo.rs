@@ -4,7 +4,8 @@
 //! the published sampler: `clamp((sigmoid(y) − α)/(1 − 2α), 0, 1) · E_i`, voxels below 15 keV set to
 //! zero, no renormalisation (unless the model was trained with `[model] calo_renormalise_layers`,
 //! which scales each layer's pattern to sum 1 first); conditions use the thresholded Flow-1
-//! energies without noise.
+//! energies without noise. A model with a voxel standardisation gives its flows the standardised
+//! logits of the previous layer and de-standardises what they generate.
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::FlowName;
 use crate::data::geometry::{CaloGeometry, LAYERS};
 use crate::data::preprocess::{inverse_logit_tensor, logit_tensor, threshold_tensor, CaloPreprocessing};
-use crate::detector::calo::{flow2_context_tensor, flow3_context_tensor, layer_pattern_tensor};
+use crate::detector::calo::{flow2_context_tensor, flow3_context_tensor, layer_pattern_tensor, StandardisationTables};
 use crate::detector::noise::BatchNoise;
 use crate::error::{Error, Result};
 use crate::flow::Flow;
@@ -23,6 +24,8 @@ use crate::models::student::frozen_flow;
 pub struct CaloChain {
     flows: [Flow; 3],
     prep: CaloPreprocessing,
+    /// The voxel standardisation, if the model has one.
+    standardisation: Option<StandardisationTables>,
     pub geometry: CaloGeometry,
     dtype: DType,
     device: Device,
@@ -47,7 +50,9 @@ impl CaloChain {
             frozen_flow(dir, m, f.as_str(), dtype, device)
         };
         let flows = [load(FlowName::Flow1)?, load(FlowName::Flow2)?, load(FlowName::Flow3)?];
-        Ok(Self { flows, prep, geometry, dtype, device: device.clone() })
+        let standardisation = StandardisationTables::new(&prep, geometry.voxels_per_layer(), device, dtype)
+            .map_err(|e| Error::checkpoint(&dir.join(crate::models::manifest::MODEL_JSON), e))?;
+        Ok(Self { flows, prep, standardisation, geometry, dtype, device: device.clone() })
     }
 
     /// Switches every flow's products to `precision`.
@@ -62,14 +67,22 @@ impl CaloChain {
         t.narrow(1, i, 1)
     }
 
-    /// Layer voxels (MeV) from pattern logits `y` and layer energies `e` (n, 1).
-    fn voxels(&self, y: &Tensor, e: &Tensor) -> candle_core::Result<Tensor> {
-        layer_voxels(&self.prep, y, e)
+    /// Layer `t`'s voxels (MeV) from the flow's output `y` and layer energies `e` (n, 1).
+    fn voxels(&self, y: &Tensor, e: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+        let y = match &self.standardisation {
+            Some(s) => s.destandardise(y, t)?,
+            None => y.clone(),
+        };
+        layer_voxels(&self.prep, &y, e)
     }
 
-    /// Flow-3's view of a generated layer: noised, normalised to unit sum, logit.
-    fn pattern(&self, layer: &Tensor, u: &Tensor) -> candle_core::Result<Tensor> {
-        layer_pattern_tensor(&self.prep, layer, u)
+    /// Flow-3's view of generated layer `t`: noised, normalised to unit sum, logit, standardised.
+    fn pattern(&self, layer: &Tensor, u: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+        let logits = layer_pattern_tensor(&self.prep, layer, u)?;
+        match &self.standardisation {
+            Some(s) => s.standardise(&logits, t),
+            None => Ok(logits),
+        }
     }
 
     /// The logits Flow-2 and Flow-3 are conditioned on, of layer energies (MeV, thresholded).
@@ -97,7 +110,7 @@ impl CaloChain {
     pub fn first_layer(&self, e_pre: &Tensor, e1: &Tensor, z: &Tensor) -> Result<Tensor> {
         let ctx2 = flow2_context_tensor(&self.prep, e_pre, &self.energy_logits(e1)?)?;
         let y = self.flows[1].sample_from(z, Some(&ctx2))?.0;
-        Ok(self.voxels(&y, e1)?)
+        Ok(self.voxels(&y, e1, 0)?)
     }
 
     /// Flow-3: layer `t`'s voxels (0-based, 1..45) given its energy `e_t`, the previous layer's
@@ -114,10 +127,10 @@ impl CaloChain {
         t: usize,
         z: &Tensor,
     ) -> Result<Tensor> {
-        let prev = self.pattern(prev, prev_noise)?;
+        let prev = self.pattern(prev, prev_noise, t - 1)?;
         let ctx3 = flow3_context_tensor(e_pre, &self.energy_logits(e_t)?, &self.energy_logits(e_prev)?, &prev, t)?;
         let y = self.flows[2].sample_from(z, Some(&ctx3))?.0;
-        Ok(self.voxels(&y, e_t)?)
+        Ok(self.voxels(&y, e_t, t)?)
     }
 
     /// Showers (n × voxels, MeV, row-major) for incident energies in MeV.
@@ -170,5 +183,60 @@ mod tests {
         let r: Vec<f32> = layer_voxels(&prep, &y, &e).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         // 100 · 0.2 / 0.4001 = 49.99: the layer holds its energy again.
         assert!((r[0] - 100.0 * 0.2 / 0.4001).abs() < 1e-2 && (r[0] + r[1] + r[2] - 100.0).abs() < 0.05, "{r:?}");
+    }
+
+    /// Training's standardised pattern logits (the host rows of `models::calo::process`), undone by
+    /// sampling's tables, are the plain pattern logits of the same showers and noise: the
+    /// standardisation's inverse is exact (to float32 rounding), so sampling post-processes the
+    /// same values with or without it.
+    #[test]
+    fn voxel_standardisation_round_trips_from_training_to_sampling() {
+        use rand::SeedableRng;
+
+        let g = CaloGeometry::for_dataset(2).unwrap();
+        let v = g.voxels_per_layer();
+        let showers = crate::data::synth::calo::generate_calo(&g, 3, 0, 40);
+        let plain = CaloPreprocessing::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        // Fit on the showers' own logits (45 × V columns), as training does.
+        let mut logits = vec![0f32; showers.showers.len()];
+        for (shower, out) in showers.showers.chunks(g.voxels()).zip(logits.chunks_mut(g.voxels())) {
+            for (layer, o) in shower.chunks(v).zip(out.chunks_mut(v)) {
+                crate::detector::calo::layer_pattern(&plain, layer, &mut rng, o);
+            }
+        }
+        let fitted = crate::data::preprocess::Standardizer::fit(&logits, g.voxels());
+        assert!(fitted.std.iter().any(|&s| s > 2.0) && fitted.mean.iter().any(|&m| m < -8.0), "a real spread");
+        let standardised = CaloPreprocessing { voxel_standardisation: Some(fitted), ..plain.clone() };
+        let tables = StandardisationTables::new(&standardised, v, &Device::Cpu, DType::F32).unwrap().unwrap();
+        let row = |y: &[f32]| Tensor::from_vec(y.to_vec(), (1, v), &Device::Cpu).unwrap();
+        let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let mut worst = 0f32;
+        for (k, shower) in showers.showers.chunks(g.voxels()).enumerate() {
+            let seeded = || rand_chacha::ChaCha8Rng::seed_from_u64(100 + k as u64);
+            let a = crate::models::calo::process(&plain, &g, 5e4, shower, LAYERS, &mut seeded()).unwrap();
+            let b = crate::models::calo::process(&standardised, &g, 5e4, shower, LAYERS, &mut seeded()).unwrap();
+            let e = Tensor::from_vec(vec![shower[..v].iter().sum::<f32>() + 1.0], (1, 1), &Device::Cpu).unwrap();
+            for t in 0..LAYERS {
+                let (ya, yb) = (&a.voxel_logits[t * v..(t + 1) * v], &b.voxel_logits[t * v..(t + 1) * v]);
+                let back = values(&tables.destandardise(&row(yb), t).unwrap());
+                for (x, y) in ya.iter().zip(&back) {
+                    worst = worst.max((x - y).abs() / (1.0 + x.abs()));
+                }
+                // And sampling's standardisation of a layer's logits is training's.
+                let again = values(&tables.standardise(&row(ya), t).unwrap());
+                for (x, y) in yb.iter().zip(&again) {
+                    worst = worst.max((x - y).abs() / (1.0 + x.abs()));
+                }
+                let (va, vb) = (
+                    values(&layer_voxels(&plain, &row(ya), &e).unwrap()),
+                    values(&layer_voxels(&plain, &tables.destandardise(&row(yb), t).unwrap(), &e).unwrap()),
+                );
+                for (x, y) in va.iter().zip(&vb) {
+                    assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "layer {t}: {x} vs {y}");
+                }
+            }
+        }
+        assert!(worst < 2e-6, "{worst}");
     }
 }

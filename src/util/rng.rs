@@ -13,6 +13,7 @@ pub mod tag {
     pub const VALIDATION: u64 = 4;
     pub const SAMPLE: u64 = 6;
     pub const INIT: u64 = 7;
+    pub const STANDARDISE: u64 = 8;
 }
 
 fn splitmix64(mut x: u64) -> u64 {
