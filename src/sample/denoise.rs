@@ -263,10 +263,11 @@ mod tests {
         (bias / n, abs / n, crate::eval::zdc_metrics::ws_channels(&ch_ref, &ch_out).1)
     }
 
-    /// The round trip that picks the default: reference images (the synthetic ZDC generator)
-    /// → preprocessing with its noise → inverse with the true photon sum → compared with the
-    /// original. Prints the table (README "Noise removal"; `cargo test --release --lib
-    /// sample::denoise -- --nocapture`) and checks that the default is the closest variant.
+    /// The round trip on reference images (the synthetic ZDC generator) → preprocessing with its
+    /// noise → inverse with the true photon sum → compared with the original. Prints the table
+    /// (docs/validation.md "Noise removal (ZDC)"; `cargo test --release --lib sample::denoise --
+    /// --nocapture`) and checks that the default (chosen on generated images) is the closest
+    /// variant here too.
     #[test]
     fn round_trip_table_on_reference_images() {
         let events = crate::data::synth::zdc::generate_zdc(21, 400);
