@@ -208,8 +208,10 @@ pub struct SampleArgs {
     /// model's photon-sum flow (model).
     #[arg(long, value_enum, default_value = "model")]
     pub photon_sum: crate::sample::zdc::PhotonSumSource,
-    /// ZDC: noise removal: round (default), floor, floor-recalc, sub-floor, sub-floor-recalc.
-    #[arg(long, value_enum, default_value = "round")]
+    /// ZDC: noise removal: sub-floor-fill (default: keeps each image's total at its photon sum),
+    /// round, floor, floor-recalc, sub-floor, sub-floor-recalc (src/sample/denoise.rs; chosen on
+    /// generated responses, docs/validation.md).
+    #[arg(long, value_enum, default_value = "sub-floor-fill")]
     pub denoise: crate::sample::denoise::Denoise,
     /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
     /// README "Performance" gives the measured effect on the metrics).
@@ -461,7 +463,7 @@ pub struct ExportOnnxArgs {
     /// ZDC models (the image flow `flow`): inputs `z` (N, 1936) standard-normal noise,
     /// `particle` (N, 9) RAW particle features as in the data file's conditions (the condition
     /// scaler is in the graph) and `photon_sum` (N, 1); output `photons` (N, 1936) float32 photon
-    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (all five
+    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (all six
     /// noise removals are in the graph; `round` rounds halves away from zero, as zdcflow does; a
     /// conditional base maps the noise to μ(c) + σ(c)·z in the graph, as `sample` does).
     /// CaloChallenge students (`--unit flow3`, the default, or `flow2`): one layer's voxels in MeV

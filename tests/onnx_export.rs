@@ -194,7 +194,7 @@ fn check_postprocessed_zdc(d: &Path, model: &str, python: &str) {
     };
     let (zp, pp, sp) = (save("z.npy", &z, 1936), save("p.npy", &particles, 9), save("s.npy", &sums, 1));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
-    for variant in [Denoise::Round, Denoise::FloorRecalc] {
+    for variant in [Denoise::Round, Denoise::FloorRecalc, Denoise::SubFloorFill] {
         let name = format!("{model}.{}", variant.name());
         let onnx = path(d, &format!("{name}.onnx"));
         ok(d, &["export-onnx", "--model", model, "--postprocess", "--denoise", variant.name(), "--output", &onnx]);

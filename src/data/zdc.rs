@@ -456,6 +456,11 @@ impl ZdcWriter {
         Ok(())
     }
 
+    /// Sets a file attribute (e.g. a summary known only once every event is written).
+    pub fn set_attr(&self, key: &str, value: &str) -> Result<()> {
+        h5::set_attr(self.out.file(), &self.out.path, key, value)
+    }
+
     pub fn finish(self) -> Result<()> {
         if self.written != self.events {
             let path = self.out.path.display();

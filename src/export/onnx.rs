@@ -45,16 +45,29 @@ impl Builder {
     }
 
     pub(crate) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
-        let out = self.fresh(&op.to_lowercase());
+        self.op_with_outputs(op, inputs, attrs, 1).remove(0)
+    }
+
+    /// A node with `outputs` outputs (e.g. TopK's values and indices).
+    pub(crate) fn op_with_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
+        let first = self.fresh(&op.to_lowercase());
+        let names: Vec<String> =
+            (0..outputs).map(|k| if k == 0 { first.clone() } else { format!("{first}_{k}") }).collect();
         self.nodes.push(NodeProto {
             op_type: op.into(),
-            name: format!("{out}_node"),
+            name: format!("{first}_node"),
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
+            output: names.clone(),
             attribute: attrs,
             ..Default::default()
         });
-        out
+        names
     }
 
     /// A float initializer in the graph's dtype.
