@@ -575,6 +575,20 @@ fn config_messages_name_the_file_and_the_real_key() {
     case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["out", "is a file"], &[]);
 }
 
+/// A float32 .npy whose header declares `shape` and that holds `body` bytes of data.
+fn npy_bytes(shape: &str, body: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend(std::iter::repeat_n(0u8, body));
+    npy
+}
+
 fn write_sparse_calo(path: &Path, events: usize) {
     let _h = hdf5_in_process();
     let f = hdf5::File::create(path).unwrap();
@@ -656,15 +670,7 @@ fn broken_data_files_get_one_clear_line() {
     // An npz whose header declares (1e11, 44, 44) but that holds 4 KB.
     let npz = |name: &str, header_shape: &str, body: usize| {
         use std::io::Write;
-        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {header_shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        npy.extend_from_slice(header.as_bytes());
-        npy.extend(std::iter::repeat_n(0u8, body));
+        let npy = npy_bytes(header_shape, body);
         let mut z = zip::ZipWriter::new(std::fs::File::create(c.join(name)).unwrap());
         z.start_file("arr_0.npy", zip::write::SimpleFileOptions::default()).unwrap();
         z.write_all(&npy).unwrap();
@@ -740,6 +746,9 @@ fn a_diverged_run_keeps_its_last_good_checkpoint_and_resumes_from_it() {
     assert!(r.stderr.contains(&format!("resuming from the checkpoint of step {kept}")), "{}", r.stderr);
 }
 
+/// A name, an edit of model.json and what the error must say.
+type ModelEdit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value), &'a [&'a str]);
+
 /// A copy of the fixture's teacher with `edit` applied to its model.json.
 fn edited_model(c: &Path, name: &str, edit: &dyn Fn(&mut serde_json::Value)) -> String {
     copy_dir(&fixture().join("t"), &c.join(name));
@@ -781,16 +790,7 @@ fn outputs_never_replace_what_the_user_owns() {
         case(&c, &a, &[], 1, &[input], &[]);
     }
     // npy headers are checked against the file's bytes before anything is allocated.
-    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 16), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    npy.extend_from_slice(header.as_bytes());
-    npy.extend(std::iter::repeat_n(0u8, 64));
-    std::fs::write(c.join("big.npy"), npy).unwrap();
+    std::fs::write(c.join("big.npy"), npy_bytes("(1000000000000, 16)", 64)).unwrap();
     ndarray_npy::write_npy(c.join("none.npy"), &ndarray::Array2::<f32>::zeros((0, 1936))).unwrap();
     for (input, want) in [("big.npy", "shorter than its header says"), ("none.npy", "holds no rows")] {
         let a = [
@@ -863,7 +863,7 @@ fn outputs_never_replace_what_the_user_owns() {
 fn model_json_is_checked_as_a_whole() {
     let c = case_dir("model-json");
     let zdc = f("zdc.h5");
-    let bad: [(&str, &dyn Fn(&mut serde_json::Value), &[&str]); 7] = [
+    let bad: [ModelEdit; 7] = [
         (
             "std3",
             &|v| v["conditions"]["std"] = serde_json::json!([1.0, 1.0, 1.0]),
