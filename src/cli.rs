@@ -591,7 +591,8 @@ pub struct DetectorArgs {
     pub data: Option<PathBuf>,
     /// ZDC: the condition scaler as JSON `{"mean": [10 numbers], "std": [10 numbers]}` (sklearn's
     /// `scaler.mean_` and `scaler.scale_`; the 9 particle features, then the photon sum) instead of
-    /// refitting it from --data by the published rule.
+    /// refitting it from --data by the published rule (--data is still needed: the model records
+    /// its data file and split).
     #[arg(long, help_heading = "Detector model")]
     pub condition_scaler: Option<PathBuf>,
     /// ZDC: the particle group of --data the model is for: all, n, lambda, k0s, sigma+.
