@@ -580,8 +580,9 @@ pub enum DetectorArg {
 #[derive(Args, Debug, Clone)]
 pub struct DetectorArgs {
     /// Wrap the imported flow(s) into a detector model that `sample`, `evaluate` and
-    /// `distill-student --teacher` take: zdc (the checkpoint is the image flow; needs --data or
-    /// --condition-scaler), ds2/ds3 (the checkpoint is Flow-1; needs --flow2 and --flow3).
+    /// `distill-student --teacher` take: zdc (the checkpoint is the image flow; needs --data, and
+    /// --condition-scaler replaces the refitted scaler), ds2/ds3 (the checkpoint is Flow-1; needs
+    /// --flow2 and --flow3).
     #[arg(long, value_enum, help_heading = "Detector model")]
     pub detector: Option<DetectorArg>,
     /// With --detector: the data file the model belongs to (ZDC: conditions and responses, from which
