@@ -8,8 +8,10 @@ use crate::error::{Error, Result};
 use crate::export::{calo, onnx, zdc};
 use crate::flow::io;
 use crate::util::atomic;
+use crate::util::output_guard::{check_output, Input};
 
 pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
+    check_output(&a.output, "--output", &[Input::ModelDir("--model", &a.model)])?;
     let units = super::flow_dir::read(&a.model)?;
     let manifest = crate::models::manifest::Manifest::load(&a.model).ok();
     let dataset = manifest.as_ref().and_then(|m| m.detector.dataset());

@@ -23,6 +23,7 @@ use crate::sample::{
     check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Report,
     SamplingPrecision, Subset,
 };
+use crate::util::output_guard::{check_output, Input};
 use crate::util::progress;
 
 pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
@@ -110,14 +111,15 @@ fn generate(req: &Request, device: &Device) -> Result<Report> {
     if req.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
     }
-    if let Some(c) = &req.conditions {
-        crate::util::atomic::ensure_not_input(&req.output, "--output", &[("--conditions", c.as_path())])?;
-    }
     if let Some(n) = req.events {
         // E_inc of every event is held in memory; the showers are written in chunks.
         crate::util::limits::check_memory(&format!("--events {n}"), 4.0 * n as f64)?;
     }
     let (dir, m) = resolve_model(&req.model, req.use_teacher)?;
+    let mut inputs = vec![Input::ModelDir("--model", &req.model), Input::ModelDir("--model", &dir)];
+    inputs.extend(m.teacher.as_deref().map(|t| Input::ModelDir("teacher", t)));
+    inputs.extend(req.conditions.as_deref().map(|c| Input::File("--conditions", c)));
+    check_output(&req.output, "--output", &inputs)?;
     match m.detector {
         Detector::Zdc => run_zdc(req, &dir, &m, device),
         Detector::Ds2 | Detector::Ds3 => run_calo(req, &dir, &m, device),

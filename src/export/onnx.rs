@@ -18,6 +18,11 @@ use crate::flow::made::{hidden_degrees, input_degrees, mask, output_degrees};
 use crate::flow::{Direction, FlowKind, FlowSpec};
 
 /// The graph's input and output names.
+/// The operator sets the graphs are written for: 13 brought ReduceSum's and Squeeze's axes
+/// inputs; 21 is the newest that ONNX Runtime 1.18+ and the ONNX 1.16 checker accept (later
+/// numbers are refused by runtimes that do not know them yet).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
 pub const INPUT_Z: &str = "z";
 pub const INPUT_CONTEXT: &str = "context";
 pub const OUTPUT_X: &str = "x";
@@ -317,8 +322,12 @@ pub(crate) fn builder(spec: &FlowSpec, dtype: DType, opset: i64) -> Result<Build
                 .into(),
         );
     }
-    if opset < 13 {
-        return Err(format!("opset {opset}: the graph needs opset 13 or later (ReduceSum, Squeeze with axes inputs)"));
+    if !OPSETS.contains(&opset) {
+        return Err(format!(
+            "opset {opset}: the graph is written for opsets {}..={} (ReduceSum and Squeeze with axes inputs)",
+            OPSETS.start(),
+            OPSETS.end()
+        ));
     }
     Ok(Builder { nodes: Vec::new(), inits: Vec::new(), count: 0, dtype: data_type(dtype)? })
 }
