@@ -98,8 +98,14 @@ pub fn remember_temp(tmp: &Path) {
 /// Deletes every temporary file remembered by [`temp_path`] / [`remember_temp`] still on disk (for a signal handler;
 /// never blocks).
 pub fn remove_temps() {
+    remove_temps_where(|_| true);
+}
+
+/// [`remove_temps`] of the remembered files that `select` picks (tests remove only their own,
+/// since other tests of the process may be writing theirs).
+pub fn remove_temps_where(select: impl Fn(&Path) -> bool) {
     if let Ok(live) = atomic::LIVE_TEMPS.try_lock() {
-        for p in live.iter() {
+        for p in live.iter().filter(|p| select(p)) {
             let _ = std::fs::remove_file(p);
         }
     }
