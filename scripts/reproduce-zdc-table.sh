@@ -3,7 +3,7 @@
 # student setups (bs, bs+div, bs+ch, bs+ch+div), each sampled 5 times on the test split with
 # different seeds and evaluated, once with the data file's photon sums (`--photon-sum data`, the
 # published protocol) and once with sums drawn from the photon-sum flow (`--photon-sum model`),
-# with the default noise removal (`--denoise round`). Prints a markdown table of WS, MAE_c,
+# with the default noise removal (`--denoise sub-floor-fill`). Prints a markdown table of WS, MAE_c,
 # MAE_cw and the mean-image correlation (mean ± std over the sampling runs): the noise-floor row
 # (reference against reference, from `evaluate`) first, then the teacher, then the setups, each
 # setup's difference from bs in units of the combined spread (|Δ| > 2 is called significant).
@@ -13,7 +13,7 @@
 # Env: EVENTS (generated responses, default 20000), PARTICLES (all|n|lambda|k0s|sigma+),
 #      TEACHER_EPOCHS (5), STUDENT_EPOCHS (1), STUDENT_BATCHES (60 batches of 256 per epoch; one
 #      epoch of the default 20 000 events is 55), HIDDEN (48), RUNS (5), DEVICE (cpu),
-#      SOURCES ("data model"), DENOISE (round), STUDENT_INIT (teacher: students start as the exact
+#      SOURCES ("data model"), DENOISE (sub-floor-fill), STUDENT_INIT (teacher: students start as the exact
 #      inverse of their teacher, so the setups cannot separate; random: distilled from scratch),
 #      STUDENT_SEED (1: the students' initialisation and batch order; another seed in another
 #      WORKDIR, with the teacher copied there, measures the training spread).
@@ -25,7 +25,7 @@ W=${1:-runs/zdc-table}
 EVENTS=${EVENTS:-20000}; PARTICLES=${PARTICLES:-all}; RUNS=${RUNS:-5}; DEVICE=${DEVICE:-cpu}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-5}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-1}; STUDENT_BATCHES=${STUDENT_BATCHES:-60}
 HIDDEN=${HIDDEN:-48}; STUDENT_SEED=${STUDENT_SEED:-1}
-SOURCES=${SOURCES:-data model}; DENOISE=${DENOISE:-round}; STUDENT_INIT=${STUDENT_INIT:-teacher}
+SOURCES=${SOURCES:-data model}; DENOISE=${DENOISE:-sub-floor-fill}; STUDENT_INIT=${STUDENT_INIT:-teacher}
 case "$STUDENT_INIT" in teacher) INIT=true ;; random) INIT=false ;; *) echo "STUDENT_INIT: teacher or random" >&2; exit 2 ;; esac
 cargo build --release -q
 Z="target/release/zdcflow --quiet --device $DEVICE"

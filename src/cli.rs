@@ -5,6 +5,37 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The most hidden layers `--classifier-layers` takes (evaluate.py uses 2; backpropagation through
+/// a much deeper network recurses deeper than a thread's stack).
+pub const MAX_CLASSIFIER_LAYERS: u64 = 100;
+
+/// Counts and sizes that must be at least 1: 0 is a usage error (exit 2), as a missing argument.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a finite number ≥ 0")),
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a finite number > 0")),
+    }
+}
+
+fn shard_arg(s: &str) -> Result<String, String> {
+    crate::sample::parse_shard(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+fn device_arg(s: &str) -> Result<String, String> {
+    crate::device::parse(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "zdcflow",
@@ -29,7 +60,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// Where tensors live: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
-    #[arg(long, global = true, default_value = "cpu")]
+    #[arg(long, global = true, default_value = "cpu", value_parser = device_arg)]
     pub device: String,
 
     /// CPU threads for tensor work, 1–1024 (default: all cores).
@@ -92,7 +123,7 @@ pub enum GenerateWhat {
         #[arg(long, value_parser = clap::value_parser!(u8).range(2..=3))]
         dataset: u8,
         /// Number of showers.
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         events: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -106,7 +137,7 @@ pub enum GenerateWhat {
     /// ZDC neutron-calorimeter responses (44×44 photon counts) with particle conditions.
     Zdc {
         /// Number of responses (conditions repeat, so unique conditions are fewer).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         events: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -184,17 +215,17 @@ pub struct SampleArgs {
     #[arg(long, conflicts_with = "events", required_unless_present = "events")]
     pub conditions: Option<PathBuf>,
     /// CaloChallenge only: this many showers with E_inc log-uniform in 1 GeV – 1 TeV.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub events: Option<usize>,
     /// Which events of --conditions to use.
     #[arg(long, value_enum, default_value = "auto")]
     pub split: SplitChoice,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one())]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Generate only slice I of N (1-based), e.g. --shard 3/10 in a SLURM array task.
-    #[arg(long, value_name = "I/N")]
+    #[arg(long, value_name = "I/N", value_parser = shard_arg)]
     pub shard: Option<String>,
     /// Use the teacher (MAF) even where the model directory holds a student (slow).
     #[arg(long)]
@@ -208,8 +239,10 @@ pub struct SampleArgs {
     /// model's photon-sum flow (model).
     #[arg(long, value_enum, default_value = "model")]
     pub photon_sum: crate::sample::zdc::PhotonSumSource,
-    /// ZDC: noise removal: round (default), floor, floor-recalc, sub-floor, sub-floor-recalc.
-    #[arg(long, value_enum, default_value = "round")]
+    /// ZDC: noise removal: sub-floor-fill (default: keeps each image's total at its photon sum),
+    /// round, floor, floor-recalc, sub-floor, sub-floor-recalc (src/sample/denoise.rs; chosen on
+    /// generated responses, docs/validation.md).
+    #[arg(long, value_enum, default_value = "sub-floor-fill")]
     pub denoise: crate::sample::denoise::Denoise,
     /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
     /// README "Performance" gives the measured effect on the metrics).
@@ -247,7 +280,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Allowed relative worsening per metric for --baseline.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = non_negative)]
     pub tolerance: f64,
     /// CaloChallenge classifier test: epochs (0 skips it; evaluate.py: 50).
     #[arg(long, default_value_t = 50)]
@@ -255,24 +288,24 @@ pub struct EvaluateArgs {
     /// CaloChallenge classifier test: hidden units per layer, 1–65536 (evaluate.py: 2048).
     #[arg(long, default_value_t = 2048, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub classifier_hidden: usize,
-    /// CaloChallenge classifier test: hidden layers after the input layer (evaluate.py's cls_n_layer: 2).
-    #[arg(long, default_value_t = 2)]
+    /// CaloChallenge classifier test: hidden layers after the input layer, 0–100 (evaluate.py's cls_n_layer: 2).
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_CLASSIFIER_LAYERS))]
     pub classifier_layers: usize,
     /// CaloChallenge classifier test: batch size (evaluate.py: 1000).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one())]
     pub classifier_batch: usize,
     /// CaloChallenge classifier test: Adam learning rate (evaluate.py: 2e-4).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, value_parser = positive)]
     pub classifier_lr: f64,
     /// CaloChallenge classifier tests to run: low (cls-low), low-normed (cls-low-normed), high (cls-high).
     #[arg(long, value_delimiter = ',', default_values = ["low", "high"])]
     pub classifiers: Vec<ClassifierChoice>,
     /// CaloChallenge: independent classifier runs per test; the metrics are their mean (± std in details).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
     pub classifier_runs: usize,
     /// CaloChallenge: use only the first N showers of each file for the classifier (default: all; the
     /// number used is in the output JSON).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub classifier_showers: Option<usize>,
     /// CaloChallenge: write per-shower high-level features (HighLevelFeatures.py names) to this HDF5 file.
     #[arg(long)]
@@ -323,10 +356,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "all")]
     pub what: BenchWhat,
     /// Batch size (default: the peer benchmark's for each measurement).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     pub batch_size: Option<usize>,
     /// Timed repetitions (the best is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
     pub repeats: usize,
     /// Print JSON lines in the peer benchmark's schema.
     #[arg(long)]
@@ -438,7 +471,7 @@ pub struct PassArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Rows per batch.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one())]
     pub batch_size: usize,
 }
 
@@ -454,14 +487,14 @@ pub struct ExportOnnxArgs {
     /// --postprocess, see there).
     #[arg(long)]
     pub output: PathBuf,
-    /// ONNX operator set (13 or later).
-    #[arg(long, default_value_t = 17)]
+    /// ONNX operator set (13 to 21).
+    #[arg(long, default_value_t = 17, value_parser = clap::value_parser!(i64).range(*crate::export::onnx::OPSETS.start()..=*crate::export::onnx::OPSETS.end()))]
     pub opset: i64,
     /// Include the detector's pre- and postprocessing, so that the graph simulates directly.
     /// ZDC models (the image flow `flow`): inputs `z` (N, 1936) standard-normal noise,
     /// `particle` (N, 9) RAW particle features as in the data file's conditions (the condition
     /// scaler is in the graph) and `photon_sum` (N, 1); output `photons` (N, 1936) float32 photon
-    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (all five
+    /// counts, what `sample --photon-sum data --denoise D` gives for the same noise (all six
     /// noise removals are in the graph; `round` rounds halves away from zero, as zdcflow does; a
     /// conditional base maps the noise to μ(c) + σ(c)·z in the graph, as `sample` does).
     /// CaloChallenge students (`--unit flow3`, the default, or `flow2`): one layer's voxels in MeV
@@ -558,7 +591,7 @@ pub struct LogProbArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Showers per batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     pub batch_size: usize,
 }
 
@@ -573,8 +606,9 @@ pub enum DetectorArg {
 #[derive(Args, Debug, Clone)]
 pub struct DetectorArgs {
     /// Wrap the imported flow(s) into a detector model that `sample`, `evaluate` and
-    /// `distill-student --teacher` take: zdc (the checkpoint is the image flow; needs --data or
-    /// --condition-scaler), ds2/ds3 (the checkpoint is Flow-1; needs --flow2 and --flow3).
+    /// `distill-student --teacher` take: zdc (the checkpoint is the image flow; needs --data, and
+    /// --condition-scaler replaces the refitted scaler), ds2/ds3 (the checkpoint is Flow-1; needs
+    /// --flow2 and --flow3).
     #[arg(long, value_enum, help_heading = "Detector model")]
     pub detector: Option<DetectorArg>,
     /// With --detector: the data file the model belongs to (ZDC: conditions and responses, from which
@@ -584,7 +618,8 @@ pub struct DetectorArgs {
     pub data: Option<PathBuf>,
     /// ZDC: the condition scaler as JSON `{"mean": [10 numbers], "std": [10 numbers]}` (sklearn's
     /// `scaler.mean_` and `scaler.scale_`; the 9 particle features, then the photon sum) instead of
-    /// refitting it from --data by the published rule.
+    /// refitting it from --data by the published rule (--data is still needed: the model records
+    /// its data file and split).
     #[arg(long, help_heading = "Detector model")]
     pub condition_scaler: Option<PathBuf>,
     /// ZDC: the particle group of --data the model is for: all, n, lambda, k0s, sigma+.

@@ -5,20 +5,24 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
+/// Parses a device name: `None` for the CPU, else the CUDA ordinal.
+pub fn parse(name: &str) -> Result<Option<usize>> {
+    let name = name.trim().to_ascii_lowercase();
+    let bad = || Error::Invalid(format!("--device '{name}': expected cpu, cuda or cuda:N"));
+    match name.strip_prefix("cuda") {
+        _ if name == "cpu" => Ok(None),
+        Some("") => Ok(Some(0)),
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).map(Some).ok_or_else(bad),
+        None => Err(bad()),
+    }
+}
+
 /// Parses a device name and opens the device.
 pub fn open(name: &str) -> Result<Device> {
-    let name = name.trim().to_ascii_lowercase();
-    if name == "cpu" {
+    let Some(ordinal) = parse(name)? else {
         return Ok(Device::Cpu);
-    }
-    let ordinal = match name.strip_prefix("cuda") {
-        Some("") => 0,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::Invalid(format!("--device '{name}': expected cpu, cuda or cuda:N")))?,
-        None => return Err(Error::Invalid(format!("--device '{name}': expected cpu, cuda or cuda:N"))),
     };
+    let name = name.trim().to_ascii_lowercase();
     if !candle_core::utils::cuda_is_available() {
         return Err(Error::Invalid(format!(
             "--device {name}: this zdcflow was built without CUDA support; rebuild with `--features cuda` \

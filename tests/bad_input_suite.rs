@@ -89,8 +89,11 @@ fn snapshot(dirs: &[PathBuf]) -> BTreeMap<PathBuf, Vec<u8>> {
                 }
                 walk(&path, out);
             }
-        } else if let Ok(bytes) = std::fs::read(p) {
-            out.insert(p.to_path_buf(), bytes);
+        } else if p.symlink_metadata().is_ok_and(|m| m.is_file()) {
+            // (A FIFO would block the read.)
+            if let Ok(bytes) = std::fs::read(p) {
+                out.insert(p.to_path_buf(), bytes);
+            }
         }
     }
     let mut out = BTreeMap::new();
@@ -167,6 +170,39 @@ fn usage_errors_exit_2() {
     case(d, &["generate", "calo", "--dataset", "4", "--events", "3", "--output", "x.h5"], &[], 2, &["--dataset"], &[]);
     case(d, &["sample", "--model", "t", "--events", "3", "--gzip", "12", "--output", "x.h5"], &[], 2, &["--gzip"], &[]);
     case(d, &["generate", "zdc", "--events", "1e14", "--output", "x.h5"], &[], 2, &["1e14"], &[]);
+    // Every out-of-range argument is a usage error, as clap's own are.
+    let sample = ["sample", "--model", "t", "--conditions", "zdc.h5", "--output", "x.h5"];
+    for (flag, value) in
+        [("--shard", "0/3"), ("--shard", "4/3"), ("--shard", "a/b"), ("--shard", "3"), ("--batch-size", "0")]
+    {
+        case(d, &[&sample[..], &[flag, value]].concat(), &[], 2, &[flag, value], &[]);
+    }
+    case(d, &["--device", "tpu:7", "inspect", "zdc.h5"], &[], 2, &["--device", "tpu:7", "cpu, cuda or cuda:N"], &[]);
+    case(d, &["generate", "zdc", "--events", "0", "--output", "x.h5"], &[], 2, &["--events"], &[]);
+    case(d, &["sample", "--model", "t", "--events", "0", "--output", "x.h5"], &[], 2, &["--events"], &[]);
+    case(d, &["bench", "--shape", "ds2-flow3", "--batch-size", "0"], &[], 2, &["--batch-size"], &[]);
+    case(d, &["bench", "--shape", "ds2-flow3", "--repeats", "0"], &[], 2, &["--repeats"], &[]);
+    let flow = ["flow", "log-prob", "--model", "t", "--input", "x.npy", "--output", "y.npy", "--batch-size", "0"];
+    case(d, &flow, &[], 2, &["--batch-size"], &[]);
+    case(
+        d,
+        &["log-prob", "--model", "t", "--showers", "zdc.h5", "--output", "y.h5", "--batch-size", "0"],
+        &[],
+        2,
+        &["--batch-size"],
+        &[],
+    );
+    case(
+        d,
+        &["export-onnx", "--model", "t", "--output", "x.onnx", "--opset", "99999"],
+        &[],
+        2,
+        &["--opset", "13..=21"],
+        &[],
+    );
+    let eval = ["evaluate", "--reference", "ds2.h5", "--generated", "ds2.h5"];
+    case(d, &[&eval[..], &["--classifier-layers", "100000"]].concat(), &[], 2, &["--classifier-layers"], &[]);
+    case(d, &[&eval[..], &["--classifier-runs", "0"]].concat(), &[], 2, &["--classifier-runs"], &[]);
 }
 
 #[test]
@@ -196,8 +232,26 @@ fn huge_counts_and_sizes_are_refused_before_allocating() {
     case(d, &stu, &[], 1, &["student.flow.hidden_features", "memory"], &[]);
     let bench = ["bench", "--shape", "ds2-flow3", "--what", "sample-iaf", "--batch-size", "100000000000"];
     case(d, &bench, &[], 1, &["--batch-size 100000000000", "memory"], &[]);
-    case(d, &["bench", "--shape", "ds2-flow3", "--batch-size", "0"], &[], 1, &["--batch-size must be ≥ 1"], &[]);
-    case(d, &["bench", "--shape", "ds2-flow3", "--repeats", "0"], &[], 1, &["--repeats"], &[]);
+    case(
+        d,
+        &["bench", "--shower", "zdc", "--batch-size", "1000000000"],
+        &[],
+        1,
+        &["--batch-size 1000000000", "memory"],
+        &[],
+    );
+    // The classifier's size (hidden × layers × inputs) is checked against the limit before it is built.
+    let cls = ["evaluate", "--reference", "ds2.h5", "--generated", "ds2.h5", "--classifier-hidden", "4096"];
+    case(
+        d,
+        &cls,
+        &[("ZDCFLOW_MEMORY_LIMIT", "100M")],
+        1,
+        &["classifier", "4096 hidden", "ZDCFLOW_MEMORY_LIMIT=100M"],
+        &[],
+    );
+    let cls = ["evaluate", "--reference", "ds2.h5", "--generated", "ds2.h5", "--classifier-hidden", "65536"];
+    case(d, &[&cls[..], &["--classifier-layers", "100"]].concat(), &[], 1, &["classifier", "memory"], &[]);
     let student_cfg = config("smoke-zdc-student.toml");
     case(d, &["bench", "--config", &student_cfg], &[], 1, &["smoke-zdc-student.toml", "no teacher flow"], &[]);
     // The memory limit can be set (both ways), and a bad setting is named.
@@ -428,8 +482,10 @@ fn the_gate_cannot_be_fooled() {
     gate("junk.json", 1, &["junk.json", "not a zdcflow metrics file"]);
     gate("absent.json", 1, &["absent.json"]);
     let (r, g) = (f("zdc.h5"), f("gen.h5"));
-    let neg = ["evaluate", "--reference", &r, "--generated", &g, "--baseline", "better.json", "--tolerance=-1"];
-    case(&c, &neg, &[], 1, &["--tolerance"], &[]);
+    for tolerance in ["--tolerance=-1", "--tolerance=NaN"] {
+        let neg = ["evaluate", "--reference", &r, "--generated", &g, "--baseline", "better.json", tolerance];
+        case(&c, &neg, &[], 2, &["--tolerance", "finite number ≥ 0"], &[]);
+    }
 }
 
 #[test]
@@ -438,10 +494,8 @@ fn shards_and_merges_are_checked() {
     let s = |shard: &str| {
         ["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", shard, "--output", "x.h5"].map(str::to_string)
     };
-    for (shard, want) in [("1/100000", "none"), ("0/3", "I/N"), ("4/3", "I/N"), ("a/b", "I/N"), ("3", "I/N")] {
-        let a = s(shard);
-        case(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--shard", want], &[]);
-    }
+    let a = s("1/100000");
+    case(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["--shard", "none"], &[]);
     case(
         d,
         &["merge", "--output", "x.h5", "s1of3.h5", "s2of4.h5", "s3of3.h5"],
@@ -460,15 +514,6 @@ fn shards_and_merges_are_checked() {
     );
     case(d, &["merge", "--output", "x.h5", "s1of3.h5", "s3of3.h5"], &[], 1, &["missing 2/3"], &[]);
     case(d, &["merge", "--output", "x.h5", "gen.h5"], &[], 1, &["gen.h5", "not a shard"], &[]);
-    case(
-        d,
-        &["sample", "--model", "t", "--conditions", "zdc.h5", "--batch-size", "0", "--output", "x.h5"],
-        &[],
-        1,
-        &["--batch-size"],
-        &[],
-    );
-    case(d, &["generate", "zdc", "--events", "0", "--output", "x.h5"], &[], 1, &["--events"], &[]);
     case(d, &["evaluate", "--reference", "ds2.h5", "--generated", "gen.h5"], &[], 1, &["gen.h5", "ds2.h5"], &[]);
     let c = case_dir("merge-ok");
     let shards = [f("s1of3.h5"), f("s2of3.h5"), f("s3of3.h5")];
@@ -528,6 +573,20 @@ fn config_messages_name_the_file_and_the_real_key() {
     case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["missing.toml"], &[]);
     let t = train(&config("smoke-zdc.toml"), "out");
     case(&c, &t.iter().map(String::as_str).collect::<Vec<_>>(), &[], 1, &["out", "is a file"], &[]);
+}
+
+/// A float32 .npy whose header declares `shape` and that holds `body` bytes of data.
+fn npy_bytes(shape: &str, body: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend(std::iter::repeat_n(0u8, body));
+    npy
 }
 
 fn write_sparse_calo(path: &Path, events: usize) {
@@ -593,18 +652,25 @@ fn broken_data_files_get_one_clear_line() {
     inspect("sparse3e9.h5", &["3000000000", "sparse or truncated"]);
     inspect("sparse1e8.h5", &["100000000", "sparse or truncated"]);
     inspect("adir.h5", &["is a directory"]);
+    // Devices and FIFOs are not "empty files".
+    assert!(std::process::Command::new("mkfifo").arg(c.join("fifo.h5")).status().unwrap().success());
+    inspect("fifo.h5", &["not a regular file"]);
+    case(&c, &["inspect", "/dev/zero"], &[], 1, &["/dev/zero", "not a regular file"], &["empty"]);
+    // A negative ZDC photon count is a photon count, not an energy in MeV.
+    std::fs::copy(fixture().join("zdc.h5"), c.join("negzdc.h5")).unwrap();
+    {
+        let _h = hdf5_in_process();
+        let file = hdf5::File::open_rw(c.join("negzdc.h5")).unwrap();
+        let ds = file.dataset("responses").unwrap();
+        let mut a = ds.read_dyn::<f32>().unwrap();
+        a.as_slice_mut().unwrap()[2 * 1936 + 5] = -1.0;
+        ds.write(&a).unwrap();
+    }
+    case(&c, &["inspect", "negzdc.h5"], &[], 1, &["responses", "event 2", "negative photon count (-1)"], &["MeV"]);
     // An npz whose header declares (1e11, 44, 44) but that holds 4 KB.
     let npz = |name: &str, header_shape: &str, body: usize| {
         use std::io::Write;
-        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {header_shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        npy.extend_from_slice(header.as_bytes());
-        npy.extend(std::iter::repeat_n(0u8, body));
+        let npy = npy_bytes(header_shape, body);
         let mut z = zip::ZipWriter::new(std::fs::File::create(c.join(name)).unwrap());
         z.start_file("arr_0.npy", zip::write::SimpleFileOptions::default()).unwrap();
         z.write_all(&npy).unwrap();
@@ -678,4 +744,222 @@ fn a_diverged_run_keeps_its_last_good_checkpoint_and_resumes_from_it() {
     let r = run_in(&c, &teacher_args("t", &["--resume", "--set", "train.epochs=2"]), &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains(&format!("resuming from the checkpoint of step {kept}")), "{}", r.stderr);
+}
+
+/// A name, an edit of model.json and what the error must say.
+type ModelEdit<'a> = (&'a str, &'a dyn Fn(&mut serde_json::Value), &'a [&'a str]);
+
+/// A copy of the fixture's teacher with `edit` applied to its model.json.
+fn edited_model(c: &Path, name: &str, edit: &dyn Fn(&mut serde_json::Value)) -> String {
+    copy_dir(&fixture().join("t"), &c.join(name));
+    let mj = c.join(name).join("model.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&mj).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&mj, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    name.to_string()
+}
+
+#[test]
+fn outputs_never_replace_what_the_user_owns() {
+    let d = fixture();
+    let inside = ["inside the --model model directory"];
+    for out in ["t/model.json", "t/flow/best.safetensors", "./t/../t/photon_sum/model.json"] {
+        case(d, &["sample", "--model", "t", "--conditions", "zdc.h5", "--output", out], &[], 1, &inside, &[]);
+    }
+    case(d, &["log-prob", "--model", "t", "--showers", "zdc.h5", "--output", "t/model.json"], &[], 1, &inside, &[]);
+    case(d, &["export-onnx", "--model", "t", "--output", "t/model.json"], &[], 1, &inside, &[]);
+    let features = ["evaluate", "--reference", "ds2.h5", "--generated", "ds2.h5", "--features-out", "ds2.h5"];
+    case(d, &features, &[], 1, &["--features-out is also the --reference input"], &[]);
+    let c = case_dir("owned");
+    let (zdc, gen, ds2, t) = (f("zdc.h5"), f("gen.h5"), f("ds2.h5"), f("t"));
+    let zdc_features = ["evaluate", "--reference", &zdc, "--generated", &gen, "--features-out", "feat.h5"];
+    case(&c, &zdc_features, &[], 1, &["feat.h5", "ZDC files have none"], &[]);
+    assert!(!c.join("feat.h5").exists());
+    // flow passes: the output is neither the input, the context nor a file of the model.
+    ndarray_npy::write_npy(c.join("x.npy"), &ndarray::Array2::<f32>::zeros((3, 1936))).unwrap();
+    ndarray_npy::write_npy(c.join("c.npy"), &ndarray::Array2::<f32>::zeros((3, 10))).unwrap();
+    let unit_json = format!("{t}/flow/model.json");
+    for (pass, out, input) in [
+        ("log-prob", "x.npy", "--input"),
+        ("log-prob", "c.npy", "--context"),
+        ("to-latent", "./x.npy", "--input"),
+        ("to-data", unit_json.as_str(), "--model model directory"),
+    ] {
+        let a =
+            ["flow", pass, "--model", &t, "--unit", "flow", "--input", "x.npy", "--context", "c.npy", "--output", out];
+        case(&c, &a, &[], 1, &[input], &[]);
+    }
+    // npy headers are checked against the file's bytes before anything is allocated.
+    std::fs::write(c.join("big.npy"), npy_bytes("(1000000000000, 16)", 64)).unwrap();
+    ndarray_npy::write_npy(c.join("none.npy"), &ndarray::Array2::<f32>::zeros((0, 1936))).unwrap();
+    for (input, want) in [("big.npy", "shorter than its header says"), ("none.npy", "holds no rows")] {
+        let a = [
+            "flow",
+            "log-prob",
+            "--model",
+            &t,
+            "--unit",
+            "flow",
+            "--input",
+            input,
+            "--context",
+            "c.npy",
+            "--output",
+            "o.npy",
+        ];
+        case(&c, &a, &[], 1, &[input, want], &["c.npy"]);
+    }
+    // A user-given unit name stays inside --output-dir.
+    copy_dir(&fixture().join("t"), &c.join("victim"));
+    std::fs::write(c.join("ckpt.pt"), b"not read").unwrap();
+    for unit in ["../victim", "/abs/path", "a/b", ".."] {
+        let a = ["import-nflows", "ckpt.pt", "--kind", "maf", "--unit", unit, "--output-dir", "b"];
+        case(&c, &a, &[], 1, &["--unit", "plain name"], &[]);
+    }
+    assert!(!c.join("b").exists() && !Path::new("/abs/path").exists());
+    // A student's --output-dir inside its teacher.
+    let stu = ["distill-student", "--config", &config("smoke-zdc-student.toml"), "--teacher", &t, "--output-dir"];
+    let inside_teacher = format!("{t}/student");
+    case(
+        &c,
+        &[&stu[..], &[inside_teacher.as_str()]].concat(),
+        &[],
+        1,
+        &["overlaps the --teacher model directory"],
+        &[],
+    );
+    // Outputs that are not regular files: refused before anything is written, no temporary file left.
+    std::fs::create_dir_all(c.join("adir")).unwrap();
+    let status = std::process::Command::new("mkfifo").arg(c.join("fifo")).status().unwrap();
+    assert!(status.success());
+    let shards = [f("s1of3.h5"), f("s2of3.h5"), f("s3of3.h5")];
+    for (out, what) in [("adir", "is a directory"), ("fifo", "is a FIFO"), ("/dev/null", "is a device")] {
+        let runs: [Vec<&str>; 6] = [
+            vec!["sample", "--model", &t, "--conditions", &zdc, "--output", out],
+            vec!["generate", "zdc", "--events", "5", "--output", out],
+            vec!["merge", "--output", out, &shards[0], &shards[1], &shards[2]],
+            vec!["log-prob", "--model", &t, "--showers", &zdc, "--output", out],
+            vec![
+                "evaluate",
+                "--reference",
+                &ds2,
+                "--generated",
+                &ds2,
+                "--classifier-epochs",
+                "0",
+                "--features-out",
+                out,
+            ],
+            vec!["evaluate", "--reference", &zdc, "--generated", &gen, "--output", out],
+        ];
+        for a in &runs {
+            case(&c, a, &[], 1, &[out, what], &[]);
+        }
+    }
+    assert!(c.join("adir").read_dir().unwrap().next().is_none());
+}
+
+#[test]
+fn model_json_is_checked_as_a_whole() {
+    let c = case_dir("model-json");
+    let zdc = f("zdc.h5");
+    let bad: [ModelEdit; 7] = [
+        (
+            "std3",
+            &|v| v["conditions"]["std"] = serde_json::json!([1.0, 1.0, 1.0]),
+            &["conditions.std has 3 entries", "10"],
+        ),
+        ("mean2", &|v| v["conditions"]["mean"] = serde_json::json!([0.0, 0.0]), &["conditions.mean has 2 entries"]),
+        (
+            "pixels10",
+            &|v| v["preprocessing"]["zdc"]["pixels"] = serde_json::json!({"mean": vec![0.0; 10], "std": vec![1.0; 10]}),
+            &["preprocessing.zdc.pixels.mean has 10 entries", "1936"],
+        ),
+        (
+            "target0",
+            &|v| v["photon_sum_target"]["mean"] = serde_json::json!([]),
+            &["photon_sum_target.mean has 0 entries"],
+        ),
+        ("noise", &|v| v["preprocessing"]["zdc"]["noise_mul"] = serde_json::json!(-1.0), &["noise_mul = -1", "≥ 0"]),
+        ("alpha", &|v| v["preprocessing"]["zdc"]["alpha"] = serde_json::json!(0.5), &["alpha = 0.5", "[0, 0.5)"]),
+        ("std0", &|v| v["conditions"]["std"][4] = serde_json::json!(0.0), &["conditions.std", "≤ 0"]),
+    ];
+    for (name, edit, want) in bad {
+        let m = edited_model(&c, name, edit);
+        let mut w = vec!["model.json"];
+        w.extend_from_slice(want);
+        case(&c, &["sample", "--model", &m, "--conditions", &zdc, "--output", "g.h5"], &[], 1, &w, &[]);
+    }
+    assert!(!c.join("g.h5").exists());
+}
+
+#[test]
+fn generated_files_and_merges_are_checked_attribute_by_attribute() {
+    let (d, c) = (fixture(), case_dir("attrs"));
+    let zdc = f("zdc.h5");
+    // A shard generated with another noise removal is another job (sampled as the fixture's shards).
+    let other = ["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", "2/3", "--denoise", "floor"];
+    case(d, &[&other[..], &["--output", "case-attrs/s2.h5"]].concat(), &[], 0, &[], &[]);
+    let merge = ["merge", "--output", "case-attrs/all.h5", "s1of3.h5", "case-attrs/s2.h5", "s3of3.h5"];
+    case(d, &merge, &[], 1, &["s2.h5", "denoise 'floor'", "'round'", "different jobs"], &[]);
+    assert!(!c.join("all.h5").exists());
+    // source_index rows outside the conditions file are refused, not silently clamped.
+    for (name, row) in [("far.h5", 999_999i32), ("neg.h5", -5)] {
+        std::fs::copy(fixture().join("gen.h5"), c.join(name)).unwrap();
+        {
+            let _h = hdf5_in_process();
+            let file = hdf5::File::open_rw(c.join(name)).unwrap();
+            let ds = file.dataset("source_index").unwrap();
+            ds.write_slice(&ndarray::arr1(&[row]), ndarray::s![3..4]).unwrap();
+        }
+        let ev = ["evaluate", "--reference", &zdc, "--generated", name];
+        case(&c, &ev, &[], 1, &[name, "source_index", "event 3", &row.to_string()], &[]);
+    }
+}
+
+#[test]
+fn model_files_are_readable_by_others_as_any_file_the_user_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = case_dir("perm");
+    std::fs::write(c.join("probe"), b"").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let usual = mode(&c.join("probe"));
+    for file in ["model.json", "flow/best.safetensors", "flow/last.safetensors", "flow/checkpoint/state.safetensors"] {
+        assert_eq!(mode(&fixture().join("t").join(file)), usual, "{file}");
+    }
+    assert_eq!(mode(&fixture().join("gen.h5")), usual, "gen.h5");
+}
+
+#[test]
+fn a_repeated_signal_does_not_cancel_the_save() {
+    let c = case_dir("twice");
+    let mut args = teacher_args("t", &["--set", "train.epochs=1000"]);
+    let data = format!("data.path={}", f("zdc.h5"));
+    args[4] = Box::leak(data.into_boxed_str());
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
+    cmd.current_dir(&c).arg("--quiet").args(&args).stderr(std::process::Stdio::piped());
+    let mut child = {
+        let _guard = spawning();
+        cmd.spawn().unwrap()
+    };
+    // Training has begun once a unit's metrics appear.
+    for _ in 0..1200 {
+        if c.join("t/photon_sum/metrics.jsonl").exists() || c.join("t/flow/metrics.jsonl").exists() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    for _ in 0..2 {
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("still saving") && !err.contains("without saving"), "{err}");
+    let saved =
+        ["photon_sum", "flow"].iter().any(|u| c.join("t").join(u).join("checkpoint/state.safetensors").exists());
+    assert!(saved, "no checkpoint saved: {err}");
 }

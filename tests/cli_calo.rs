@@ -156,3 +156,56 @@ fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() 
     let err = fails(d, &["evaluate", "--reference", "ref.h5", "--generated", "t/model.json"]);
     assert!(err.contains("t/model.json"), "{err}");
 }
+
+/// The fast recipe end to end: the voxel standardisation is fitted once and stored in model.json,
+/// a later config adding Flow-3 to the directory reuses it (another preprocessing is refused), and
+/// the model samples and scores showers.
+#[test]
+fn ds2_fast_recipe_stores_its_standardisation_and_samples() {
+    let tmp = tmp();
+    let d = tmp.path();
+    ok(d, &["generate", "calo", "--dataset", "2", "--events", "120", "--seed", "6", "--output", "ds2.h5"]);
+    let teacher = |flows: &str, noise: &str| {
+        zdcflow(
+            d,
+            &[
+                "train-teacher",
+                "--config",
+                &config("smoke-ds2.toml"),
+                "--set",
+                "data.path=ds2.h5",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "flow3.train.max_batches=4",
+                "--set",
+                "model.calo_standardise_voxels=true",
+                "--set",
+                &format!("model.calo_noise_mev={noise}"),
+                "--set",
+                &format!("model.flows={flows}"),
+                "--output-dir",
+                "t",
+            ],
+        )
+    };
+    assert!(teacher(r#"["flow1","flow2"]"#, "5e-4").status.success());
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("t/model.json")).unwrap()).unwrap()
+    };
+    let first = read()["preprocessing"]["calo"].clone();
+    assert_eq!(first["noise_mev"], 5e-4);
+    let s = &first["voxel_standardisation"];
+    assert_eq!((s["mean"].as_array().unwrap().len(), s["std"].as_array().unwrap().len()), (45 * 144, 45 * 144));
+    assert!(s["std"].as_array().unwrap().iter().all(|x| x.as_f64().unwrap() > 0.0));
+    let other = teacher(r#"["flow3"]"#, "1e-3");
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("other data or settings"));
+    assert!(teacher(r#"["flow3"]"#, "5e-4").status.success(), "Flow-3 joins with the same settings");
+    assert_eq!(read()["preprocessing"]["calo"], first, "the standardisation is reused, not refitted");
+    ok(d, &["sample", "--model", "t", "--events", "4", "--seed", "1", "--output", "gen.h5"]);
+    let c = CaloFile::open(&d.join("gen.h5")).unwrap().read(0, 4).unwrap();
+    assert!(c.showers.iter().all(|v| v.is_finite() && (*v == 0.0 || *v >= 0.015)));
+    assert!(c.showers.iter().any(|&v| v > 0.0));
+    ok(d, &["log-prob", "--model", "t", "--showers", "ds2.h5", "--output", "lp.h5", "--batch-size", "50"]);
+}

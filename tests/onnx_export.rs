@@ -180,7 +180,7 @@ fn check_postprocessed_zdc(d: &Path, model: &str, python: &str) {
     let dir = d.join(model);
     let (prep, scaler) = zdc::model_processing(&dir).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
-    for variant in [Denoise::Round, Denoise::FloorRecalc] {
+    for variant in [Denoise::Round, Denoise::FloorRecalc, Denoise::SubFloorFill] {
         let name = format!("{model}.{}", variant.name());
         let onnx = path(d, &format!("{name}.onnx"));
         ok(d, &["export-onnx", "--model", model, "--postprocess", "--denoise", variant.name(), "--output", &onnx]);

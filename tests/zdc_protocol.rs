@@ -107,6 +107,23 @@ fn photon_sum_data_reproduces_the_file_sums_and_model_draws_its_own() {
         )
     };
     sample("data", "round", "gen-data.h5");
+    // The default noise removal (no --denoise).
+    let default_log = ok(
+        d,
+        &[
+            "sample",
+            "--model",
+            "t",
+            "--conditions",
+            "zdc.h5",
+            "--photon-sum",
+            "data",
+            "--seed",
+            "2",
+            "--output",
+            "gen-default.h5",
+        ],
+    );
     sample("model", "round", "gen-model.h5");
     sample("data", "sub-floor", "gen-sub.h5");
     {
@@ -128,11 +145,25 @@ fn photon_sum_data_reproduces_the_file_sums_and_model_draws_its_own() {
         });
         let (sa, sb): (f64, f64) = (a.iter().map(|&v| v as f64).sum(), b.iter().map(|&v| v as f64).sum());
         assert!(sb < sa, "sub-floor total {sb} should be below round's {sa}");
+        // The default keeps every image's total at the (whole) photon sum it was generated for.
+        let f = ZdcFile::open(&d.join("gen-default.h5")).unwrap();
+        let images = f.read_responses(0, f.events).unwrap();
+        for (i, (img, &s)) in images.chunks(1936).zip(&f.conditions.photon_sum).enumerate() {
+            assert_eq!(img.iter().sum::<f32>(), s.round(), "event {i}: the default changed the photon total");
+        }
+        assert!(
+            default_log.contains("photon-total error |Σ − S|/S: median 0.00 %, 90th percentile 0.00 %"),
+            "{default_log}"
+        );
     }
     ok(d, &["evaluate", "--reference", "zdc.h5", "--generated", "gen-data.h5", "--output", "m.json"]);
     let m = details(&d.join("m.json"));
     assert_eq!(m["photon_sum_source"], "data");
     assert_eq!(m["denoise"], "round");
+    assert!(m["photon_total_error"]["p90"].as_f64().unwrap() >= m["photon_total_error"]["median"].as_f64().unwrap());
+    let out = ok(d, &["evaluate", "--reference", "zdc.h5", "--generated", "gen-default.h5", "--output", "m2.json"]);
+    assert!(out.contains("photon-total error |Σ − S|/S of the generated images: median 0.00 %"), "{out}");
+    assert_eq!(details(&d.join("m2.json"))["denoise"], "sub-floor-fill");
     let e = fails(d, &["sample", "--model", "t", "--conditions", "zdc.h5", "--denoise", "nope", "--output", "x.h5"]);
     assert!(e.contains("nope"), "{e}");
 }

@@ -9,14 +9,17 @@ use crate::diagnostics::perf::{self as bench, What};
 use crate::error::{Error, Result};
 
 pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
-    if a.batch_size == Some(0) {
-        return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
-    }
-    if a.repeats == 0 {
-        return Err(Error::Invalid("--repeats must be ≥ 1".into()));
-    }
     let device = crate::device::open(&g.device)?;
     if let Some(detector) = a.shower {
+        let voxels = |ds| crate::data::geometry::CaloGeometry::for_dataset(ds).map_or(0, |g| g.voxels());
+        let (shape, values) = match detector {
+            crate::config::Detector::Zdc => ("zdc", crate::data::channels::PIXELS),
+            crate::config::Detector::Ds2 => ("ds2-flow3", voxels(2)),
+            crate::config::Detector::Ds3 => ("ds3-flow3", voxels(3)),
+        };
+        let shape = bench::shape_by_name(shape)?;
+        // The shower's values, its postprocessed copy, the noise and the output buffer.
+        check_batch_memory(a.batch_size.unwrap_or(1000), &shape, 4 * values)?;
         let m = bench::measure_showers(
             detector,
             !a.teacher,
@@ -43,12 +46,7 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
     }
     if let Some(b) = a.batch_size {
         for s in &shapes {
-            // Activations of every hidden layer of every block, kept for the backward pass.
-            let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features) as f64;
-            crate::util::limits::check_memory(
-                &format!("--batch-size {b} on {}", s.name),
-                4.0 * 4.0 * b as f64 * per_row,
-            )?;
+            check_batch_memory(b, s, 0)?;
         }
     }
     let whats = match a.what {
@@ -75,4 +73,11 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
         print!("{}", bench::render(&all));
     }
     Ok(())
+}
+
+/// A batch of `b` rows through stack `s` (and `extra` more values per row), against the memory
+/// budget: the activations of every hidden layer of every block, kept for the backward pass.
+fn check_batch_memory(b: usize, s: &bench::Shape, extra: usize) -> Result<()> {
+    let per_row = (s.blocks * (s.layers + 2) * s.hidden.max(s.features) + 2 * s.features + extra) as f64;
+    crate::util::limits::check_memory(&format!("--batch-size {b} on {}", s.name), 4.0 * 4.0 * b as f64 * per_row)
 }

@@ -290,10 +290,14 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         ]));
         s.evaluate(&format!("DS2 evaluation of {name}"), &v)
     };
-    let ct = calo_sample(&mut s, "ds2/teacher", "100", "ds2/gen-teacher.h5")?;
+    let ct = calo_sample(&mut s, "ds2/teacher", "1000", "ds2/gen-teacher.h5")?;
     let cs = calo_sample(&mut s, "ds2/student", "1000", "ds2/gen-student.h5")?;
     let mct = calo_eval(&mut s, "ds2/gen-teacher.h5", "teacher")?;
     let mcs = calo_eval(&mut s, "ds2/gen-student.h5", "student")?;
+    // The floor of the shape profile: the training file against the independent reference.
+    let mut floor_args = evaluate_args(&s, "data/ds2-reference.h5", "data/ds2.h5", "ds2", "floor");
+    floor_args.extend(args(&["--classifier-epochs", "0"]));
+    let mcf = s.evaluate("DS2 floor: the training file against the reference (no classifier)", &floor_args)?;
 
     println!(
         "\n==================== zdcflow demo: results ({:.0} s) ====================",
@@ -367,6 +371,19 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             metric(m, "classifier_low.auc"),
             metric(m, "fpd"),
             metric(m, "kpd")
+        );
+    }
+    println!(
+        "per-layer shape profile, layers 2–40 (means of HighLevelFeatures after the threshold, against the reference):"
+    );
+    println!("{:<38} {:>13} {:>13} {:>13}", "", "|Δ sparsity|", "|Δ width r|", "|Δ centre r|");
+    for (name, m) in [("floor: training file vs reference", &mcf), ("teacher (MAF)", &mct), ("student (IAF)", &mcs)] {
+        println!(
+            "{:<38} {:>13.3} {:>12.1}% {:>10.2} mm",
+            name,
+            metric_f(m, "profile.sparsity"),
+            100.0 * metric_f(m, "profile.width_r_rel"),
+            metric_f(m, "profile.centre_r_mm")
         );
     }
     println!("\nplots:    {0}/zdc/plots-*/  {0}/ds2/plots-*/", dir.display());

@@ -21,6 +21,7 @@ pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
     let cfg = Config::load(&a.config, &a.run.set)?;
     let out = a.run.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
     manifest::check_output_dir(&out, Reuse::Resume(a.run.resume))?;
+    crate::util::output_guard::check_output_dir(&out, "--output-dir", &[("--teacher", &a.teacher)])?;
     let opts =
         RunOptions { resume: a.run.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
     crate::util::interrupt::install();

@@ -15,19 +15,6 @@ use crate::eval::{self, classifier};
 pub const REGRESSION: u8 = 3;
 
 pub fn run(a: &EvaluateArgs, g: &Globals) -> Result<(MetricsFile, Vec<Regression>)> {
-    if a.baseline.is_some() && (a.tolerance.is_nan() || a.tolerance < 0.0) {
-        return Err(Error::Invalid("--tolerance must be ≥ 0".into()));
-    }
-    if a.classifier_hidden == 0
-        || a.classifier_batch == 0
-        || a.classifier_runs == 0
-        || a.classifier_lr.is_nan()
-        || a.classifier_lr <= 0.0
-    {
-        return Err(Error::Invalid(
-            "--classifier-hidden, --classifier-batch, --classifier-runs and --classifier-lr must be > 0".into(),
-        ));
-    }
     let req = Request {
         reference: a.reference.clone(),
         reference2: a.reference2.clone(),
@@ -114,13 +101,31 @@ struct Request {
     show_progress: bool,
 }
 
+/// Refuses, before anything is computed, outputs that would replace an input, each other, or
+/// something that is not a regular file (`--plots` is a directory).
+fn check_outputs(req: &Request) -> Result<()> {
+    use crate::util::output_guard::{check_output, Input};
+    let mut inputs = vec![Input::File("--reference", &req.reference), Input::File("--generated", &req.generated)];
+    inputs.extend(req.reference2.as_deref().map(|p| Input::File("--reference2", p)));
+    inputs.extend(req.baseline.as_deref().map(|b| Input::File("--baseline", b)));
+    if let Some(o) = &req.output {
+        check_output(o, "--output", &inputs)?;
+        inputs.push(Input::File("--output", o));
+    }
+    if let Some(o) = &req.features_out {
+        check_output(o, "--features-out", &inputs)?;
+    }
+    match &req.plots {
+        Some(p) if p.exists() && !p.is_dir() => {
+            Err(Error::format(p, "--plots is a directory for the figures, and this path exists and is not one"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Computes the metrics (and figures), writes them, and applies the gate.
 fn evaluate(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile, Vec<Regression>)> {
-    if let Some(o) = &req.output {
-        let mut inputs = vec![("--reference", req.reference.as_path()), ("--generated", req.generated.as_path())];
-        inputs.extend(req.baseline.as_deref().map(|b| ("--baseline", b)));
-        crate::util::atomic::ensure_not_input(o, "--output", &inputs)?;
-    }
+    check_outputs(req)?;
     // The baseline is checked before the (long) evaluation: an unusable one fails at once.
     let baseline = req
         .baseline
@@ -141,6 +146,12 @@ fn evaluate(req: &Request, device: &candle_core::Device) -> Result<(MetricsFile,
     );
     let (metrics, details) = match (&reference, &generated) {
         (DataFile::Zdc(r), DataFile::Zdc(g)) => {
+            if let Some(o) = &req.features_out {
+                return Err(Error::format(
+                    o,
+                    "--features-out writes the CaloChallenge classifier's features; ZDC files have none",
+                ));
+            }
             let r2 = match &req.reference2 {
                 Some(p) => match DataFile::open(p)? {
                     DataFile::Zdc(f) => Some(f),

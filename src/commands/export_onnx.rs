@@ -8,8 +8,10 @@ use crate::error::{Error, Result};
 use crate::export::{calo, onnx, shower, zdc};
 use crate::flow::io;
 use crate::util::atomic;
+use crate::util::output_guard::{check_output, Input};
 
 pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
+    check_output(&a.output, "--output", &[Input::ModelDir("--model", &a.model)])?;
     if a.whole_shower {
         return whole_shower(a);
     }

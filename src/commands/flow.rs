@@ -9,12 +9,16 @@ use crate::cli::{FlowArgs, FlowPass, PassArgs};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::util::atomic;
+use crate::util::output_guard::{check_output, Input};
 
 /// An `.npy` array (N, K) in float64, with the dtype the file had.
 pub fn read_npy(path: &Path) -> Result<(Array2<f64>, DType)> {
     if !path.is_file() {
         return Err(Error::format(path, "no such file"));
     }
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    crate::util::limits::check_npy_header(&mut f, size, |m| Error::format(path, m))?;
     match ndarray_npy::read_npy::<_, Array2<f64>>(path) {
         Ok(a) => Ok((a, DType::F64)),
         Err(_) => match ndarray_npy::read_npy::<_, Array2<f32>>(path) {
@@ -46,6 +50,9 @@ fn to_tensor(a: &Array2<f64>, rows: std::ops::Range<usize>, dtype: DType, device
 pub fn inputs(flow: &Flow, a: &PassArgs) -> Result<(Array2<f64>, Option<Array2<f64>>, DType)> {
     let spec = flow.spec();
     let (x, dtype) = read_npy(&a.input)?;
+    if x.nrows() == 0 {
+        return Err(Error::format(&a.input, "holds no rows"));
+    }
     if x.ncols() != spec.features {
         return Err(Error::format(
             &a.input,
@@ -110,6 +117,9 @@ pub fn run(a: &FlowArgs, device: &Device) -> Result<usize> {
     let args = match &a.pass {
         FlowPass::LogProb(p) | FlowPass::ToData(p) | FlowPass::ToLatent(p) => p,
     };
+    let mut read = vec![Input::File("--input", &args.input), Input::ModelDir("--model", &args.model)];
+    read.extend(args.context.as_deref().map(|c| Input::File("--context", c)));
+    check_output(&args.output, "--output", &read)?;
     let units = super::flow_dir::read(&args.model)?;
     let (_, flow) = units.load(args.unit.as_deref(), None, device)?;
     let (x, ctx, dtype) = inputs(&flow, args)?;

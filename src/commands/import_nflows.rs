@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::flow::nflows::{self, ImportOptions, NflowsKind};
 use crate::flow::{io, FlowSpec};
 use crate::models::manifest::{check_output_dir, save_unit_file, Reuse, Unit, UnitFile};
+use crate::util::output_guard::{self, Input};
 
 /// Reads the state dict of a checkpoint.
 pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<Vec<(String, candle_core::Tensor)>> {
@@ -42,6 +43,9 @@ pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
         return Err(Error::Invalid("--data, --condition-scaler, --flow2 and --flow3 need --detector".into()));
     }
     check_output_dir(&a.output_dir, Reuse::Never)?;
+    let unit_dir = output_guard::join_inside(&a.output_dir, &a.unit, "--unit")?;
+    let weights = unit_dir.join("best.safetensors");
+    output_guard::check_output(&weights, "--output-dir", &[Input::File("checkpoint", &a.checkpoint)])?;
     let kind = match a.kind {
         KindArg::Maf => NflowsKind::Maf,
         KindArg::Iaf => NflowsKind::Iaf,
@@ -70,8 +74,6 @@ pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
             data.insert(format!("{}.{name}", io::PREFIX), Var::from_tensor(&t)?);
         }
     }
-    let unit_dir = a.output_dir.join(&a.unit);
-    let weights = unit_dir.join("best.safetensors");
     std::fs::create_dir_all(&unit_dir).map_err(|e| Error::io(&unit_dir, e))?;
     io::save_varmap(&varmap, &weights)?;
     // Loading it back checks the names and shapes against the spec's architecture.

@@ -139,7 +139,8 @@ fn write_f64(file: &hdf5::File, path: &Path, name: &str, values: &[f64]) -> Resu
 
 /// Runs `log-prob`; returns (showers scored, mean log_prob).
 pub fn run(a: &LogProbArgs, device: &Device) -> Result<(usize, f64)> {
-    crate::util::atomic::ensure_not_input(&a.output, "--output", &[("--showers", &a.showers), ("--model", &a.model)])?;
+    use crate::util::output_guard::{check_output, Input};
+    check_output(&a.output, "--output", &[Input::File("--showers", &a.showers), Input::ModelDir("--model", &a.model)])?;
     if a.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
     }

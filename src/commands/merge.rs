@@ -10,6 +10,7 @@ use crate::data::open::DataFile;
 use crate::data::zdc::{ZdcConditions, ZdcWriter};
 use crate::error::{Error, Result};
 use crate::sample::parse_shard;
+use crate::util::output_guard::{check_output, Input};
 use crate::util::progress;
 
 pub fn run(a: &MergeArgs, g: &Globals) -> Result<()> {
@@ -18,19 +19,33 @@ pub fn run(a: &MergeArgs, g: &Globals) -> Result<()> {
     Ok(())
 }
 
-/// One input of a merge: shard `index` of `of`, and the job it comes from (model, seed,
-/// conditions file).
+/// The attributes that `sample` writes to describe how its events were generated: every shard
+/// of one job has the same, and the merged file keeps them.
+const JOB_ATTRS: [&str; 10] = [
+    "generator",
+    "model",
+    "model_role",
+    "seed",
+    "selection",
+    "precision",
+    "source_file",
+    "source_events",
+    "photon_sum_source",
+    "denoise",
+];
+
+/// One input of a merge: shard `index` of `of`, and the job it comes from ([`JOB_ATTRS`]).
 struct Shard {
     index: usize,
     of: usize,
-    job: (Option<String>, Option<String>, Option<String>),
+    job: Vec<Option<String>>,
     path: PathBuf,
 }
 
 /// Joins shard files (any order; their `shard` attributes order them); returns the events.
 fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<usize> {
-    let named: Vec<(&str, &Path)> = inputs.iter().map(|p| ("shard", p.as_path())).collect();
-    crate::util::atomic::ensure_not_input(output, "--output", &named)?;
+    let named: Vec<Input> = inputs.iter().map(|p| Input::File("shard", p)).collect();
+    check_output(output, "--output", &named)?;
     let mut shards = Vec::new();
     for p in inputs {
         let f = h5::open(p)?;
@@ -38,8 +53,8 @@ fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<usize
             .ok_or_else(|| Error::format(p, "is not a shard (no 'shard' attribute from sample --shard)"))?;
         let (i, n) =
             parse_shard(&tag).map_err(|_| Error::format(p, format!("has an unreadable shard attribute '{tag}'")))?;
-        let key = (h5::get_attr(&f, "model"), h5::get_attr(&f, "seed"), h5::get_attr(&f, "source_file"));
-        shards.push(Shard { index: i, of: n, job: key, path: p.clone() });
+        let job = JOB_ATTRS.iter().map(|k| h5::get_attr(&f, k)).collect();
+        shards.push(Shard { index: i, of: n, job, path: p.clone() });
     }
     shards.sort_by_key(|s| s.index);
     let n = shards[0].of;
@@ -63,29 +78,26 @@ fn merge(inputs: &[PathBuf], output: &Path, show_progress: bool) -> Result<usize
         let missing: Vec<String> = (1..=n).filter(|i| !have.contains(i)).map(|i| format!("{i}/{n}")).collect();
         return Err(Error::Invalid(format!("merge needs shards 1..{n} of one job; missing {}", missing.join(", "))));
     }
-    if let Some(s) = shards.iter().find(|s| s.job != shards[0].job) {
-        return Err(Error::format(&s.path, "comes from another model, seed or conditions file than the first shard"));
+    for s in &shards {
+        if let Some(k) = (0..JOB_ATTRS.len()).find(|&k| s.job[k] != shards[0].job[k]) {
+            let show = |v: &Option<String>| v.as_deref().map_or("(none)".to_string(), |v| format!("'{v}'"));
+            return Err(Error::format(
+                &s.path,
+                format!(
+                    "has {} {}, {} has {}: shards of different jobs",
+                    JOB_ATTRS[k],
+                    show(&s.job[k]),
+                    shards[0].path.display(),
+                    show(&shards[0].job[k])
+                ),
+            ));
+        }
     }
     let files: Vec<DataFile> = shards.iter().map(|s| DataFile::open(&s.path)).collect::<Result<_>>()?;
     let total: usize = files.iter().map(|f| f.events()).sum();
     let pb = progress::bar(total as u64, "merging", "events", show_progress);
-    let first = h5::open(&shards[0].path)?;
-    let mut attrs: Vec<(&str, String)> = Vec::new();
-    for k in [
-        "generator",
-        "model",
-        "model_role",
-        "seed",
-        "selection",
-        "source_file",
-        "source_events",
-        "photon_sum_source",
-        "denoise",
-    ] {
-        if let Some(v) = h5::get_attr(&first, k) {
-            attrs.push((k, v));
-        }
-    }
+    let mut attrs: Vec<(&str, String)> =
+        JOB_ATTRS.iter().zip(&shards[0].job).filter_map(|(k, v)| Some((*k, v.clone()?))).collect();
     attrs.push(("merged_shards", n.to_string()));
     match &files[0] {
         DataFile::Calo(c) => {

@@ -15,6 +15,7 @@ use crate::data::split::Part;
 use crate::data::zdc::{ZdcFile, ZdcWriter};
 use crate::detector::noise::BatchNoise;
 use crate::error::{Error, Result};
+use crate::eval::photon_total::PhotonTotalTally;
 use crate::models::manifest::Manifest;
 use crate::sample::calo::CaloChain;
 use crate::sample::zdc::ZdcSampler;
@@ -22,6 +23,7 @@ use crate::sample::{
     check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Report,
     SamplingPrecision, Subset,
 };
+use crate::util::output_guard::{check_output, Input};
 use crate::util::progress;
 
 pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
@@ -109,14 +111,15 @@ fn generate(req: &Request, device: &Device) -> Result<Report> {
     if req.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
     }
-    if let Some(c) = &req.conditions {
-        crate::util::atomic::ensure_not_input(&req.output, "--output", &[("--conditions", c.as_path())])?;
-    }
     if let Some(n) = req.events {
         // E_inc of every event is held in memory; the showers are written in chunks.
         crate::util::limits::check_memory(&format!("--events {n}"), 4.0 * n as f64)?;
     }
     let (dir, m) = resolve_model(&req.model, req.use_teacher)?;
+    let mut inputs = vec![Input::ModelDir("--model", &req.model), Input::ModelDir("--model", &dir)];
+    inputs.extend(m.teacher.as_deref().map(|t| Input::ModelDir("teacher", t)));
+    inputs.extend(req.conditions.as_deref().map(|c| Input::File("--conditions", c)));
+    check_output(&req.output, "--output", &inputs)?;
     match m.detector {
         Detector::Zdc => run_zdc(req, &dir, &m, device),
         Detector::Ds2 | Detector::Ds3 => run_calo(req, &dir, &m, device),
@@ -157,6 +160,7 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
     let pb = progress::bar(mine.len() as u64, "sampling", "events", req.show_progress);
     let start = Instant::now();
     let mut generating = 0.0;
+    let mut totals = PhotonTotalTally::default();
     for (b, batch) in mine.chunks(req.batch_size).enumerate() {
         let cond = file.conditions.select(batch);
         let t = Instant::now();
@@ -165,13 +169,22 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
         let (responses, sums) =
             sampler.generate(&cond.particles, &cond.photon_sum, req.photon_sum, req.denoise, &mut noise)?;
         generating += t.elapsed().as_secs_f64();
+        totals.add(&responses, &sums);
         writer.write_with_sums(&responses, &cond, &sums, Some(batch))?;
         pb.inc(batch.len() as u64);
     }
     pb.finish_and_clear();
+    let totals = totals.summary();
+    writer.set_attr(PHOTON_TOTAL_ERROR_MEDIAN, &totals.median.to_string())?;
+    writer.set_attr(PHOTON_TOTAL_ERROR_P90, &totals.p90.to_string())?;
     writer.finish()?;
+    println!("{totals}");
     Ok(report(mine.len(), generating, start, &req.output))
 }
+
+/// Attributes of generated ZDC files: the photon-total error (|Σ image − S| / S) of its responses.
+pub const PHOTON_TOTAL_ERROR_MEDIAN: &str = "photon_total_error_median";
+pub const PHOTON_TOTAL_ERROR_P90: &str = "photon_total_error_p90";
 
 fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<Report> {
     let mut chain = CaloChain::load(dir, m, device)?;

@@ -199,6 +199,15 @@ impl Config {
                 }
             }
             Detector::Ds2 | Detector::Ds3 => {
+                if let Some(n) = self.model.calo_noise_mev {
+                    // Above the 15 keV generation threshold an empty voxel's noise would read as energy.
+                    if !(n > 0.0 && n < 1.5e-2) {
+                        return Err(Error::config(
+                            "model.calo_noise_mev",
+                            format!("must be in (0, 0.015) MeV, got {n}"),
+                        ));
+                    }
+                }
                 if self.flow.is_some() {
                     return Err(Error::config("flow", "CaloChallenge configs use [flow1], [flow2], [flow3]"));
                 }
@@ -272,6 +281,31 @@ pub fn default_output_dir(config_path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::flow::SplineConfig;
+
+    /// Every shipped config loads, and the fast recipe's files of one dataset share the [model]
+    /// settings that the flows of one directory must share.
+    #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 40, "{n} configs");
+        for ds in [2, 3] {
+            let model = |f: &str| Config::load(&dir.join(format!("ds{ds}-fast-{f}.toml")), &[]).unwrap().model;
+            let teacher = model("flow1");
+            assert!(teacher.calo_standardise_voxels && teacher.calo_noise_mev.is_some());
+            assert_eq!(model("flow2"), teacher);
+            let mut flow3 = model("flow3");
+            flow3.flows.clear();
+            assert_eq!(flow3, teacher);
+        }
+    }
 
     const ZDC: &str = r#"
 [model]

@@ -83,6 +83,10 @@ pub struct ModelSection {
     /// (saved in model.json, undone at sampling). Not in the paper: the fast recipe's main step.
     #[serde(default)]
     pub calo_standardise_voxels: bool,
+    /// CaloChallenge: the dequantisation noise U[0, noise) in MeV added to every voxel and layer
+    /// energy in training (and in `log-prob`'s definition); default iCaloFlow's 5 keV.
+    #[serde(default)]
+    pub calo_noise_mev: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

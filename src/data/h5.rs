@@ -25,7 +25,11 @@ pub fn open(path: &Path) -> Result<File> {
     if path.is_dir() {
         return Err(Error::format(path, "is a directory, not a data file"));
     }
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::format(path, "is not a regular file (a device, FIFO or socket), not a data file"));
+    }
+    let len = meta.len();
     if len == 0 {
         return Err(Error::format(path, "the file is empty"));
     }
@@ -266,6 +270,7 @@ pub struct TempH5 {
 
 impl TempH5 {
     pub fn create(path: &Path) -> Result<Self> {
+        crate::util::output_guard::refuse_non_regular(path, "the output")?;
         let tmp = crate::util::atomic::temp_path(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -279,13 +284,20 @@ impl TempH5 {
         self.file.as_ref().expect("open until commit")
     }
 
-    /// Flushes, closes and renames into place. Every dataset handle must have been dropped.
+    /// Flushes, closes and renames into place (the temporary file is removed if any step fails).
+    /// Every dataset handle must have been dropped.
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("open until commit");
-        file.flush()
-            .map_err(|e| Error::Hdf5 { path: self.path.clone(), msg: format!("cannot flush: {}", first_line(&e)) })?;
+        let flushed = file
+            .flush()
+            .map_err(|e| Error::Hdf5 { path: self.path.clone(), msg: format!("cannot flush: {}", first_line(&e)) });
         drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
+        let result =
+            flushed.and_then(|()| std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e)));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
     }
 }
 

@@ -112,6 +112,27 @@ impl CaloPreprocessing {
         }
     }
 
+    /// Checks the voxel standardisation (if any) against `v` voxels per layer: 45 × `v` finite
+    /// means and positive finite stds.
+    pub fn check_voxel_standardisation(&self, v: usize) -> std::result::Result<(), String> {
+        let Some(s) = &self.voxel_standardisation else { return Ok(()) };
+        let n = crate::data::geometry::LAYERS * v;
+        if s.mean.len() != n || s.std.len() != n {
+            return Err(format!(
+                "preprocessing.calo.voxel_standardisation has {} means and {} stds; 45 layers of {v} voxels need {n}",
+                s.mean.len(),
+                s.std.len()
+            ));
+        }
+        if let Some(bad) = s.mean.iter().find(|x| !x.is_finite()) {
+            return Err(format!("preprocessing.calo.voxel_standardisation has a mean of {bad}"));
+        }
+        if let Some(bad) = s.std.iter().find(|&&x| !(x.is_finite() && x > 0.0)) {
+            return Err(format!("preprocessing.calo.voxel_standardisation has a std of {bad}; stds must be > 0"));
+        }
+        Ok(())
+    }
+
     /// Standardises layer `layer`'s pattern logits in place (nothing without a standardisation).
     pub fn standardise_layer(&self, layer: usize, logits: &mut [f32]) {
         if let Some(s) = &self.voxel_standardisation {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use hdf5::{Dataset, File};
 
 use super::channels::PIXELS;
-use super::check::check_energies;
+use super::check::check_photon_counts;
 use super::h5::{self, Matrix};
 use crate::error::{Error, Result};
 
@@ -177,7 +177,7 @@ impl ZdcFile {
         if n == 0 {
             return Err(Error::data(path, "arr_0", "holds no events"));
         }
-        check_energies(path, "arr_0", &responses, PIXELS, 0)?;
+        check_photon_counts(path, "arr_0", &responses, PIXELS, 0)?;
         let (pshape, table) = read_npz_f32(&sibling)?;
         if pshape.len() != 2 || pshape[0] != n || !(pshape[1] == FEATURES + 1 || pshape[1] == FEATURES + 2) {
             return Err(Error::data(
@@ -234,7 +234,7 @@ impl ZdcFile {
             Responses::InMemory(v) => Ok(v[start * PIXELS..end * PIXELS].to_vec()),
             Responses::Hdf5 { matrix, .. } => {
                 let v = matrix.read_rows_f32(start, end)?;
-                check_energies(&self.path, RESPONSES, &v, PIXELS, start)?;
+                check_photon_counts(&self.path, RESPONSES, &v, PIXELS, start)?;
                 Ok(v)
             }
         }
@@ -259,8 +259,18 @@ fn read_source_rows(file: &File, path: &Path, n: usize) -> Result<Option<SourceR
         return Ok(None);
     }
     let m = Matrix::open(file, path, SOURCE_INDEX, &[1], false)?;
-    let index: Vec<usize> = m.read_rows_i64(0, n)?.into_iter().map(|v| v.max(0) as usize).collect();
+    let raw = m.read_rows_i64(0, n)?;
     let source_events = h5::get_attr(file, "source_events").and_then(|s| s.parse().ok()).unwrap_or(0);
+    // A row outside the conditions file would pair events with the wrong reference rows.
+    let outside = |v: i64| v < 0 || (source_events > 0 && v as u64 >= source_events as u64);
+    if let Some(i) = raw.iter().position(|&v| outside(v)) {
+        return Err(Error::data(
+            path,
+            SOURCE_INDEX,
+            format!("event {i} names row {} of a conditions file of {source_events} events", raw[i]),
+        ));
+    }
+    let index = raw.into_iter().map(|v| v as usize).collect();
     Ok(Some(SourceRows { index, source_events }))
 }
 
@@ -270,7 +280,7 @@ fn sums_by_streaming(m: &Matrix, path: &Path) -> Result<Vec<f32>> {
     for s in (0..m.rows).step_by(step) {
         let e = (s + step).min(m.rows);
         let v = m.read_rows_f32(s, e)?;
-        check_energies(path, RESPONSES, &v, PIXELS, s)?;
+        check_photon_counts(path, RESPONSES, &v, PIXELS, s)?;
         sums.extend(v.chunks(PIXELS).map(|r| r.iter().sum::<f32>()));
     }
     Ok(sums)
@@ -296,56 +306,13 @@ fn check_conditions(path: &Path, c: &ZdcConditions) -> Result<()> {
 /// Reads the npy header of entry `key` and checks its declared shape against the bytes the entry
 /// holds and against the memory budget, before ndarray-npy allocates the array.
 fn check_npy_header(path: &Path, key: &str) -> Result<()> {
-    use std::io::Read;
     let bad = |m: String| Error::data(path, key.trim_end_matches(".npy"), m);
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::format(path, format!("not a readable npz file: {e}")))?;
     let name = if key.ends_with(".npy") { key.to_string() } else { format!("{key}.npy") };
     let mut entry = zip.by_name(&name).map_err(|e| bad(format!("unreadable: {e}")))?;
     let size = entry.size();
-    let mut head = [0u8; 12];
-    entry.read_exact(&mut head[..10]).map_err(|_| bad("too short for an npy header".into()))?;
-    if &head[..6] != b"\x93NUMPY" {
-        return Err(bad("is not an npy array (bad magic)".into()));
-    }
-    let (prefix, len) = if head[6] == 1 {
-        (10u64, u16::from_le_bytes([head[8], head[9]]) as u64)
-    } else {
-        entry.read_exact(&mut head[10..12]).map_err(|_| bad("too short for an npy header".into()))?;
-        (12, u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64)
-    };
-    if len > 1 << 20 {
-        return Err(bad(format!("declares an npy header of {len} bytes")));
-    }
-    let mut text = vec![0u8; len as usize];
-    entry.read_exact(&mut text).map_err(|_| bad("the npy header is truncated".into()))?;
-    let text = String::from_utf8_lossy(&text);
-    let shape_text = text
-        .split_once("'shape':")
-        .and_then(|(_, r)| r.split_once('(')?.1.split_once(')'))
-        .map(|(inside, _)| inside.to_string())
-        .ok_or_else(|| bad("the npy header has no shape".into()))?;
-    let dims: Vec<f64> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(|d| d.parse::<f64>().map_err(|_| bad(format!("unreadable shape ({shape_text})"))))
-        .collect::<Result<_>>()?;
-    let item: usize = text
-        .split_once("'descr':")
-        .and_then(|(_, r)| r.split('\'').nth(1))
-        .and_then(|d| d.trim_start_matches(['<', '>', '|', '=']).get(1..)?.parse().ok())
-        .unwrap_or(1);
-    let elements: f64 = dims.iter().product();
-    let available = size.saturating_sub(prefix + len);
-    if elements * item as f64 > available as f64 {
-        return Err(bad(format!(
-            "its header declares shape ({shape_text}) = {} but the array holds only {} (shorter than its header says)",
-            crate::util::limits::human(elements * item as f64),
-            crate::util::limits::human(available as f64)
-        )));
-    }
-    crate::util::limits::check_memory_for(path, &format!("array of shape ({shape_text})"), elements * (item + 4) as f64)
+    crate::util::limits::check_npy_header(&mut entry, size, bad)
 }
 
 /// Reads `arr_0` of an npz file as f32, whatever numeric dtype it was saved with.
@@ -454,6 +421,11 @@ impl ZdcWriter {
         }
         self.written += n;
         Ok(())
+    }
+
+    /// Sets a file attribute (e.g. a summary known only once every event is written).
+    pub fn set_attr(&self, key: &str, value: &str) -> Result<()> {
+        h5::set_attr(self.out.file(), &self.out.path, key, value)
     }
 
     pub fn finish(self) -> Result<()> {

@@ -60,29 +60,16 @@ pub struct StandardisationTables {
 }
 
 impl StandardisationTables {
-    /// The tables of `prep`'s standardisation (None without one); `Err` with a message when its
-    /// length is not 45 × `v`.
+    /// The tables of `prep`'s standardisation (None without one); `Err` with a message when it
+    /// does not fit `v` voxels per layer or holds a non-finite mean or a std ≤ 0.
     pub fn new(
         prep: &CaloPreprocessing,
         v: usize,
         device: &candle_core::Device,
         dtype: candle_core::DType,
     ) -> std::result::Result<Option<Self>, String> {
+        prep.check_voxel_standardisation(v)?;
         let Some(s) = &prep.voxel_standardisation else { return Ok(None) };
-        if s.mean.len() != LAYERS * v || s.std.len() != LAYERS * v {
-            return Err(format!(
-                "preprocessing.calo.voxel_standardisation has {} means and {} stds; {LAYERS} layers of {v} voxels need {}",
-                s.mean.len(),
-                s.std.len(),
-                LAYERS * v
-            ));
-        }
-        if let Some(bad) = s.std.iter().chain(&s.mean).find(|x| !x.is_finite()) {
-            return Err(format!("preprocessing.calo.voxel_standardisation holds {bad}"));
-        }
-        if let Some(bad) = s.std.iter().find(|&&x| x <= 0.0) {
-            return Err(format!("preprocessing.calo.voxel_standardisation has a std of {bad}; stds must be > 0"));
-        }
         let table = |x: &[f64]| Tensor::from_slice(x, (LAYERS, v), device)?.to_dtype(dtype);
         let tables = (|| Ok::<_, candle_core::Error>(Self { mean: table(&s.mean)?, std: table(&s.std)? }))();
         tables.map(Some).map_err(|e| e.to_string())

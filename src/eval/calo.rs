@@ -179,6 +179,10 @@ pub fn evaluate(
             ),
         ));
     }
+    if !opts.inputs.is_empty() {
+        // The widest input (the voxels and E_inc), before the long scans.
+        super::classifier::check_size(&opts.classifier, reference.geometry.voxels() + 1)?;
+    }
     let mut r = scan(reference, None, show_progress, "reference")?;
     let voxel_edges = log_edges(r.max_voxel, 50);
     r.voxels = Some(voxel_histogram(reference, &voxel_edges)?);

@@ -188,6 +188,24 @@ fn bce_with_logits(z: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
 /// (is reference, row) pairs; label 1 for reference, 0 for generated, as `evaluate.py`.
 type Item = (bool, usize);
 
+/// The classifier's memory, checked against the budget before it is built: weights, gradients
+/// and Adam's two moments (4 copies of the parameters), and a batch's activations kept for the
+/// backward pass (about 3 buffers per layer).
+pub fn check_size(s: &Settings, dim: usize) -> Result<()> {
+    let (h, layers) = (s.hidden as f64, s.layers as f64);
+    let params = (dim as f64 + 1.0) * h + layers * (h + 1.0) * h + h + 1.0;
+    let activations = 3.0 * s.batch_size as f64 * (dim as f64 + h * (layers + 1.0));
+    crate::util::limits::check_memory(
+        &format!(
+            "the classifier ({} hidden × {} layers on {dim} inputs, batch {})",
+            s.hidden,
+            s.layers + 1,
+            s.batch_size
+        ),
+        4.0 * (4.0 * params + activations),
+    )
+}
+
 /// One classifier test of `reference` against `generated` (the first `min(n)` rows of each).
 pub fn run(reference: &RowStore, generated: &RowStore, s: &Settings, device: &Device) -> Result<Outcome> {
     let per_class = reference.n().min(generated.n());
@@ -216,6 +234,7 @@ pub fn run(reference: &RowStore, generated: &RowStore, s: &Settings, device: &De
     }
     let [train, test, val] = parts;
 
+    check_size(s, dim)?;
     let varmap = VarMap::new();
     let vb = SeededInit::var_builder(&varmap, derive_seed(s.seed, &[tag::INIT, 0xc1a5]), DType::F32, device);
     let mut sizes = vec![dim];

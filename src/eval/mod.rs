@@ -8,6 +8,7 @@ pub mod calo_hist;
 pub mod calo_plots;
 pub mod calo_profile;
 pub mod classifier;
+pub mod photon_total;
 pub mod plots;
 pub mod report;
 pub mod stats;

@@ -84,6 +84,67 @@ pub fn histograms(path: &Path, title: &str, panels: &[HistPanel]) -> Result<()> 
     })
 }
 
+/// Histograms on a log count axis, the reference as a filled band and the generated as a line,
+/// with `notes[i]` (e.g. the panel's WS) written in panel i: differences in the sparse tails, which
+/// a linear axis flattens to zero, stay visible.
+pub fn log_histograms(path: &Path, title: &str, panels: &[HistPanel], notes: &[String]) -> Result<()> {
+    crate::util::atomic::write_keeping_extension(path, |path| {
+        let (root, areas) = canvas(path, panels.len(), title)?;
+        for (i, (p, area)) in panels.iter().zip(areas.iter()).enumerate() {
+            let note = notes.get(i).map(String::as_str).unwrap_or("");
+            draw_log_histogram(area, p, note).map_err(|e| draw_err(path, e))?;
+        }
+        root.present().map_err(|e| draw_err(path, e))
+    })
+}
+
+fn draw_log_histogram(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    p: &HistPanel,
+    note: &str,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let finite = |v: &[f64]| v.iter().copied().filter(|x| x.is_finite()).collect::<Vec<_>>();
+    let (r, g) = (finite(&p.reference), finite(&p.generated));
+    let edges = shared_edges(&r, &g, 40);
+    let hr = normalised(&histogram(&r, &edges));
+    let hg = normalised(&histogram(&g, &edges));
+    // The floor: a little below one event of the larger sample; empty bins are drawn on it.
+    let floor = 0.5 / r.len().max(g.len()).max(1) as f64;
+    let ymax = hr.iter().chain(&hg).copied().fold(floor, f64::max) * 2.0;
+    let (x0, x1) = (edges[0], edges[edges.len() - 1]);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(x0..x1, (floor..ymax).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(&p.xlabel)
+        .y_desc("fraction (log)")
+        .x_labels(6)
+        .x_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| format!("{v:.0e}"))
+        .light_line_style(WHITE)
+        .draw()?;
+    let on_floor = |pts: Vec<(f64, f64)>| pts.into_iter().map(|(x, y)| (x, y.max(floor))).collect::<Vec<_>>();
+    let band = on_floor(steps(&edges, &hr));
+    let band_style = REFERENCE.mix(0.25).filled();
+    chart
+        .draw_series(std::iter::once(Polygon::new(band, band_style)))?
+        .label("reference")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], band_style));
+    chart
+        .draw_series(LineSeries::new(on_floor(steps(&edges, &hg)), GENERATED.stroke_width(2)))?
+        .label("generated")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GENERATED.stroke_width(2)));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    if !note.is_empty() {
+        area.draw(&Text::new(note.to_string(), (72, 34), ("sans-serif", 15).into_font().color(&BLACK)))?;
+    }
+    Ok(())
+}
+
 fn steps(edges: &[f64], h: &[f64]) -> Vec<(f64, f64)> {
     let mut pts = Vec::with_capacity(2 * h.len() + 2);
     pts.push((edges[0], 0.0));

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use super::photon_total::{PhotonTotalError, PhotonTotalTally};
 use super::plots::{self, HeatPanel, HistPanel};
 use super::zdc_metrics::{image_shapes, mae_by_condition, shape_errors_from, ws_channels, CentreAndRadius};
 use crate::data::channels::{channel_sums, CHANNELS, PIXELS, SIDE};
@@ -29,6 +30,9 @@ struct Scan {
     shapes: Vec<Option<CentreAndRadius>>,
     mean_image: Vec<f64>,
     half_means: [Vec<f64>; 2],
+    /// Image totals against the file's `photon_sum` column (for generated files: the sums they
+    /// were generated for).
+    photon_total: PhotonTotalError,
 }
 
 /// Which half (0: A, 1: B, [`NO_HALF`]: neither) each row belongs to.
@@ -40,13 +44,17 @@ fn scan(file: &ZdcFile, rows: &[usize], side: &[u8], show_progress: bool, what: 
         shapes: Vec::with_capacity(rows.len()),
         mean_image: vec![0.0; PIXELS],
         half_means: [vec![0.0; PIXELS], vec![0.0; PIXELS]],
+        photon_total: PhotonTotalError::default(),
     };
+    let mut totals = PhotonTotalTally::default();
     let mut counts = [0usize; 2];
     let pb = progress::bar(rows.len() as u64, what, "events", show_progress);
     for (c, chunk) in rows.chunks(4096).enumerate() {
         let images = file.read_responses_at(chunk)?;
         s.channels.extend(images.chunks(PIXELS).map(channel_sums));
         s.shapes.extend(image_shapes(&images));
+        let sums: Vec<f32> = chunk.iter().map(|&i| file.conditions.photon_sum[i]).collect();
+        totals.add(&images, &sums);
         for (k, img) in images.chunks(PIXELS).enumerate() {
             let half = side.get(c * 4096 + k).copied().unwrap_or(NO_HALF) as usize;
             for (m, &v) in s.mean_image.iter_mut().zip(img) {
@@ -62,6 +70,7 @@ fn scan(file: &ZdcFile, rows: &[usize], side: &[u8], show_progress: bool, what: 
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
+    s.photon_total = totals.summary();
     let n = rows.len().max(1) as f64;
     s.mean_image.iter_mut().for_each(|m| *m /= n);
     for (h, count) in counts.iter().enumerate() {
@@ -234,6 +243,7 @@ pub fn evaluate(
         "same_size": same_size,
         "photon_sum_source": file_attr(generated, "photon_sum_source"),
         "denoise": file_attr(generated, "denoise"),
+        "photon_total_error": g.photon_total,
         "reference_events": ref_rows.len(),
         "generated_events": generated.events,
         "shared_conditions": mae.conditions,
@@ -264,7 +274,14 @@ fn draw(dir: &Path, r: &Scan, g: &Scan) -> Result<()> {
             generated: g.channels.iter().map(|x| x[c]).collect(),
         })
         .collect();
-    plots::histograms(&dir.join("zdc_channels.png"), "ZDC channel values", &panels)?;
+    let (ws, mean_ws) = ws_channels(&r.channels, &g.channels);
+    let notes: Vec<String> = ws.iter().map(|w| format!("WS {w:.2} photons")).collect();
+    plots::log_histograms(
+        &dir.join("zdc_channels.png"),
+        &format!("ZDC channel values (mean WS {mean_ws:.2}; reference band, generated line)"),
+        &panels,
+        &notes,
+    )?;
     let heat = |title: &str, v: &[f64]| HeatPanel { title: title.into(), values: v.to_vec(), rows: SIDE, cols: SIDE };
     plots::heatmaps_with_colorbar(
         &dir.join("zdc_mean_images.png"),
@@ -342,6 +359,14 @@ pub fn floor_lines(details: &Value) -> String {
         (details.get("photon_sum_source").and_then(Value::as_str), details.get("denoise").and_then(Value::as_str))
     {
         s.push_str(&format!("  photon sums: {ps}; noise removal: {dn}\n"));
+    }
+    if let Some(t) = details.get("photon_total_error") {
+        let f = |k: &str| t.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "  photon-total error |Σ − S|/S of the generated images: median {:.2} %, 90th percentile {:.2} %\n",
+            100.0 * f("median"),
+            100.0 * f("p90")
+        ));
     }
     s
 }

@@ -18,6 +18,11 @@ use crate::flow::made::{hidden_degrees, input_degrees, mask, output_degrees};
 use crate::flow::{Direction, FlowKind, FlowSpec};
 
 /// The graph's input and output names.
+/// The operator sets the graphs are written for: 13 brought ReduceSum's and Squeeze's axes
+/// inputs; 21 is the newest that ONNX Runtime 1.18+ and the ONNX 1.16 checker accept (later
+/// numbers are refused by runtimes that do not know them yet).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
 pub const INPUT_Z: &str = "z";
 pub const INPUT_CONTEXT: &str = "context";
 pub const OUTPUT_X: &str = "x";
@@ -50,16 +55,29 @@ impl Builder {
     }
 
     pub(crate) fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
-        let out = self.fresh(&op.to_lowercase());
+        self.op_with_outputs(op, inputs, attrs, 1).remove(0)
+    }
+
+    /// A node with `outputs` outputs (e.g. TopK's values and indices).
+    pub(crate) fn op_with_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
+        let first = self.fresh(&op.to_lowercase());
+        let names: Vec<String> =
+            (0..outputs).map(|k| if k == 0 { first.clone() } else { format!("{first}_{k}") }).collect();
         self.nodes.push(NodeProto {
             op_type: op.into(),
-            name: format!("{out}_node"),
+            name: format!("{first}_node"),
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
+            output: names.clone(),
             attribute: attrs,
             ..Default::default()
         });
-        out
+        names
     }
 
     fn float_bytes(&self, values: &[f64]) -> Vec<u8> {
@@ -337,10 +355,14 @@ pub(crate) fn builder(spec: &FlowSpec, dtype: DType, opset: i64) -> Result<Build
     empty(dtype, opset)
 }
 
-/// An empty graph builder in `dtype` for opset ≥ 13, for a graph of any flows.
+/// An empty graph builder in `dtype` for the opsets the graphs are written for, for any flows.
 pub(crate) fn empty(dtype: DType, opset: i64) -> Result<Builder, String> {
-    if opset < 13 {
-        return Err(format!("opset {opset}: the graph needs opset 13 or later (ReduceSum, Squeeze with axes inputs)"));
+    if !OPSETS.contains(&opset) {
+        return Err(format!(
+            "opset {opset}: the graph is written for opsets {}..={} (ReduceSum and Squeeze with axes inputs)",
+            OPSETS.start(),
+            OPSETS.end()
+        ));
     }
     Ok(Builder {
         nodes: Vec::new(),

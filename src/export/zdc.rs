@@ -124,6 +124,7 @@ pub fn export(
             let v = g.add(&v, &p);
             g.op("Floor", &[&v], vec![])
         }
+        Denoise::SubFloorFill => fill_to_photon_sum(&mut g, &pixels, &sum, &half),
     };
     let mut counts = g.relu(&counts);
     if matches!(variant, Denoise::SubFloorRecalc | Denoise::FloorRecalc) {
@@ -153,6 +154,54 @@ pub fn export(
         spec.spline.tail_bound
     );
     Ok(g.model(inputs, vec![value_info(OUTPUT_PHOTONS, PIXELS, DataType::Float)], doc, opset))
+}
+
+/// `sub-floor-fill` in the graph, step for step as [`crate::sample::denoise`] computes it
+/// (float64): v = max(x − half, 0) (x itself where that is all 0), scaled by T / Σv only where
+/// Σ⌊v⌋ > T = ⌊S + 1/2⌋, floored, and one photon more for the T − Σ⌊·⌋ largest fractional parts
+/// (TopK orders equal fractions by the lower index first, as zdcflow does).
+fn fill_to_photon_sum(g: &mut super::onnx::Builder, pixels: &str, sum: &str, half: &str) -> String {
+    let axis = g.ints(&[1]);
+    let reduce = |g: &mut super::onnx::Builder, x: &str| g.op("ReduceSum", &[x, &axis], vec![int_attr("keepdims", 1)]);
+    let shifted = g.sub(pixels, half);
+    let v = g.relu(&shifted);
+    let total = reduce(g, &v);
+    let zero = g.scalar(0.0);
+    let nothing_above = g.op("Equal", &[&total, &zero], vec![]);
+    let v = g.op("Where", &[&nothing_above, pixels, &v], vec![]);
+    let total = reduce(g, &v);
+    let tiny = g.scalar(1e-300);
+    let total = g.op("Max", &[&total, &tiny], vec![]);
+    let p = g.scalar(0.5);
+    let target = g.add(sum, &p);
+    let target = g.op("Floor", &[&target], vec![]);
+    let floors = g.op("Floor", &[&v], vec![]);
+    let floors = reduce(g, &floors);
+    let overshoot = g.op("Greater", &[&floors, &target], vec![]);
+    let ratio = g.div(&target, &total);
+    let one = g.scalar(1.0);
+    let ratio = g.op("Where", &[&overshoot, &ratio, &one], vec![]);
+    let scaled = g.mul(&v, &ratio);
+    let whole = g.op("Floor", &[&scaled], vec![]);
+    let fraction = g.sub(&scaled, &whole);
+    let kept = reduce(g, &whole);
+    let missing = g.sub(&target, &kept);
+    let missing = g.add(&missing, &p);
+    let missing = g.op("Floor", &[&missing], vec![]);
+    let k = g.ints(&[PIXELS as i64]);
+    let order = g.op_with_outputs(
+        "TopK",
+        &[&fraction, &k],
+        vec![int_attr("axis", 1), int_attr("largest", 1), int_attr("sorted", 1)],
+        2,
+    );
+    let ranks: Vec<f64> = (0..PIXELS).map(|r| r as f64).collect();
+    let ranks = g.floats("rank", &[1, PIXELS], &ranks);
+    let chosen = g.op("Less", &[&ranks, &missing], vec![]);
+    let extra = g.op("Cast", &[&chosen], vec![int_attr("to", DataType::Double as i64)]);
+    let zeros = g.sub(&fraction, &fraction);
+    let extra = g.op("ScatterElements", &[&zeros, &order[1], &extra], vec![int_attr("axis", 1)]);
+    g.add(&whole, &extra)
 }
 
 /// zdcflow's own computation of what the graph's step 1 gives: the standardised flow conditions

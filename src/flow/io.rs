@@ -40,8 +40,13 @@ mod atomic {
 
     /// Runs `write` on a temporary path, then renames it to `path`.
     pub(super) fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        // The rename would replace a directory, device, FIFO or socket at `path`.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::Invalid(format!("{}: exists and is not a regular file", path.display())));
+        }
         let tmp = temp_path(path);
         let result = write(&tmp).and_then(|()| {
+            super::usual_permissions(&tmp).map_err(|e| Error::io(path, e))?;
             std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))?;
             std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
         });
@@ -65,6 +70,26 @@ pub fn temp_path(path: &Path) -> PathBuf {
     atomic::temp_path(path)
 }
 
+/// Gives a finished temporary file the permissions of a file the user creates (0666 less the
+/// umask): writers that go through a private temporary file (safetensors' own, 0600) or copy
+/// another file would otherwise leave a model directory with files a colleague cannot read.
+pub fn usual_permissions(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The umask is only readable by setting it; /proc shows it without that race.
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+            .and_then(|v| u32::from_str_radix(&v, 8).ok())
+            .unwrap_or(0o022);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Remembers a temporary file made elsewhere for [`remove_temps`].
 pub fn remember_temp(tmp: &Path) {
     atomic::remember(tmp)
@@ -73,8 +98,14 @@ pub fn remember_temp(tmp: &Path) {
 /// Deletes every temporary file remembered by [`temp_path`] / [`remember_temp`] still on disk (for a signal handler;
 /// never blocks).
 pub fn remove_temps() {
+    remove_temps_where(|_| true);
+}
+
+/// [`remove_temps`] of the remembered files that `select` picks (tests remove only their own,
+/// since other tests of the process may be writing theirs).
+pub fn remove_temps_where(select: impl Fn(&Path) -> bool) {
     if let Ok(live) = atomic::LIVE_TEMPS.try_lock() {
-        for p in live.iter() {
+        for p in live.iter().filter(|p| select(p)) {
             let _ = std::fs::remove_file(p);
         }
     }

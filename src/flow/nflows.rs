@@ -1,7 +1,10 @@
 //! Reading nflows 0.14 state dicts: a `Flow` whose transform is a `CompositeTransform` of
 //! `MaskedPiecewiseRationalQuadraticAutoregressiveTransform` blocks (linear tails), optionally
 //! each wrapped in `InverseTransform` (IAF students), with `Permutation` buffers between them, and
-//! a `StandardNormal` or `ConditionalDiagonalNormal` base.
+//! a `StandardNormal` or `ConditionalDiagonalNormal` base. The conditional base's context encoder
+//! is an `nn.Sequential` of Linear layers with ReLU between (keys `0.weight`, `2.weight`, …) or
+//! zdc-fast-simulations' `BaseContext` (`layers.py`: `layer1`, `layer2`, `output`, ReLU between),
+//! the same network under other names.
 //!
 //! nflows' MADE is laid out as ours (see [`super::made`]): its deterministic degrees and masks are
 //! checked against ours, and its parameters are renamed one to one
@@ -72,6 +75,28 @@ pub struct Imported {
 
 const TRANSFORMS: &str = "_transform._transforms.";
 const ENCODER: &str = "_distribution._context_encoder.";
+
+/// zdc-fast-simulations' `BaseContext` layers, in the order its `forward` applies them.
+const BASE_CONTEXT_LAYERS: [&str; 3] = ["layer1", "layer2", "output"];
+
+/// Where a context-encoder layer sits in the encoder: `nn.Sequential`'s index, or its place in
+/// `BaseContext`.
+fn encoder_layer(name: &str) -> Option<usize> {
+    name.parse().ok().or_else(|| BASE_CONTEXT_LAYERS.iter().position(|&l| l == name))
+}
+
+/// What the keys of modules the two published codes define but this reader does not take are.
+fn known_unsupported(key: &str) -> Option<&'static str> {
+    if key.contains("_embedding_net.") {
+        Some(
+            "a context embedding net (Flow(embedding_net=…), e.g. zdc-fast-simulations' ContextEmbedder              layer1/layer2/output) is not supported: only the raw context feeds the MADEs",
+        )
+    } else if key.contains("batch_norm") {
+        Some("batch norm (use_batch_norm=True) in the MADEs or between blocks is not supported")
+    } else {
+        None
+    }
+}
 
 /// Keys a reader may ignore: buffers nflows recomputes (masks and degrees are checked separately).
 fn ignorable(key: &str) -> bool {
@@ -226,6 +251,7 @@ pub fn import(state: Vec<(String, Tensor)>, opts: &ImportOptions) -> Result<Impo
         .ok_or_else(|| format!("no '{TRANSFORMS}…' keys: not an nflows Flow state dict"))?;
     let mut steps: BTreeMap<usize, Step> = BTreeMap::new();
     let mut encoder: BTreeMap<usize, BTreeMap<String, Tensor>> = BTreeMap::new();
+    let mut encoder_names = std::collections::BTreeSet::new();
     let mut unknown = Vec::new();
     let mut dtype = None;
     for (key, t) in state {
@@ -267,8 +293,9 @@ pub fn import(state: Vec<(String, Tensor)>, opts: &ImportOptions) -> Result<Impo
                 _ => unknown.push(key),
             }
         } else if let Some(rest) = k.strip_prefix(ENCODER) {
-            match rest.split_once('.').and_then(|(i, p)| Some((i.parse::<usize>().ok()?, p))) {
-                Some((i, p @ ("weight" | "bias"))) => {
+            match rest.split_once('.').and_then(|(l, p)| Some((encoder_layer(l)?, l, p))) {
+                Some((i, layer, p @ ("weight" | "bias"))) => {
+                    encoder_names.insert(layer.to_string());
                     encoder.entry(i).or_default().insert(p.to_string(), t);
                 }
                 _ => unknown.push(key),
@@ -277,10 +304,21 @@ pub fn import(state: Vec<(String, Tensor)>, opts: &ImportOptions) -> Result<Impo
             unknown.push(key);
         }
     }
+    if let Some(why) = unknown.iter().find_map(|k| known_unsupported(k)) {
+        return Err(format!("{why}; keys: {}", list(&unknown)));
+    }
     if !unknown.is_empty() {
         return Err(format!(
-            "unsupported keys (only MADE-RQS blocks, permutations and a standard or conditional diagonal normal base are supported): {}",
+            "unsupported keys (only MADE-RQS blocks, permutations and a standard or conditional diagonal normal base \
+             with an nn.Sequential or zdc-fast-simulations BaseContext encoder are supported): {}",
             list(&unknown)
+        ));
+    }
+    let named = encoder_names.iter().filter(|n| BASE_CONTEXT_LAYERS.contains(&n.as_str())).count();
+    if named > 0 && (named != encoder_names.len() || named != BASE_CONTEXT_LAYERS.len()) {
+        return Err(format!(
+            "the context encoder has layers {:?}: a BaseContext has exactly {:?} (an nn.Sequential numbered ones)",
+            encoder_names, BASE_CONTEXT_LAYERS
         ));
     }
     let dtype = dtype.ok_or("the state dict holds no floating-point tensors")?;
@@ -442,5 +480,40 @@ mod tests {
         assert!(e.contains("batch_norm.weight"), "{e}");
         let e = import(block("_transform._transforms.0.autoregressive_net."), &opts(NflowsKind::Iaf)).err().unwrap();
         assert!(e.contains("--kind maf"), "{e}");
+    }
+
+    /// A conditional block (3 features, 2 context) with zdc-fast-simulations' `BaseContext` encoder.
+    fn conditional_with_base_context() -> Vec<(String, Tensor)> {
+        let mut sd = block("_transform._transforms.0.autoregressive_net.");
+        sd.push(("_transform._transforms.0.autoregressive_net.context_layer.weight".into(), t(&[4, 2])));
+        sd.push(("_transform._transforms.0.autoregressive_net.context_layer.bias".into(), t(&[4])));
+        for (layer, (o, i)) in BASE_CONTEXT_LAYERS.iter().zip([(3, 2), (3, 3), (6, 3)]) {
+            sd.push((format!("{ENCODER}{layer}.weight"), t(&[o, i])));
+            sd.push((format!("{ENCODER}{layer}.bias"), t(&[o])));
+        }
+        sd
+    }
+
+    #[test]
+    fn base_context_encoder_imports_as_the_sequential_one() {
+        let imp = import(conditional_with_base_context(), &opts(NflowsKind::Maf)).unwrap();
+        assert_eq!(imp.spec.base, BaseSpec::ConditionalDiagonalNormal { hidden: vec![3, 3] });
+        for j in 0..3 {
+            assert!(imp.tensors.contains_key(&format!("base.{j}.weight")), "base.{j}.weight");
+        }
+        // Names from both layouts, or a BaseContext without its output layer, are refused.
+        let mut mixed = conditional_with_base_context();
+        mixed.retain(|(k, _)| !k.contains("output."));
+        let e = import(mixed.clone(), &opts(NflowsKind::Maf)).err().unwrap();
+        assert!(e.contains("BaseContext"), "{e}");
+        mixed.push((format!("{ENCODER}4.weight"), t(&[6, 3])));
+        mixed.push((format!("{ENCODER}4.bias"), t(&[6])));
+        let e = import(mixed, &opts(NflowsKind::Maf)).err().unwrap();
+        assert!(e.contains("BaseContext"), "{e}");
+        // A ContextEmbedder as the flow's embedding net is named.
+        let mut embedded = conditional_with_base_context();
+        embedded.push(("_embedding_net.layer1.weight".into(), t(&[2, 2])));
+        let e = import(embedded, &opts(NflowsKind::Maf)).err().unwrap();
+        assert!(e.contains("ContextEmbedder") && e.contains("_embedding_net.layer1.weight"), "{e}");
     }
 }

@@ -237,7 +237,12 @@ pub fn data_info(cfg: &Config, data: &CaloData, split_seed: u64) -> DataInfo {
 
 /// The preprocessing a teacher of `cfg` is trained with, before any voxel standardisation is fitted.
 pub fn configured_preprocessing(cfg: &Config) -> CaloPreprocessing {
-    CaloPreprocessing { renormalise_layers: cfg.model.calo_renormalise_layers, ..CaloPreprocessing::default() }
+    let default = CaloPreprocessing::default();
+    CaloPreprocessing {
+        renormalise_layers: cfg.model.calo_renormalise_layers,
+        noise_mev: cfg.model.calo_noise_mev.unwrap_or(default.noise_mev),
+        ..default
+    }
 }
 
 /// Training showers the voxel standardisation is fitted on at most (its means and stds are
@@ -353,7 +358,13 @@ pub fn merge_with_existing(out: &Path, mut manifest: Manifest, resume: bool) -> 
 /// The CaloChallenge preprocessing a model was trained with.
 pub fn preprocessing(m: &Manifest, dir: &Path) -> Result<CaloPreprocessing> {
     match &m.preprocessing {
-        Preprocessing::Calo(p) => Ok(p.clone()),
+        Preprocessing::Calo(p) => {
+            if let Some(g) = m.detector.dataset().and_then(CaloGeometry::for_dataset) {
+                p.check_voxel_standardisation(g.voxels_per_layer())
+                    .map_err(|e| Error::checkpoint(&dir.join(MODEL_JSON), e))?;
+            }
+            Ok(p.clone())
+        }
         Preprocessing::Zdc(_) => Err(Error::checkpoint(dir, "is a ZDC model, not a CaloChallenge one")),
     }
 }

@@ -162,6 +162,7 @@ impl Manifest {
         if m.format != FORMAT {
             return Err(Error::checkpoint(&path, format!("format '{}' is not '{FORMAT}'", m.format)));
         }
+        m.check_constants().map_err(|e| Error::checkpoint(&path, e))?;
         for (name, unit) in &m.units {
             if let Some(f) = &unit.flow {
                 f.validate().map_err(|e| Error::checkpoint(&path, format!("unit {name}: {e}")))?;
@@ -179,6 +180,45 @@ impl Manifest {
             }
         }
         Ok(m)
+    }
+
+    /// The preprocessing constants and scalers as a whole: lengths against the detector's
+    /// architecture and values in the ranges the formulas need (a hand-edited value would
+    /// otherwise panic on an index or quietly give all-zero showers).
+    fn check_constants(&self) -> std::result::Result<(), String> {
+        let range = |key: &str, v: f64, ok: bool, want: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(format!("preprocessing.{key} = {v}: must be {want}"))
+            }
+        };
+        let alpha = |key: &str, a: f64| range(key, a, (0.0..0.5).contains(&a), "in [0, 0.5)");
+        match (&self.preprocessing, self.detector) {
+            (Preprocessing::Zdc(z), Detector::Zdc) => {
+                range("zdc.noise_mul", z.noise_mul, z.noise_mul >= 0.0, "≥ 0")?;
+                alpha("zdc.alpha", z.alpha)?;
+                if let Some(p) = &z.pixels {
+                    check_standardizer("preprocessing.zdc.pixels", p, crate::data::channels::PIXELS)?;
+                }
+                if let Some(c) = &self.conditions {
+                    check_standardizer("conditions", c, crate::detector::zdc::CONTEXT)?;
+                }
+                if let Some(t) = &self.photon_sum_target {
+                    check_standardizer("photon_sum_target", t, 1)?;
+                }
+            }
+            (Preprocessing::Calo(c), Detector::Ds2 | Detector::Ds3) => {
+                range("calo.log10_e_inc_offset", c.log10_e_inc_offset, true, "finite")?;
+                range("calo.layer_scale_mev", c.layer_scale_mev, c.layer_scale_mev > 0.0, "> 0")?;
+                range("calo.noise_mev", c.noise_mev, c.noise_mev >= 0.0, "≥ 0")?;
+                alpha("calo.alpha", c.alpha)?;
+                range("calo.flow2_e1_divisor", c.flow2_e1_divisor, c.flow2_e1_divisor != 0.0, "non-zero")?;
+                range("calo.threshold_mev", c.threshold_mev, c.threshold_mev >= 0.0, "≥ 0")?;
+            }
+            (_, d) => return Err(format!("the preprocessing is not that of a {d:?} model")),
+        }
+        Ok(())
     }
 
     pub fn unit(&self, name: &str, dir: &Path) -> Result<&Unit> {
@@ -216,6 +256,20 @@ impl Manifest {
             &d,
             format!("unit '{name}' has no weights yet (was its training interrupted before the first epoch ended?)"),
         ))
+    }
+}
+
+/// A standardiser of `width` columns: that many means and stds, finite, stds above zero.
+fn check_standardizer(key: &str, s: &Standardizer, width: usize) -> std::result::Result<(), String> {
+    for (name, v) in [("mean", &s.mean), ("std", &s.std)] {
+        if v.len() != width {
+            return Err(format!("{key}.{name} has {} entries, the model needs {width}", v.len()));
+        }
+    }
+    match s.mean.iter().chain(&s.std).position(|v| !v.is_finite()) {
+        Some(_) => Err(format!("{key} holds a non-finite value")),
+        None if s.std.iter().any(|&v| v <= 0.0) => Err(format!("{key}.std holds a value ≤ 0")),
+        None => Ok(()),
     }
 }
 
@@ -275,6 +329,36 @@ mod tests {
         };
         let prep = Preprocessing::Zdc(ZdcPreprocessing::default());
         Manifest::teacher(Detector::Zdc, Precision::F32, 1, data, prep, units, serde_json::Value::Null)
+    }
+
+    /// Constants that would give all-zero showers or wrong ones are refused as a whole.
+    #[test]
+    fn preprocessing_constants_out_of_range_are_refused() {
+        let mut m = teacher(BTreeMap::new());
+        assert!(m.check_constants().is_ok());
+        m.detector = Detector::Ds2;
+        let calo = |edit: &dyn Fn(&mut CaloPreprocessing)| {
+            let mut c = CaloPreprocessing::default();
+            edit(&mut c);
+            Preprocessing::Calo(c)
+        };
+        m.preprocessing = calo(&|_| {});
+        assert!(m.check_constants().is_ok());
+        for (edit, want) in [
+            (
+                &(|c: &mut CaloPreprocessing| c.layer_scale_mev = 0.0) as &dyn Fn(&mut CaloPreprocessing),
+                "layer_scale_mev = 0",
+            ),
+            (&|c: &mut CaloPreprocessing| c.alpha = 0.5, "alpha = 0.5"),
+            (&|c: &mut CaloPreprocessing| c.noise_mev = -1.0, "noise_mev = -1"),
+            (&|c: &mut CaloPreprocessing| c.threshold_mev = f64::NAN, "threshold_mev = NaN"),
+        ] {
+            m.preprocessing = calo(edit);
+            let e = m.check_constants().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        m.preprocessing = Preprocessing::Zdc(ZdcPreprocessing::default());
+        assert!(m.check_constants().unwrap_err().contains("not that of a Ds2 model"));
     }
 
     /// A hand-edited model.json without the unit's flow or the ZDC scalers is an error that names

@@ -12,11 +12,17 @@
 //! | `floor`            | max(⌊x⌋, 0)                                 | `floor_norecalc` |
 //! | `floor-recalc`     | `floor`, then recalc                        | `floor_recalc`   |
 //! | `round`            | max(round(x − noise_mul/2), 0)              | (ours)           |
+//! | `sub-floor-fill`   | `sub-floor`, then +1 photon for the round(S) − Σ pixels with the largest fractional parts | (ours) |
 //!
 //! recalc (published `recalc`): renormalise the image to sum 1, multiply by the photon sum S,
-//! floor and clamp at 0 again. The default is the variant whose round trip on reference images
-//! (preprocess with its noise → inverse → compare) is closest to the original; see the test
-//! `round_trip_table_on_reference_images` and README ("Noise removal").
+//! floor and clamp at 0 again.
+//!
+//! The default, `sub-floor-fill`, is chosen on *generated* responses (docs/validation.md, "ZDC
+//! inference protocol and diversity weights"): a model spreads a sparse response over many pixels
+//! with sub-photon values, which `round` and the floors remove (the image total falls short of S
+//! by a median of ~30 % on the demo student), while `sub-floor-fill` keeps the total at round(S)
+//! by construction. On reference images it is near exact as `round` is
+//! (`round_trip_table_on_reference_images`).
 
 use serde::{Deserialize, Serialize};
 
@@ -35,13 +41,22 @@ pub enum Denoise {
     /// `floor`, then renormalise to the photon sum and floor again.
     FloorRecalc,
     /// Subtract the mean noise, round to the nearest photon.
-    #[default]
     Round,
+    /// `sub-floor`, then one photon more for each of the pixels with the largest fractional parts
+    /// until the total is round(S) (the photons that flooring sub-photon values loses).
+    #[default]
+    SubFloorFill,
 }
 
 impl Denoise {
-    pub const ALL: [Denoise; 5] =
-        [Denoise::SubFloor, Denoise::SubFloorRecalc, Denoise::Floor, Denoise::FloorRecalc, Denoise::Round];
+    pub const ALL: [Denoise; 6] = [
+        Denoise::SubFloor,
+        Denoise::SubFloorRecalc,
+        Denoise::Floor,
+        Denoise::FloorRecalc,
+        Denoise::Round,
+        Denoise::SubFloorFill,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,23 +65,68 @@ impl Denoise {
             Denoise::Floor => "floor",
             Denoise::FloorRecalc => "floor-recalc",
             Denoise::Round => "round",
+            Denoise::SubFloorFill => "sub-floor-fill",
         }
     }
 
     /// Noised photon-scaled pixels `x` of a response with `photon_sum` photons → counts.
     pub fn apply(self, x: &[f64], photon_sum: f64, noise_mul: f64, out: &mut [f32]) {
         let half = 0.5 * noise_mul;
+        if self == Denoise::SubFloorFill {
+            return fill_to_photon_sum(x, half, photon_sum, out);
+        }
         for (o, &v) in out.iter_mut().zip(x) {
             *o = match self {
                 Denoise::SubFloor | Denoise::SubFloorRecalc => (v - half).floor(),
                 Denoise::Floor | Denoise::FloorRecalc => v.floor(),
                 Denoise::Round => (v - half).round(),
+                Denoise::SubFloorFill => unreachable!("handled above"),
             }
             .max(0.0) as f32;
         }
         if matches!(self, Denoise::SubFloorRecalc | Denoise::FloorRecalc) {
             recalc(out, photon_sum);
         }
+    }
+}
+
+/// `sub-floor-fill`: v = max(x − `half`, 0), ⌊v⌋, and one photon more for each of the
+/// T − Σ⌊v⌋ pixels with the largest fractional parts of v (ties: the lower pixel index), so the
+/// total is exactly T = round(S). On a reference image (whole counts + noise) the pixels filled
+/// are those whose noise fell below the mean, so it is near exact; on a generated one it keeps
+/// the sub-photon mass that flooring removes. Where Σ⌊v⌋ already exceeds T, v is first scaled by
+/// T / Σv; an image with nothing above the mean noise is taken from x itself.
+fn fill_to_photon_sum(x: &[f64], half: f64, photon_sum: f64, out: &mut [f32]) {
+    let mut v: Vec<f64> = x.iter().map(|&p| (p - half).max(0.0)).collect();
+    let mut total: f64 = v.iter().sum();
+    if total <= 0.0 {
+        v = x.iter().map(|&p| p.max(0.0)).collect();
+        total = v.iter().sum();
+    }
+    let target = photon_sum.max(0.0).round();
+    if total <= 0.0 || target == 0.0 {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    let floors: f64 = v.iter().map(|p| p.floor()).sum();
+    let scale = if floors > target { target / total } else { 1.0 };
+    let mut fractions = Vec::with_capacity(v.len());
+    let mut whole = 0.0;
+    for (i, (o, &p)) in out.iter_mut().zip(&v).enumerate() {
+        let s = p * scale;
+        let f = s.floor();
+        *o = f as f32;
+        whole += f;
+        fractions.push((s - f, i));
+    }
+    let missing = ((target - whole).round().max(0.0) as usize).min(fractions.len());
+    if missing == 0 {
+        return;
+    }
+    let largest_first = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    fractions.select_nth_unstable_by(missing - 1, largest_first);
+    for &(_, i) in &fractions[..missing] {
+        out[i] += 1.0;
     }
 }
 
@@ -117,6 +177,16 @@ mod tests {
         assert_eq!(run(Denoise::SubFloorRecalc, &x, 10.0), vec![0.0, 0.0, 1.0, 2.0, 6.0, 0.0]);
         // recalc of floor [0,0,2,2,5,0] (sum 9) to S = 10: ×10/9 → 2.22, 2.22, 5.56.
         assert_eq!(run(Denoise::FloorRecalc, &x, 10.0), vec![0.0, 0.0, 2.0, 2.0, 5.0, 0.0]);
+        // sub-floor-fill: v = [0, .05, 1.95, 2.35, 5.65, .55], ⌊v⌋ = [0,0,1,2,5,0] (8) + one photon
+        // each for the two largest fractions (.95 at 2, .65 at 4) → total 10.
+        assert_eq!(run(Denoise::SubFloorFill, &x, 10.0), vec![0.0, 0.0, 2.0, 2.0, 6.0, 0.0]);
+        // Floors above S: v × 6/10.55 = [0, .028, 1.109, 1.336, 3.213, .313] → [0,0,1,1,3,0] (5)
+        // + the largest fraction (.336 at 3).
+        assert_eq!(run(Denoise::SubFloorFill, &x, 6.0), vec![0.0, 0.0, 1.0, 2.0, 3.0, 0.0]);
+        // Nothing above the mean noise: x itself, v = [.2, .1, 0] → +1 at 0, 1, then 2 (ties of 0
+        // by the lower index); S = 0 gives an empty image.
+        assert_eq!(run(Denoise::SubFloorFill, &[0.2, 0.1, 0.0], 3.0), vec![1.0, 1.0, 1.0]);
+        assert_eq!(run(Denoise::SubFloorFill, &x, 0.0), vec![0.0; 6]);
         // An empty image stays empty under recalc (no division by zero).
         assert_eq!(run(Denoise::FloorRecalc, &[0.2, 0.1], 5.0), vec![0.0, 0.0]);
     }
@@ -126,6 +196,47 @@ mod tests {
         use clap::ValueEnum;
         for v in Denoise::ALL {
             assert_eq!(v.to_possible_value().unwrap().get_name(), v.name());
+        }
+    }
+
+    /// A generated-like response: S photons spread smoothly as a wide Gaussian blob (most pixels
+    /// well below one photon, as a flow spreads a sparse response), plus the training noise,
+    /// scaled to the noised total S + 1936·noise_mul/2 as generation does.
+    fn generated_like(s: f64, width: f64, noise_mul: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
+        use rand::Rng;
+        let side = crate::data::channels::SIDE;
+        let (r0, c0) = (20.3, 23.7);
+        let blob: Vec<f64> = (0..PIXELS)
+            .map(|p| {
+                let (r, c) = ((p / side) as f64 - r0, (p % side) as f64 - c0);
+                (-(r * r + c * c) / (2.0 * width * width)).exp()
+            })
+            .collect();
+        let blob_total: f64 = blob.iter().sum();
+        let x: Vec<f64> = blob.iter().map(|b| b / blob_total * s + noise_mul * rng.random::<f64>()).collect();
+        let scale = (s + PIXELS as f64 * 0.5 * noise_mul) / x.iter().sum::<f64>();
+        x.into_iter().map(|v| v * scale).collect()
+    }
+
+    #[test]
+    fn the_default_keeps_the_photon_total_of_a_generated_like_image() {
+        let mut rng = ChaCha8Rng::seed_from_u64(30);
+        let noise_mul = ZdcPreprocessing::default().noise_mul;
+        for (s, width) in [(60.0, 6.0), (158.0, 8.0), (108.0, 5.0), (900.0, 4.0)] {
+            let x = generated_like(s, width, noise_mul, &mut rng);
+            let peak = x.iter().cloned().fold(0.0, f64::max) - 0.5 * noise_mul;
+            let total = |v: Denoise| {
+                let mut out = vec![0f32; PIXELS];
+                v.apply(&x, s, noise_mul, &mut out);
+                out.iter().map(|&c| c as f64).sum::<f64>()
+            };
+            let default = total(Denoise::default());
+            assert!((default - s).abs() <= 0.02 * s, "S = {s}: the default keeps {default} photons");
+            // The image is the hard case: round loses a clear share of it (for the sparse ones).
+            if peak < 1.0 {
+                let round = total(Denoise::Round);
+                assert!(round < 0.9 * s, "S = {s} (peak {peak:.2}): round keeps {round} photons");
+            }
         }
     }
 
@@ -152,10 +263,11 @@ mod tests {
         (bias / n, abs / n, crate::eval::zdc_metrics::ws_channels(&ch_ref, &ch_out).1)
     }
 
-    /// The round trip that picks the default: reference images (the synthetic ZDC generator)
-    /// → preprocessing with its noise → inverse with the true photon sum → compared with the
-    /// original. Prints the table (README "Noise removal"; `cargo test --release --lib
-    /// sample::denoise -- --nocapture`) and checks that the default is the closest variant.
+    /// The round trip on reference images (the synthetic ZDC generator) → preprocessing with its
+    /// noise → inverse with the true photon sum → compared with the original. Prints the table
+    /// (docs/validation.md "Noise removal (ZDC)"; `cargo test --release --lib sample::denoise --
+    /// --nocapture`) and checks that the default (chosen on generated images) is the closest
+    /// variant here too.
     #[test]
     fn round_trip_table_on_reference_images() {
         let events = crate::data::synth::zdc::generate_zdc(21, 400);
@@ -174,7 +286,8 @@ mod tests {
             rows.push((v, bias, abs, ws));
         }
         let best = rows.iter().min_by(|a, b| a.2.partial_cmp(&b.2).unwrap()).unwrap();
-        assert_eq!(best.0, Denoise::default(), "the default must be the variant with the smallest round-trip error");
+        // The default is chosen on generated images; on reference images it is the closest too.
+        assert_eq!(best.0, Denoise::default(), "the default should be the closest round trip on reference images");
         let d = rows.iter().find(|r| r.0 == Denoise::default()).unwrap();
         // Bound on the default's bias: below 0.005 photon per pixel (≈ 10 photons per response).
         assert!(d.1.abs() < 5e-3, "default round-trip bias {} photons/pixel", d.1);

@@ -10,32 +10,6 @@ use crate::error::{Error, Result};
 /// every temporary file of the process, so the signal handler removes them all.
 pub use crate::flow::io::{remove_temps, temp_path};
 
-/// Refuses an output path that is one of the inputs (compared as canonical paths, so
-/// `./a.h5`, `a.h5` and a symlink to it are one file): writing it would replace the input.
-pub fn ensure_not_input(output: &Path, flag: &str, inputs: &[(&str, &Path)]) -> Result<()> {
-    let canon = |p: &Path| -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        // Not there yet: its parent's canonical path plus its name.
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
-            _ => std::env::current_dir().ok()?,
-        };
-        Some(parent.join(p.file_name()?))
-    };
-    let Some(out) = canon(output) else { return Ok(()) };
-    for (name, input) in inputs {
-        if canon(input).as_ref() == Some(&out) {
-            return Err(Error::format(
-                output,
-                format!("{flag} is also the {name} input; writing it would replace that file — choose another {flag}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Runs `write` on a temporary path, then renames it to `path`.
 pub fn write_with<F>(path: &Path, write: F) -> Result<()>
 where
@@ -62,7 +36,9 @@ fn write_via<F>(path: &Path, tmp: PathBuf, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
+    crate::util::output_guard::refuse_non_regular(path, "the output")?;
     let result = write(&tmp).and_then(|()| {
+        crate::flow::io::usual_permissions(&tmp).map_err(|e| Error::io(path, e))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     });
@@ -98,15 +74,22 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
-    fn an_output_equal_to_an_input_is_refused() {
+    fn written_files_get_the_usual_permissions() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.h5");
-        std::fs::write(&a, b"x").unwrap();
-        let dotted = dir.path().join(".").join("a.h5");
-        let e = ensure_not_input(&dotted, "--output", &[("--conditions", &a)]).unwrap_err().to_string();
-        assert!(e.contains("--conditions") && e.contains("a.h5"), "{e}");
-        assert!(ensure_not_input(&dir.path().join("b.h5"), "--output", &[("--conditions", &a)]).is_ok());
+        let p = dir.path().join("w.safetensors");
+        // A writer that makes a private file, as safetensors does.
+        write_with(&p, |tmp| {
+            std::fs::write(tmp, b"x").map_err(|e| Error::io(tmp, e))?;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), mode(&probe), "as a file the user creates");
     }
 
     #[test]
@@ -122,7 +105,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tmp = temp_path(&dir.path().join("big.h5"));
         std::fs::write(&tmp, b"partial").unwrap();
-        remove_temps();
+        // The signal handler's removal, restricted to this test's directory: other tests of this
+        // process may be writing their own temporary files meanwhile.
+        crate::flow::io::remove_temps_where(|p| p.starts_with(dir.path()));
         assert!(!tmp.exists());
     }
 

@@ -82,6 +82,8 @@ pub fn check_memory(what: &str, bytes: f64) -> Result<()> {
 
 /// Like [`check_memory`], for a request that belongs to a file (the error names the file).
 pub fn check_memory_for(path: &Path, what: &str, bytes: f64) -> Result<()> {
+    // A bad ZDCFLOW_MEMORY_LIMIT is the setting's error, not the file's.
+    memory_budget()?;
     check_memory(what, bytes).map_err(|e| Error::format(path, e.to_string()))
 }
 
@@ -140,6 +142,62 @@ pub fn check_declared(path: &Path, what: &str, elements: f64, elem_bytes: usize,
         ));
     }
     Ok(())
+}
+
+/// Reads an npy header from `r` (an array of `stored` bytes in all) and checks its declared
+/// shape against those bytes and against the memory budget, before a reader allocates the array.
+/// `bad` puts the file's name on a message about the array.
+pub fn check_npy_header(r: &mut impl std::io::Read, stored: u64, bad: impl Fn(String) -> Error) -> Result<()> {
+    // A bad ZDCFLOW_MEMORY_LIMIT is the setting's error, not the file's.
+    memory_budget()?;
+    check_npy_text(r, stored).map_err(bad)
+}
+
+fn check_npy_text(r: &mut impl std::io::Read, stored: u64) -> std::result::Result<(), String> {
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head[..10]).map_err(|_| "too short for an npy header".to_string())?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Err("is not an npy array (bad magic)".into());
+    }
+    let (prefix, len) = if head[6] == 1 {
+        (10u64, u16::from_le_bytes([head[8], head[9]]) as u64)
+    } else {
+        r.read_exact(&mut head[10..12]).map_err(|_| "too short for an npy header".to_string())?;
+        (12, u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64)
+    };
+    if len > 1 << 20 {
+        return Err(format!("declares an npy header of {len} bytes"));
+    }
+    let mut text = vec![0u8; len as usize];
+    r.read_exact(&mut text).map_err(|_| "the npy header is truncated".to_string())?;
+    let text = String::from_utf8_lossy(&text);
+    let shape_text = text
+        .split_once("'shape':")
+        .and_then(|(_, r)| r.split_once('(')?.1.split_once(')'))
+        .map(|(inside, _)| inside.to_string())
+        .ok_or_else(|| "the npy header has no shape".to_string())?;
+    let dims: Vec<f64> = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<f64>().map_err(|_| format!("unreadable shape ({shape_text})")))
+        .collect::<std::result::Result<_, _>>()?;
+    let item: usize = text
+        .split_once("'descr':")
+        .and_then(|(_, r)| r.split('\'').nth(1))
+        .and_then(|d| d.trim_start_matches(['<', '>', '|', '=']).get(1..)?.parse().ok())
+        .unwrap_or(1);
+    let elements: f64 = dims.iter().product();
+    let available = stored.saturating_sub(prefix + len);
+    if elements * item as f64 > available as f64 {
+        return Err(format!(
+            "its header declares shape ({shape_text}) = {} but the array holds only {} (shorter than its header says)",
+            human(elements * item as f64),
+            human(available as f64)
+        ));
+    }
+    // Read as float64 (8 bytes), plus the element type's own copy.
+    check_memory(&format!("array of shape ({shape_text})"), elements * (item + 8) as f64).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -3,5 +3,6 @@
 pub mod atomic;
 pub mod interrupt;
 pub mod limits;
+pub mod output_guard;
 pub mod progress;
 pub mod rng;
