@@ -247,6 +247,23 @@ pub(crate) mod tests {
         std::iter::once(u[0]).chain(y[..x.len() - 1].iter().copied()).collect()
     }
 
+    /// log|det| of [`map`] at `x` by central differences.
+    fn finite_difference_log_det(prep: &CaloPreprocessing, x: &[f64]) -> f64 {
+        let v = x.len();
+        let mut jac = vec![vec![0.0; v]; v];
+        for j in 0..v {
+            let h = 1e-6 * x[j];
+            let (mut xp, mut xm) = (x.to_vec(), x.to_vec());
+            xp[j] += h;
+            xm[j] -= h;
+            let (fp, fm) = (map(prep, &xp), map(prep, &xm));
+            for i in 0..v {
+                jac[i][j] = (fp[i] - fm[i]) / (2.0 * h);
+            }
+        }
+        log_abs_det(jac)
+    }
+
     #[test]
     fn the_preprocessing_log_det_matches_a_finite_difference_jacobian() {
         // A small layer scale so that u is far from linear; several showers, one layer each.
@@ -256,18 +273,7 @@ pub(crate) mod tests {
             let v = 3 + case;
             let x: Vec<f64> = (0..v).map(|i| 0.01 + 3.0 * rng.random::<f64>() * (1.0 + i as f64)).collect();
             let (_, _, analytic) = preprocess(&prep, &x, v).unwrap();
-            let mut jac = vec![vec![0.0; v]; v];
-            for j in 0..v {
-                let h = 1e-6 * x[j];
-                let (mut xp, mut xm) = (x.clone(), x.clone());
-                xp[j] += h;
-                xm[j] -= h;
-                let (fp, fm) = (map(&prep, &xp), map(&prep, &xm));
-                for i in 0..v {
-                    jac[i][j] = (fp[i] - fm[i]) / (2.0 * h);
-                }
-            }
-            let numeric = log_abs_det(jac);
+            let numeric = finite_difference_log_det(&prep, &x);
             assert!((numeric - analytic).abs() < 1e-5 * (1.0 + analytic.abs()), "V={v}: {numeric} vs {analytic}");
         }
     }
@@ -290,18 +296,7 @@ pub(crate) mod tests {
             };
             let x: Vec<f64> = (0..v).map(|i| 0.01 + 3.0 * rng.random::<f64>() * (1.0 + i as f64)).collect();
             let (_, y, analytic) = preprocess(&prep, &x, v).unwrap();
-            let mut jac = vec![vec![0.0; v]; v];
-            for j in 0..v {
-                let h = 1e-6 * x[j];
-                let (mut xp, mut xm) = (x.clone(), x.clone());
-                xp[j] += h;
-                xm[j] -= h;
-                let (fp, fm) = (map(&prep, &xp), map(&prep, &xm));
-                for i in 0..v {
-                    jac[i][j] = (fp[i] - fm[i]) / (2.0 * h);
-                }
-            }
-            let numeric = log_abs_det(jac);
+            let numeric = finite_difference_log_det(&prep, &x);
             assert!((numeric - analytic).abs() < 1e-5 * (1.0 + analytic.abs()), "V={v}: {numeric} vs {analytic}");
             // The values the flows score are the standardised logits.
             let plain = CaloPreprocessing { voxel_standardisation: None, ..prep.clone() };
