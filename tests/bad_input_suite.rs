@@ -901,7 +901,7 @@ fn generated_files_and_merges_are_checked_attribute_by_attribute() {
     let other = ["sample", "--model", "t", "--conditions", "zdc.h5", "--shard", "2/3", "--denoise", "floor"];
     case(d, &[&other[..], &["--output", "case-attrs/s2.h5"]].concat(), &[], 0, &[], &[]);
     let merge = ["merge", "--output", "case-attrs/all.h5", "s1of3.h5", "case-attrs/s2.h5", "s3of3.h5"];
-    case(d, &merge, &[], 1, &["s2.h5", "denoise 'floor'", "'round'", "different jobs"], &[]);
+    case(d, &merge, &[], 1, &["s2.h5", "denoise 'floor'", "'sub-floor-fill'", "different jobs"], &[]);
     assert!(!c.join("all.h5").exists());
     // source_index rows outside the conditions file are refused, not silently clamped.
     for (name, row) in [("far.h5", 999_999i32), ("neg.h5", -5)] {
