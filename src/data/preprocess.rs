@@ -246,6 +246,11 @@ impl Standardizer {
         Self { mean, std }
     }
 
+    /// An empty streaming fit over rows of width `cols` (for data that does not fit in memory).
+    pub fn accumulate(cols: usize) -> StandardizerSums {
+        StandardizerSums { sum: vec![0.0; cols], sum_sq: vec![0.0; cols], rows: 0 }
+    }
+
     pub fn apply(&self, row: &[f32], out: &mut [f32]) {
         for (i, (o, &v)) in out.iter_mut().zip(row).enumerate() {
             *o = ((v as f64 - self.mean[i]) / self.std[i]) as f32;
@@ -254,6 +259,45 @@ impl Standardizer {
 
     pub fn invert(&self, i: usize, v: f32) -> f32 {
         (v as f64 * self.std[i] + self.mean[i]) as f32
+    }
+}
+
+/// Column sums of a streaming [`Standardizer`] fit; `finish` gives the mean and std (population,
+/// constant columns get std 1, as [`Standardizer::fit`]).
+pub struct StandardizerSums {
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    rows: usize,
+}
+
+impl StandardizerSums {
+    /// Adds one row (as wide as the fit).
+    pub fn add(&mut self, row: &[f32]) {
+        for ((s, q), &y) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(row) {
+            *s += y as f64;
+            *q += (y as f64) * (y as f64);
+        }
+        self.rows += 1;
+    }
+
+    pub fn finish(self) -> Standardizer {
+        let n = self.rows.max(1) as f64;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let std = self
+            .sum_sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| {
+                let sd = (q / n - m * m).max(0.0).sqrt();
+                // A column that never varies (one row, or a constant pattern) keeps its scale.
+                if sd > 1e-6 {
+                    sd
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Standardizer { mean, std }
     }
 }
 
@@ -339,5 +383,18 @@ mod tests {
         let mut out = [0.0; 2];
         s.apply(&[3.0, 5.0], &mut out);
         assert_eq!(out, [1.0, 0.0]);
+    }
+
+    #[test]
+    fn streaming_sums_give_the_in_memory_fit_for_varying_columns() {
+        let rows = [1.0f32, 5.0, -2.0, 3.0, 5.0, 0.5, 2.0, 5.0, 7.0];
+        let mut sums = Standardizer::accumulate(3);
+        rows.chunks(3).for_each(|r| sums.add(r));
+        let (streamed, fitted) = (sums.finish(), Standardizer::fit(&rows, 3));
+        for c in [0, 2] {
+            assert!((streamed.mean[c] - fitted.mean[c]).abs() < 1e-12);
+            assert!((streamed.std[c] - fitted.std[c]).abs() < 1e-12);
+        }
+        assert_eq!((streamed.mean[1], streamed.std[1]), (5.0, 1.0), "a constant column keeps std 1");
     }
 }

@@ -265,37 +265,19 @@ pub fn fit_voxel_standardisation(
         return Err(Error::config("model.calo_standardise_voxels", "needs training showers; the split has none"));
     }
     let mut rng = crate::util::rng::derive(seed, &[crate::util::rng::tag::STANDARDISE]);
-    let (mut sum, mut sum_sq) = (vec![0f64; width], vec![0f64; width]);
-    let mut logits = vec![0f32; v];
+    let mut sums = crate::data::preprocess::Standardizer::accumulate(width);
+    let mut logits = vec![0f32; width];
     let block = ((64 << 20) / (4 * width)).max(1);
     for part in chosen.chunks(block) {
         let chunk = data.file.read_at(part)?;
         for shower in chunk.showers.chunks(width) {
-            for (l, layer) in shower.chunks(v).enumerate() {
-                layer_pattern(prep, layer, &mut rng, &mut logits);
-                for (k, &y) in logits.iter().enumerate() {
-                    sum[l * v + k] += y as f64;
-                    sum_sq[l * v + k] += (y as f64) * (y as f64);
-                }
+            for (layer, out) in shower.chunks(v).zip(logits.chunks_mut(v)) {
+                layer_pattern(prep, layer, &mut rng, out);
             }
+            sums.add(&logits);
         }
     }
-    let n = chosen.len() as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let std = sum_sq
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| {
-            let sd = (q / n - m * m).max(0.0).sqrt();
-            // A voxel that never varies (one shower, or a constant pattern) keeps its scale.
-            if sd > 1e-6 {
-                sd
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    Ok(crate::data::preprocess::Standardizer { mean, std })
+    Ok(sums.finish())
 }
 
 /// The preprocessing of a teacher directory: `configured` with the voxel standardisation fitted

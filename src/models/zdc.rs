@@ -173,37 +173,19 @@ pub fn teacher_manifest(cfg: &Config, data: &ZdcData, seed: u64, split_seed: u64
 /// events, with noise drawn from `seed`.
 fn pixel_standardised(data: &ZdcData, seed: u64) -> Result<ZdcPreprocessing> {
     let mut prep = ZdcPreprocessing::default();
-    let events: Vec<usize> = data.split.train.iter().copied().take(20_000).collect();
-    let mut rng = crate::util::rng::derive(seed, &[]);
-    let (mut sum, mut sq) = (vec![0f64; PIXELS], vec![0f64; PIXELS]);
-    let mut y = vec![0f32; PIXELS];
-    let mut sorted = events.clone();
+    let mut sorted: Vec<usize> = data.split.train.iter().copied().take(20_000).collect();
     sorted.sort_unstable();
+    let mut rng = crate::util::rng::derive(seed, &[]);
+    let mut sums = Standardizer::accumulate(PIXELS);
+    let mut y = vec![0f32; PIXELS];
     for chunk in sorted.chunks(2048) {
         let responses = data.file.read_responses_at(chunk)?;
         for img in responses.chunks(PIXELS) {
             prep.logits(img, &mut rng, &mut y);
-            for i in 0..PIXELS {
-                sum[i] += y[i] as f64;
-                sq[i] += (y[i] as f64).powi(2);
-            }
+            sums.add(&y);
         }
     }
-    let n = events.len().max(1) as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let std = sq
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| {
-            let v = (q / n - m * m).max(0.0).sqrt();
-            if v > 1e-6 {
-                v
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    prep.pixels = Some(Standardizer { mean, std });
+    prep.pixels = Some(sums.finish());
     Ok(prep)
 }
 
