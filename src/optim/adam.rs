@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, Layout, Tensor, Var};
 
 pub struct Adam {
     vars: Vec<(String, Var)>,
@@ -56,10 +56,10 @@ impl Adam {
         };
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let (w, m, v) = match fused_cpu_update(var.as_tensor(), g, &self.m[i], &self.v[i], &k)? {
-                Some(updated) => updated,
-                None => tensor_update(var.as_tensor(), g, &self.m[i], &self.v[i], &k)?,
-            };
+            if fused_cpu_update(var.as_tensor(), g, &self.m[i], &self.v[i], &k)? {
+                continue;
+            }
+            let (w, m, v) = tensor_update(var.as_tensor(), g, &self.m[i], &self.v[i], &k)?;
             var.set(&w)?;
             self.m[i] = m;
             self.v[i] = v;
@@ -128,97 +128,169 @@ fn tensor_update(
     Ok(((w - update.affine(k.lr, 0.0)?)?, m, v))
 }
 
-/// Elements per parallel task of the fused update.
+/// Elements per parallel task of the in-place update.
 const FUSED_CHUNK: usize = 1 << 16;
 
-/// The same update as [`tensor_update`], operation for operation (so the
-/// numbers are identical), in one parallel pass over contiguous CPU tensors instead of a dozen
-/// whole-tensor temporaries; `None` where it does not apply (GPU, strided tensors).
-fn fused_cpu_update(
-    w: &Tensor,
-    g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    k: &Coefficients,
-) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
-    use candle_core::Storage;
-    fn slice<'a, T>(t: &'a Tensor, s: &'a Storage) -> Option<&'a [T]>
-    where
-        T: candle_core::WithDType,
-    {
-        let (start, end) = t.layout().contiguous_offsets()?;
-        match s {
-            Storage::Cpu(c) => T::cpu_storage_as_slice(c).ok().map(|all| &all[start..end]),
-            _ => None,
-        }
+/// The same update as [`tensor_update`], operation for operation (so the numbers are
+/// identical), written into the existing weight and moment buffers on the CPU: no temporaries and no
+/// fresh pages (a weight-sized allocation per tensor per step is what made the kernel zero pages
+/// for as long as the products ran on the paper-size ZDC teacher). Three passes: m, v, then the
+/// weights from the new moments. `false` where it does not apply (GPU, strided tensors, mixed
+/// dtypes).
+fn fused_cpu_update(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, k: &Coefficients) -> candle_core::Result<bool> {
+    let same_dtype = [g, m, v].iter().all(|t| t.dtype() == w.dtype());
+    let floats = matches!(w.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
+    if !w.device().is_cpu() || !same_dtype || !floats || ![w, g, m, v].iter().all(|t| t.is_contiguous()) {
+        return Ok(false);
     }
-    fn run<T: candle_core::WithDType + num_traits::Float + Send + Sync>(
-        w: &[T],
-        g: &[T],
-        m: &[T],
-        v: &[T],
-        k: &Coefficients,
-    ) -> (Vec<T>, Vec<T>, Vec<T>) {
-        use rayon::prelude::*;
+    m.inplace_op2(g, &AdamPass { k, pass: Pass::FirstMoment })?;
+    v.inplace_op2(g, &AdamPass { k, pass: Pass::SecondMoment })?;
+    w.inplace_op3(m, v, &AdamPass { k, pass: Pass::Weights })?;
+    Ok(true)
+}
+
+#[derive(Clone, Copy)]
+enum Pass {
+    FirstMoment,
+    SecondMoment,
+    Weights,
+}
+
+struct AdamPass<'a> {
+    k: &'a Coefficients,
+    pass: Pass,
+}
+
+/// The scalars of [`Coefficients`] in the tensors' float type.
+struct Scalars<T> {
+    scale: T,
+    b1: T,
+    ob1: T,
+    b2: T,
+    ob2: T,
+    ib1: T,
+    ib2: T,
+    eps: T,
+    lr: T,
+    scaled: bool,
+}
+
+impl<T: num_traits::Float> Scalars<T> {
+    fn of(k: &Coefficients) -> Self {
         let c = |x: f64| T::from(x).expect("a finite coefficient");
-        let (scale, b1, ob1, b2, ob2) = (c(k.scale), c(k.b1), c(k.one_minus_b1), c(k.b2), c(k.one_minus_b2));
-        let (ib1, ib2, eps, lr) = (c(k.inv_bias1), c(k.inv_bias2), c(k.eps), c(k.lr));
-        let scaled = k.scale != 1.0;
-        let n = w.len();
-        let (mut nw, mut nm, mut nv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
-        nw.par_chunks_mut(FUSED_CHUNK)
-            .zip(nm.par_chunks_mut(FUSED_CHUNK))
-            .zip(nv.par_chunks_mut(FUSED_CHUNK))
-            .enumerate()
-            .for_each(|(chunk, ((ow, om), ov))| {
-                let s = chunk * FUSED_CHUNK;
-                for j in 0..ow.len() {
-                    let i = s + j;
-                    let gi = if scaled { g[i] * scale + T::zero() } else { g[i] };
-                    let mi = (m[i] * b1 + T::zero()) + (gi * ob1 + T::zero());
-                    let vi = (v[i] * b2 + T::zero()) + ((gi * gi) * ob2 + T::zero());
-                    let m_hat = mi * ib1 + T::zero();
-                    let v_hat = vi * ib2 + T::zero();
-                    let update = m_hat / (v_hat.sqrt() * T::one() + eps);
-                    ow[j] = w[i] - (update * lr + T::zero());
-                    om[j] = mi;
-                    ov[j] = vi;
-                }
-            });
-        (nw, nm, nv)
-    }
-    if !w.device().is_cpu() || g.dtype() != w.dtype() || m.dtype() != w.dtype() || v.dtype() != w.dtype() {
-        return Ok(None);
-    }
-    let (sw, sg, sm, sv) =
-        (w.storage_and_layout().0, g.storage_and_layout().0, m.storage_and_layout().0, v.storage_and_layout().0);
-    let (shape, device) = (w.shape(), w.device());
-    type Updated = Option<(Tensor, Tensor, Tensor)>;
-    fn make<T: candle_core::WithDType>(
-        (x, y, z): (Vec<T>, Vec<T>, Vec<T>),
-        shape: &candle_core::Shape,
-        d: &candle_core::Device,
-    ) -> candle_core::Result<Updated> {
-        Ok(Some((Tensor::from_vec(x, shape, d)?, Tensor::from_vec(y, shape, d)?, Tensor::from_vec(z, shape, d)?)))
-    }
-    match w.dtype() {
-        candle_core::DType::F32 => {
-            let (Some(a), Some(b), Some(c), Some(d)) =
-                (slice::<f32>(w, &sw), slice::<f32>(g, &sg), slice::<f32>(m, &sm), slice::<f32>(v, &sv))
-            else {
-                return Ok(None);
-            };
-            make(run(a, b, c, d, k), shape, device)
+        Scalars {
+            scale: c(k.scale),
+            b1: c(k.b1),
+            ob1: c(k.one_minus_b1),
+            b2: c(k.b2),
+            ob2: c(k.one_minus_b2),
+            ib1: c(k.inv_bias1),
+            ib2: c(k.inv_bias2),
+            eps: c(k.eps),
+            lr: c(k.lr),
+            scaled: k.scale != 1.0,
         }
-        candle_core::DType::F64 => {
-            let (Some(a), Some(b), Some(c), Some(d)) =
-                (slice::<f64>(w, &sw), slice::<f64>(g, &sg), slice::<f64>(m, &sm), slice::<f64>(v, &sv))
-            else {
-                return Ok(None);
-            };
-            make(run(a, b, c, d, k), shape, device)
+    }
+
+    fn grad(&self, g: T) -> T {
+        if self.scaled {
+            g * self.scale + T::zero()
+        } else {
+            g
         }
-        _ => Ok(None),
+    }
+
+    fn first_moment(&self, m: T, g: T) -> T {
+        let g = self.grad(g);
+        (m * self.b1 + T::zero()) + (g * self.ob1 + T::zero())
+    }
+
+    fn second_moment(&self, v: T, g: T) -> T {
+        let g = self.grad(g);
+        (v * self.b2 + T::zero()) + ((g * g) * self.ob2 + T::zero())
+    }
+
+    fn weight(&self, w: T, m: T, v: T) -> T {
+        let m_hat = m * self.ib1 + T::zero();
+        let v_hat = v * self.ib2 + T::zero();
+        let update = m_hat / (v_hat.sqrt() * T::one() + self.eps);
+        w - (update * self.lr + T::zero())
+    }
+}
+
+fn contiguous<'a, T>(all: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: strided tensor".into()))?;
+    Ok(&all[start..end])
+}
+
+impl AdamPass<'_> {
+    /// One pass over `dst`: m or v from the gradient `src.0`, or the weights from the new moments `src`.
+    fn run<T: num_traits::Float + Send + Sync>(&self, dst: &mut [T], src: (&[T], Option<&[T]>)) {
+        use rayon::prelude::*;
+        let s = Scalars::<T>::of(self.k);
+        let pass = self.pass;
+        dst.par_chunks_mut(FUSED_CHUNK).enumerate().for_each(|(chunk, out)| {
+            let start = chunk * FUSED_CHUNK;
+            for (j, x) in out.iter_mut().enumerate() {
+                let i = start + j;
+                *x = match (pass, src) {
+                    (Pass::FirstMoment, (g, _)) => s.first_moment(*x, g[i]),
+                    (Pass::SecondMoment, (g, _)) => s.second_moment(*x, g[i]),
+                    (Pass::Weights, (m, Some(v))) => s.weight(*x, m[i], v[i]),
+                    (Pass::Weights, (_, None)) => unreachable!("the weight pass gets both moments"),
+                };
+            }
+        });
+    }
+}
+
+fn storage_mismatch() -> candle_core::Error {
+    candle_core::Error::Msg("adam: tensors of different dtypes".into())
+}
+
+impl candle_core::InplaceOp2 for AdamPass<'_> {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let (start, end) =
+            dl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: strided tensor".into()))?;
+        match (dst, g) {
+            (CpuStorage::F32(d), CpuStorage::F32(g)) => self.run(&mut d[start..end], (contiguous(g, gl)?, None)),
+            (CpuStorage::F64(d), CpuStorage::F64(g)) => self.run(&mut d[start..end], (contiguous(g, gl)?, None)),
+            _ => return Err(storage_mismatch()),
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp3 for AdamPass<'_> {
+    fn name(&self) -> &'static str {
+        "adam-weights"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (start, end) =
+            dl.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("adam: strided tensor".into()))?;
+        match (dst, m, v) {
+            (CpuStorage::F32(d), CpuStorage::F32(m), CpuStorage::F32(v)) => {
+                self.run(&mut d[start..end], (contiguous(m, ml)?, Some(contiguous(v, vl)?)))
+            }
+            (CpuStorage::F64(d), CpuStorage::F64(m), CpuStorage::F64(v)) => {
+                self.run(&mut d[start..end], (contiguous(m, ml)?, Some(contiguous(v, vl)?)))
+            }
+            _ => return Err(storage_mismatch()),
+        }
+        Ok(())
     }
 }
 
@@ -228,7 +300,7 @@ mod tests {
     use candle_core::{DType, Device};
 
     #[test]
-    fn fused_cpu_update_equals_the_tensor_operations_bit_for_bit() -> candle_core::Result<()> {
+    fn in_place_cpu_update_equals_the_tensor_operations_bit_for_bit() -> candle_core::Result<()> {
         let dev = Device::Cpu;
         let k = Coefficients {
             scale: 0.37,
@@ -247,9 +319,9 @@ mod tests {
             let g = Tensor::randn(0f32, 1.0, n, &dev)?.to_dtype(dtype)?;
             let m = Tensor::randn(0f32, 0.1, n, &dev)?.to_dtype(dtype)?;
             let v = Tensor::rand(0f32, 0.1, n, &dev)?.to_dtype(dtype)?;
-            let fused = fused_cpu_update(&w, &g, &m, &v, &k)?.expect("contiguous CPU tensors");
             let reference = tensor_update(&w, &g, &m, &v, &k)?;
-            for (a, b) in [(&fused.0, &reference.0), (&fused.1, &reference.1), (&fused.2, &reference.2)] {
+            assert!(fused_cpu_update(&w, &g, &m, &v, &k)?, "contiguous CPU tensors are updated in place");
+            for (a, b) in [(&w, &reference.0), (&m, &reference.1), (&v, &reference.2)] {
                 let (a, b) = (a.to_dtype(DType::F64)?.to_vec1::<f64>()?, b.to_dtype(DType::F64)?.to_vec1::<f64>()?);
                 assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?}");
             }
