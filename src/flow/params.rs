@@ -41,16 +41,23 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
             return Ok(var.as_tensor().clone());
         }
         let n = shape.elem_count();
-        let values: Vec<f64> = match init {
-            Init::Const(c) => vec![c; n],
-            Init::Uniform { lo, up } => {
-                let mut rng = self.rng.lock().expect("rng lock");
-                (0..n).map(|_| if up > lo { rng.random_range(lo..up) } else { lo }).collect()
-            }
-            other => candle_core::bail!("parameter {name}: unsupported initialiser {other:?}"),
+        let mut draw = {
+            let mut rng = self.rng.lock().expect("rng lock");
+            move |lo: f64, up: f64| if up > lo { rng.random_range(lo..up) } else { lo }
         };
-        let tensor = Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?;
-        let var = Var::from_tensor(&tensor)?;
+        // Drawn in f64 and rounded once, straight into the variable's buffer (no f64 copy of a
+        // weight, which for the paper-size ZDC teacher's output layers raised the peak memory).
+        let var = match (init, dtype) {
+            (Init::Const(c), _) => Var::from_tensor(&Tensor::full(c, shape, dev)?.to_dtype(dtype)?)?,
+            (Init::Uniform { lo, up }, DType::F32) => {
+                Var::from_vec((0..n).map(|_| draw(lo, up) as f32).collect::<Vec<f32>>(), shape, dev)?
+            }
+            (Init::Uniform { lo, up }, _) => {
+                let values: Vec<f64> = (0..n).map(|_| draw(lo, up)).collect();
+                Var::from_tensor(&Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)?
+            }
+            (other, _) => candle_core::bail!("parameter {name}: unsupported initialiser {other:?}"),
+        };
         let t = var.as_tensor().clone();
         data.insert(name.to_string(), var);
         Ok(t)
@@ -115,13 +122,29 @@ pub fn first_non_finite(tensors: &HashMap<String, Tensor>) -> candle_core::Resul
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     for name in names {
-        let t = &tensors[name];
-        let finite = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite());
-        if !finite {
+        if !all_finite(&tensors[name])? {
             return Ok(Some(name.clone()));
         }
     }
     Ok(None)
+}
+
+/// Reads a contiguous CPU tensor where it lies (a float64 copy of each weight, as before, doubled
+/// the peak memory of a large model at every validation); copies only on other devices.
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    use candle_core::{CpuStorage, Storage};
+    if let Some((start, end)) = t.layout().contiguous_offsets() {
+        if let Storage::Cpu(storage) = &*t.storage_and_layout().0 {
+            return Ok(match storage {
+                CpuStorage::F32(v) => v[start..end].iter().all(|x| x.is_finite()),
+                CpuStorage::F64(v) => v[start..end].iter().all(|x| x.is_finite()),
+                CpuStorage::BF16(v) => v[start..end].iter().all(|x| x.is_finite()),
+                CpuStorage::F16(v) => v[start..end].iter().all(|x| x.is_finite()),
+                _ => true,
+            });
+        }
+    }
+    Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().all(|v| v.is_finite()))
 }
 
 /// Copies loaded values into the variables of `varmap` (resume, or a student initialised from
