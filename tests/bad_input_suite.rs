@@ -1086,3 +1086,64 @@ fn pytorch_checkpoints_are_checked_before_allocating() {
     case(&c, &import(real), &bad, 1, &["ZDCFLOW_MEMORY_LIMIT='lots'"], &["zdc-maf-small.pt"]);
     assert!(!c.join("out").exists(), "nothing written");
 }
+
+#[test]
+fn messages_name_the_real_cause() {
+    let d = fixture();
+    let no_val = teacher_args("case-never", &["--set", "data.split=[1,0,0]"]);
+    case(d, &no_val, &[], 1, &["data.split", "validation split is empty"], &["rqs"]);
+    let stu = [
+        "distill-student",
+        "--config",
+        &config("smoke-zdc-student.toml"),
+        "--teacher",
+        "t",
+        "--set",
+        "distill.diversity_eps=-1",
+        "--output-dir",
+        "case-never",
+    ];
+    case(d, &stu, &[], 1, &["distill.diversity_eps", "≥ 0"], &["channel_weight"]);
+    assert!(!d.join("case-never").exists());
+    // A bad memory limit is the setting's error, not the data file's.
+    case(
+        d,
+        &["inspect", "zdc.h5"],
+        &[("ZDCFLOW_MEMORY_LIMIT", "lots")],
+        1,
+        &["ZDCFLOW_MEMORY_LIMIT='lots'"],
+        &["zdc.h5"],
+    );
+    // A file name that is not UTF-8 is not "truncated or another format".
+    use std::os::unix::ffi::OsStrExt;
+    let c = case_dir("names");
+    let name = OsStr::from_bytes(b"bad\xff.h5");
+    std::fs::copy(fixture().join("zdc.h5"), c.join(name)).unwrap();
+    case(&c, &[OsStr::new("inspect"), name], &[], 1, &["bad", "UTF-8"], &["truncated"]);
+}
+
+#[test]
+fn a_stopped_demo_does_not_suggest_resume() {
+    let c = case_dir("demo");
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
+    cmd.current_dir(&c).args(["--quiet", "demo", "--output-dir", "run"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = {
+        let _guard = spawning();
+        cmd.spawn().unwrap()
+    };
+    // Stopped in its first training step, where a lone train-teacher would suggest --resume.
+    let teacher = c.join("run/zdc/teacher");
+    for _ in 0..1200 {
+        if teacher.join("photon_sum/metrics.jsonl").exists() || teacher.join("flow/metrics.jsonl").exists() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("the demo does not resume") && !err.contains("--resume"), "{err}");
+}

@@ -50,6 +50,15 @@ fn zdc_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summar
         cfg.data.fractions(cfg.model.detector),
         split_seed,
     )?;
+    if data.split.val.is_empty() && data.split.test.is_empty() {
+        return Err(Error::config(
+            "data.split",
+            format!(
+                "{:?}: the validation split is empty, and so is the test split; the photon-sum flow is reported on one of them, e.g. data.split=[0.8, 0.1, 0.1]",
+                cfg.data.fractions(cfg.model.detector)
+            ),
+        ));
+    }
     let manifest = zdc::teacher_manifest(cfg, &data, seed, split_seed)?;
     if opts.resume {
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
