@@ -1123,6 +1123,24 @@ fn messages_name_the_real_cause() {
 }
 
 #[test]
+fn full_disks_leave_no_temporary_file() {
+    let c = case_dir("full");
+    let (t, zdc) = (f("t"), f("zdc.h5"));
+    let shards = [f("s1of3.h5"), f("s2of3.h5"), f("s3of3.h5")];
+    let runs: [Vec<&str>; 3] = [
+        vec!["sample", "--model", &t, "--conditions", &zdc, "--output", "out.h5"],
+        vec!["merge", "--output", "out.h5", &shards[0], &shards[1], &shards[2]],
+        vec!["generate", "zdc", "--events", "600", "--output", "out.h5"],
+    ];
+    for a in &runs {
+        // Files capped at 16 KB: the write fails part-way, as on a full disk.
+        case_with(&c, a, 1, &["out.h5", "File too large"], &[], || run_limited(&c, a, &[], Some(16 << 10)));
+        let left: Vec<_> = std::fs::read_dir(&c).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{a:?} left {left:?}");
+    }
+}
+
+#[test]
 fn a_stopped_demo_does_not_suggest_resume() {
     let c = case_dir("demo");
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
