@@ -1141,6 +1141,24 @@ fn full_disks_leave_no_temporary_file() {
 }
 
 #[test]
+fn a_teacher_never_writes_over_its_data() {
+    let c = case_dir("teacher-data");
+    std::fs::create_dir_all(c.join("m")).unwrap();
+    std::fs::copy(fixture().join("zdc.h5"), c.join("zdc.h5")).unwrap();
+    std::fs::copy(fixture().join("zdc.h5"), c.join("m/zdc.h5")).unwrap();
+    for (data, out, want) in [
+        ("data.path=zdc.h5", ".", "holds the data.path input zdc.h5"),
+        ("data.path=m/zdc.h5", "m", "holds the data.path input m/zdc.h5"),
+        ("data.path=zdc.h5", "zdc.h5", "is the data.path input zdc.h5"),
+    ] {
+        let mut a = teacher_args(out, &[]);
+        a[4] = data;
+        case(&c, &a, &[], 1, &["--output-dir", want], &[]);
+    }
+    assert!(!c.join("model.json").exists() && !c.join("m/model.json").exists());
+}
+
+#[test]
 fn a_stopped_demo_does_not_suggest_resume() {
     let c = case_dir("demo");
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
