@@ -9,10 +9,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use assert_cmd::cargo::cargo_bin_cmd;
 use common::{config, hdf5_in_process, spawning};
 
 /// The shared fixture's directory (under cargo's per-target temporary directory).
@@ -66,11 +67,29 @@ struct Ran {
     stderr: String,
 }
 
-fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
-    let mut cmd = cargo_bin_cmd!("zdcflow");
-    cmd.current_dir(dir).arg("--quiet").args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
+fn run_in<A: AsRef<OsStr>>(dir: &Path, args: &[A], env: &[(&str, &str)]) -> Ran {
+    run_limited(dir, args, env, None)
+}
+
+/// Runs zdcflow; `file_size` caps every file it writes (RLIMIT_FSIZE: a longer write fails, as
+/// on a full disk).
+fn run_limited<A: AsRef<OsStr>>(dir: &Path, args: &[A], env: &[(&str, &str)], file_size: Option<u64>) -> Ran {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
+    cmd.current_dir(dir).arg("--quiet").args(args).envs(env.iter().copied());
+    if let Some(bytes) = file_size {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec. An ignored SIGXFSZ turns
+        // the write past the limit into an EFBIG error instead of killing the process.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+                match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
     }
     let _guard = spawning();
     let out = cmd.output().expect("zdcflow runs");
@@ -103,13 +122,32 @@ fn snapshot(dirs: &[PathBuf]) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// Runs one case in `dir` (the fixture or a case directory) and checks exit code, the single
 /// error line and that no earlier file changed. Returns stderr.
-fn case(dir: &Path, args: &[&str], env: &[(&str, &str)], code: i32, want: &[&str], not: &[&str]) -> String {
+fn case<A: AsRef<OsStr> + Debug>(
+    dir: &Path,
+    args: &[A],
+    env: &[(&str, &str)],
+    code: i32,
+    want: &[&str],
+    not: &[&str],
+) -> String {
+    case_with(dir, args, code, want, not, || run_in(dir, args, env))
+}
+
+/// [`case`] with the run given (`run` runs `args`).
+fn case_with<A: Debug>(
+    dir: &Path,
+    args: &[A],
+    code: i32,
+    want: &[&str],
+    not: &[&str],
+    run: impl FnOnce() -> Ran,
+) -> String {
     let mut watched = vec![fixture().to_path_buf()];
     if dir != fixture() {
         watched.push(dir.to_path_buf());
     }
     let before = snapshot(&watched);
-    let r = run_in(dir, args, env);
+    let r = run();
     assert_eq!(r.code, code, "zdcflow {args:?}: exit {} (expected {code}):\n{}", r.code, r.stderr);
     assert!(!r.stderr.contains("panicked"), "zdcflow {args:?} panicked:\n{}", r.stderr);
     if code == 1 || code == 2 {
@@ -962,4 +1000,186 @@ fn a_repeated_signal_does_not_cancel_the_save() {
     let saved =
         ["photon_sum", "flow"].iter().any(|u| c.join("t").join(u).join("checkpoint/state.safetensors").exists());
     assert!(saved, "no checkpoint saved: {err}");
+}
+
+/// A checkpoint as torch.save writes it: `archive/data.pkl` and one storage, `archive/data/0`.
+fn write_pt(path: &Path, pickle: &[u8], storage: &[u8]) {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in [("archive/data.pkl", pickle), ("archive/data/0", storage)] {
+        z.start_file(name, stored).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// `{'model_state_dict': {'w': t}}` pickled as torch.save does (protocol 2), `t` a float32
+/// tensor of `shape` starting at element `offset` of storage '0'.
+fn state_dict_pickle(shape: [i32; 2], offset: i32) -> Vec<u8> {
+    let unicode = |s: &str| [&[b'X'][..], &(s.len() as u32).to_le_bytes(), s.as_bytes()].concat();
+    let int = |v: i32| [&[b'J'][..], &v.to_le_bytes()].concat();
+    let tuple = |items: &[i32]| [vec![b'('], items.iter().flat_map(|&v| int(v)).collect(), vec![b't']].concat();
+    [
+        b"\x80\x02}(".to_vec(),
+        unicode("model_state_dict"),
+        b"}(".to_vec(),
+        unicode("w"),
+        b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec(),
+        // The storage: persistent id ('storage', FloatStorage, '0', 'cpu', 4 elements).
+        b"(".to_vec(),
+        unicode("storage"),
+        b"ctorch\nFloatStorage\n".to_vec(),
+        unicode("0"),
+        unicode("cpu"),
+        int(4),
+        b"tQ".to_vec(),
+        int(offset),
+        tuple(&shape),
+        tuple(&[shape[1], 1]),
+        // requires_grad, backward hooks; the arguments' tuple, the call, both dicts' items.
+        b"\x89ccollections\nOrderedDict\n)RtRuu.".to_vec(),
+    ]
+    .concat()
+}
+
+#[test]
+fn pytorch_checkpoints_are_checked_before_allocating() {
+    let c = case_dir("pt");
+    let import = |pt: &'static str| ["import-nflows", pt, "--kind", "maf", "--output-dir", "out"];
+    // A pickle string declaring 4 GiB in a file of a few bytes.
+    write_pt(&c.join("string.pt"), b"\x80\x02X\xff\xff\xff\xffabc", &[]);
+    case(&c, &import("string.pt"), &[], 1, &["string.pt", "string of 4.3 GB", "only 3 B follow"], &[]);
+    // A (1e9, 1e9) tensor over 16 bytes of storage.
+    write_pt(&c.join("shape.pt"), &state_dict_pickle([1_000_000_000; 2], 0), &[0; 16]);
+    let want = ["shape.pt", "tensor 'w'", "[1000000000, 1000000000]", "holds only 16 B"];
+    case(&c, &import("shape.pt"), &[], 1, &want, &[]);
+    // Storage offsets past the storage or negative: the tensor is named, not a missing --key.
+    write_pt(&c.join("offset.pt"), &state_dict_pickle([2, 2], 1000), &[0; 16]);
+    case(&c, &import("offset.pt"), &[], 1, &["offset.pt", "tensor 'w'", "byte 4000"], &["--key"]);
+    write_pt(&c.join("negative.pt"), &state_dict_pickle([2, 2], -1), &[0; 16]);
+    case(&c, &import("negative.pt"), &[], 1, &["negative.pt", "tensor 'w'", "storage offset"], &["--key"]);
+    // NaN weights: the checkpoint is named (not the weights file it would have become).
+    let real = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/nflows/zdc-maf-small.pt");
+    {
+        use std::io::{Read, Write};
+        let mut src = zip::ZipArchive::new(std::fs::File::open(real).unwrap()).unwrap();
+        let mut z = zip::ZipWriter::new(std::fs::File::create(c.join("nan.pt")).unwrap());
+        for i in 0..src.len() {
+            let mut entry = src.by_index(i).unwrap();
+            let name = entry.name().to_string();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            if name.ends_with("/data/0") {
+                bytes = f32::NAN.to_le_bytes().repeat(bytes.len() / 4);
+            }
+            z.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            z.write_all(&bytes).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    case(&c, &import("nan.pt"), &[], 1, &["nan.pt", "non-finite"], &["best.safetensors"]);
+    // The memory limit applies; a bad setting is the setting's error, not the checkpoint's.
+    let limit = [("ZDCFLOW_MEMORY_LIMIT", "100K")];
+    case(&c, &import(real), &limit, 1, &["zdc-maf-small.pt", "ZDCFLOW_MEMORY_LIMIT=100K"], &[]);
+    let bad = [("ZDCFLOW_MEMORY_LIMIT", "lots")];
+    case(&c, &import(real), &bad, 1, &["ZDCFLOW_MEMORY_LIMIT='lots'"], &["zdc-maf-small.pt"]);
+    assert!(!c.join("out").exists(), "nothing written");
+}
+
+#[test]
+fn messages_name_the_real_cause() {
+    let d = fixture();
+    let no_val = teacher_args("case-never", &["--set", "data.split=[1,0,0]"]);
+    case(d, &no_val, &[], 1, &["data.split", "validation split is empty"], &["rqs"]);
+    let stu = [
+        "distill-student",
+        "--config",
+        &config("smoke-zdc-student.toml"),
+        "--teacher",
+        "t",
+        "--set",
+        "distill.diversity_eps=-1",
+        "--output-dir",
+        "case-never",
+    ];
+    case(d, &stu, &[], 1, &["distill.diversity_eps", "≥ 0"], &["channel_weight"]);
+    assert!(!d.join("case-never").exists());
+    // A bad memory limit is the setting's error, not the data file's.
+    case(
+        d,
+        &["inspect", "zdc.h5"],
+        &[("ZDCFLOW_MEMORY_LIMIT", "lots")],
+        1,
+        &["ZDCFLOW_MEMORY_LIMIT='lots'"],
+        &["zdc.h5"],
+    );
+    // A file name that is not UTF-8 is not "truncated or another format".
+    use std::os::unix::ffi::OsStrExt;
+    let c = case_dir("names");
+    let name = OsStr::from_bytes(b"bad\xff.h5");
+    std::fs::copy(fixture().join("zdc.h5"), c.join(name)).unwrap();
+    case(&c, &[OsStr::new("inspect"), name], &[], 1, &["bad", "UTF-8"], &["truncated"]);
+}
+
+#[test]
+fn full_disks_leave_no_temporary_file() {
+    let c = case_dir("full");
+    let (t, zdc) = (f("t"), f("zdc.h5"));
+    let shards = [f("s1of3.h5"), f("s2of3.h5"), f("s3of3.h5")];
+    let runs: [Vec<&str>; 3] = [
+        vec!["sample", "--model", &t, "--conditions", &zdc, "--output", "out.h5"],
+        vec!["merge", "--output", "out.h5", &shards[0], &shards[1], &shards[2]],
+        vec!["generate", "zdc", "--events", "600", "--output", "out.h5"],
+    ];
+    for a in &runs {
+        // Files capped at 16 KB: the write fails part-way, as on a full disk.
+        case_with(&c, a, 1, &["out.h5", "File too large"], &[], || run_limited(&c, a, &[], Some(16 << 10)));
+        let left: Vec<_> = std::fs::read_dir(&c).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{a:?} left {left:?}");
+    }
+}
+
+#[test]
+fn a_teacher_never_writes_over_its_data() {
+    let c = case_dir("teacher-data");
+    std::fs::create_dir_all(c.join("m")).unwrap();
+    std::fs::copy(fixture().join("zdc.h5"), c.join("zdc.h5")).unwrap();
+    std::fs::copy(fixture().join("zdc.h5"), c.join("m/zdc.h5")).unwrap();
+    for (data, out, want) in [
+        ("data.path=zdc.h5", ".", "holds the data.path input zdc.h5"),
+        ("data.path=m/zdc.h5", "m", "holds the data.path input m/zdc.h5"),
+        ("data.path=zdc.h5", "zdc.h5", "is the data.path input zdc.h5"),
+    ] {
+        let mut a = teacher_args(out, &[]);
+        a[4] = data;
+        case(&c, &a, &[], 1, &["--output-dir", want], &[]);
+    }
+    assert!(!c.join("model.json").exists() && !c.join("m/model.json").exists());
+}
+
+#[test]
+fn a_stopped_demo_does_not_suggest_resume() {
+    let c = case_dir("demo");
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin!("zdcflow"));
+    cmd.current_dir(&c).args(["--quiet", "demo", "--output-dir", "run"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = {
+        let _guard = spawning();
+        cmd.spawn().unwrap()
+    };
+    // Stopped in its first training step, where a lone train-teacher would suggest --resume.
+    let teacher = c.join("run/zdc/teacher");
+    for _ in 0..1200 {
+        if teacher.join("photon_sum/metrics.jsonl").exists() || teacher.join("flow/metrics.jsonl").exists() {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "finished before it could be stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("the demo does not resume") && !err.contains("--resume"), "{err}");
 }

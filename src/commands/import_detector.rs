@@ -23,12 +23,12 @@ use std::path::Path;
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
 
-use super::import_nflows::read_state_dict;
 use crate::cli::{DetectorArg, ImportNflowsArgs, KindArg};
 use crate::config::{Detector, FlowName, Precision};
 use crate::data::channels::PIXELS;
 use crate::data::geometry::CaloGeometry;
 use crate::data::preprocess::{CaloPreprocessing, Standardizer, ZdcPreprocessing};
+use crate::data::pth::read_state_dict;
 use crate::data::split::Particles;
 use crate::error::{Error, Result};
 use crate::flow::nflows::{self, ImportOptions, NflowsKind};

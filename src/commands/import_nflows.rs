@@ -2,7 +2,6 @@
 //! imported flows (read in Rust with candle's pickle reader, no Python needed).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
@@ -10,32 +9,12 @@ use candle_nn::VarMap;
 use super::flow_dir::{FlowsManifest, Source, FLOWS_FORMAT};
 use crate::cli::{DtypeArg, ImportNflowsArgs, KindArg};
 use crate::config::Precision;
+use crate::data::pth::read_state_dict;
 use crate::error::{Error, Result};
 use crate::flow::nflows::{self, ImportOptions, NflowsKind};
 use crate::flow::{io, FlowSpec};
 use crate::models::manifest::{check_output_dir, save_unit_file, Reuse, Unit, UnitFile};
 use crate::util::output_guard::{self, Input};
-
-/// Reads the state dict of a checkpoint.
-pub fn read_state_dict(path: &Path, key: Option<&str>) -> Result<Vec<(String, candle_core::Tensor)>> {
-    if !path.is_file() {
-        return Err(Error::checkpoint(path, "no such file"));
-    }
-    let read = |key: Option<&str>| candle_core::pickle::read_all_with_key(path, key);
-    let tensors = match key {
-        Some(k) => read(Some(k)).map_err(|e| Error::checkpoint(path, format!("cannot read key '{k}': {e}")))?,
-        None => read(Some("model_state_dict"))
-            .or_else(|_| read(None))
-            .map_err(|e| Error::checkpoint(path, format!("not a PyTorch checkpoint this reader understands: {e}")))?,
-    };
-    if tensors.is_empty() {
-        return Err(Error::checkpoint(
-            path,
-            "holds no tensors at the top level (a state dict nested under a key? pass --key)",
-        ));
-    }
-    Ok(tensors)
-}
 
 pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
     let d = &a.detector;

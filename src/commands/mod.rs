@@ -48,8 +48,30 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     // sampling or training loop start there instead of waking the pool from outside each time.
     match candle_core::utils::with_threadpool(|| execute(&cli.command, &globals)) {
         Ok(code) => Ok(code),
-        Err(Error::Interrupted) => Ok(ExitCode::from(130)),
+        Err(Error::Interrupted) => {
+            if let Some(hint) = stopped_hint(&cli.command) {
+                eprintln!("{hint}");
+            }
+            Ok(ExitCode::from(130))
+        }
         Err(e) => Err(e),
+    }
+}
+
+/// What a stopped command line can do next: training resumes, the demo starts over. (Told here,
+/// for the command the user typed, not by the training steps the demo runs.)
+fn stopped_hint(command: &Command) -> Option<String> {
+    let resume = |config: &Path, run: &crate::cli::RunArgs| {
+        let out = run.output_dir.clone().unwrap_or_else(|| crate::config::default_output_dir(config));
+        format!("stopped; resume with the same command plus --resume ({})", out.display())
+    };
+    match command {
+        Command::TrainTeacher(a) => Some(resume(&a.config, &a.run)),
+        Command::DistillStudent(a) => Some(resume(&a.config, &a.run)),
+        Command::Demo(a) => {
+            Some(format!("stopped; the demo does not resume: run it again to start over ({})", a.output_dir.display()))
+        }
+        _ => None,
     }
 }
 
@@ -109,20 +131,12 @@ fn execute(command: &Command, g: &Globals) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the summary lines of a training command (and how to resume after an interrupt).
+/// Prints the summary lines of a training command.
 fn finish_training(summaries: Result<Vec<Summary>>, out: &Path) -> Result<Vec<Summary>> {
-    match summaries {
-        Ok(s) => {
-            for line in s.iter().map(crate::models::summary_line) {
-                println!("{line}");
-            }
-            println!("model: {}", out.display());
-            Ok(s)
-        }
-        Err(Error::Interrupted) => {
-            eprintln!("stopped; resume with the same command plus --resume ({})", out.display());
-            Err(Error::Interrupted)
-        }
-        Err(e) => Err(e),
+    let s = summaries?;
+    for line in s.iter().map(crate::models::summary_line) {
+        println!("{line}");
     }
+    println!("model: {}", out.display());
+    Ok(s)
 }

@@ -18,11 +18,15 @@ use crate::models::photon_sum::{self, PhotonSumModel, PhotonSumRows};
 use crate::models::zdc::{self, FlowRows, ZdcData, FLOW_UNIT, PHOTON_SUM_UNIT};
 use crate::models::{check_resume_matches, teacher_spec, NllObjective, RunOptions, Units};
 use crate::train::Summary;
+use crate::util::output_guard;
 use crate::util::rng::{derive_seed, tag};
 
 pub fn run(a: &TrainArgs, g: &Globals) -> Result<Vec<Summary>> {
     let cfg = Config::load(&a.config, &a.run.set)?;
     let out = a.run.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
+    let (key, files) = (if cfg.data.paths.is_empty() { "data.path" } else { "data.paths" }, cfg.data.files());
+    let inputs: Vec<(&str, &Path)> = files.iter().map(|f| (key, f.as_path())).collect();
+    output_guard::check_dir_holds_no_input(&out, "--output-dir", &inputs)?;
     let opts =
         RunOptions { resume: a.run.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
     crate::util::interrupt::install();
@@ -50,6 +54,15 @@ fn zdc_teacher(cfg: &Config, out: &Path, opts: &RunOptions) -> Result<Vec<Summar
         cfg.data.fractions(cfg.model.detector),
         split_seed,
     )?;
+    if data.split.val.is_empty() && data.split.test.is_empty() {
+        return Err(Error::config(
+            "data.split",
+            format!(
+                "{:?}: the validation split is empty, and so is the test split; the photon-sum flow is reported on one of them, e.g. data.split=[0.8, 0.1, 0.1]",
+                cfg.data.fractions(cfg.model.detector)
+            ),
+        ));
+    }
     let manifest = zdc::teacher_manifest(cfg, &data, seed, split_seed)?;
     if opts.resume {
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;

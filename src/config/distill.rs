@@ -108,8 +108,11 @@ impl DistillSection {
         if self.latent_width.is_nan() || self.latent_width <= 0.0 {
             return Err(Error::config("distill.latent_width", "must be > 0"));
         }
-        if self.channel_weight < 0.0 || self.diversity_eps < 0.0 {
-            return Err(Error::config("distill.channel_weight", "channel_weight and diversity_eps must be ≥ 0"));
+        for (key, v) in [("distill.channel_weight", self.channel_weight), ("distill.diversity_eps", self.diversity_eps)]
+        {
+            if v.is_nan() || v < 0.0 {
+                return Err(Error::config(key, format!("must be ≥ 0, got {v}")));
+            }
         }
         Ok(())
     }

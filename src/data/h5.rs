@@ -33,6 +33,9 @@ pub fn open(path: &Path) -> Result<File> {
     if len == 0 {
         return Err(Error::format(path, "the file is empty"));
     }
+    if path.to_str().is_none() {
+        return Err(Error::format(path, "the HDF5 library opens only UTF-8 file names; rename the file"));
+    }
     File::open(path).map_err(|e| Error::Hdf5 {
         path: path.to_path_buf(),
         msg: format!("not a readable HDF5 file (truncated or another format?): {}", first_line(&e)),

@@ -8,6 +8,7 @@ pub mod geometry;
 pub(crate) mod h5;
 pub(crate) mod open;
 pub(crate) mod preprocess;
+pub(crate) mod pth;
 pub(crate) mod split;
 pub mod synth;
 pub mod zdc;

@@ -101,6 +101,7 @@ impl RowWriter {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("zdcflow-classifier-{}-{k}.f32", std::process::id()));
+        crate::flow::io::remember_temp(&path);
         let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Self { dim, n: 0, memory: None, file: Some((std::io::BufWriter::with_capacity(1 << 20, f), path)) })
     }
@@ -117,19 +118,33 @@ impl RowWriter {
         w.write_all(&bytes).map_err(|e| Error::io(path, e))
     }
 
-    pub fn finish(self) -> Result<RowStore> {
+    pub fn finish(mut self) -> Result<RowStore> {
         let (dim, n) = (self.dim, self.n);
-        if let Some(m) = self.memory {
+        if let Some(m) = self.memory.take() {
             return Ok(RowStore { dim, n, rows: Storage::Memory(m) });
         }
-        let (w, path) = self.file.expect("memory or file");
-        let file = match w.into_inner() {
-            Ok(f) => f,
-            Err(e) => return Err(Error::io(&path, e.into_error())),
-        };
-        drop(file);
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(RowStore { dim, n, rows: Storage::File { file: RefCell::new(file), path } })
+        let (w, path) = self.file.take().expect("memory or file");
+        // From here the store (or, on an error, this function) removes the file.
+        let file = w.into_inner().map_err(|e| e.into_error()).and_then(|f| {
+            drop(f);
+            std::fs::File::open(&path)
+        });
+        match file {
+            Ok(file) => Ok(RowStore { dim, n, rows: Storage::File { file: RefCell::new(file), path } }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(Error::io(&path, e))
+            }
+        }
+    }
+}
+
+/// An unfinished writer (a failed write, a full disk) removes its file.
+impl Drop for RowWriter {
+    fn drop(&mut self) {
+        if let Some((_, path)) = &self.file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -558,6 +573,16 @@ mod tests {
         store.append_row(0, &mut out).unwrap();
         assert_eq!(out, vec![3.0, 1.5, -2.0, 0.0, 1.5, -2.0]);
         drop(store);
+        assert!(!path.exists(), "temporary file removed");
+    }
+
+    #[test]
+    fn an_unfinished_row_file_is_removed() {
+        let mut w = RowWriter::new(3, MEMORY_ROWS_BYTES).unwrap();
+        w.push(&[1.0, 2.0, 3.0]).unwrap();
+        let path = w.file.as_ref().unwrap().1.clone();
+        assert!(path.exists());
+        drop(w);
         assert!(!path.exists(), "temporary file removed");
     }
 }

@@ -67,6 +67,26 @@ pub fn check_output_dir(dir: &Path, flag: &str, models: &[(&str, &Path)]) -> Res
     Ok(())
 }
 
+/// Refuses an output directory that is or holds one of the command's input files (`data.path`):
+/// any file in it may be written (checkpoints, metrics, figures).
+pub fn check_dir_holds_no_input(dir: &Path, flag: &str, inputs: &[(&str, &Path)]) -> Result<()> {
+    let out = resolved(dir);
+    for (name, input) in inputs {
+        let input_at = resolved(input);
+        if input_at.starts_with(&out) {
+            let relation = if input_at == out { "is" } else { "holds" };
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "{flag} {relation} the {name} input {}; the model's files written there could replace it — choose another {flag}",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `dir/name` for a name the user chose (`--unit`): one plain path component, so the result
 /// cannot land outside `dir` (no `/`, `..`, `.` or absolute path).
 pub fn join_inside(dir: &Path, name: &str, flag: &str) -> Result<PathBuf> {
@@ -182,6 +202,19 @@ mod tests {
         assert!(e.contains("is a directory"), "{e}");
         let e = check_output(Path::new("/dev/null"), "--output", &[]).unwrap_err().to_string();
         assert!(e.contains("is a device"), "{e}");
+    }
+
+    #[test]
+    fn output_directories_holding_an_input_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("zdc.h5");
+        std::fs::write(&data, b"x").unwrap();
+        let inputs = [("data.path", data.as_path())];
+        for out in [dir.path().to_path_buf(), dir.path().join("."), data.clone()] {
+            let e = check_dir_holds_no_input(&out, "--output-dir", &inputs).unwrap_err().to_string();
+            assert!(e.contains("data.path input") && e.contains("zdc.h5"), "{e}");
+        }
+        assert!(check_dir_holds_no_input(&dir.path().join("t"), "--output-dir", &inputs).is_ok());
     }
 
     #[test]
