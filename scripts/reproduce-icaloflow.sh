@@ -48,14 +48,14 @@ for recipe in $RECIPES; do
   T="$W/$recipe-teacher"; S="$W/$recipe-student"
   for f in 1 2 3; do
     epochs_var="FLOW${f}_EPOCHS"
-    if [ ! -f "$T/flow$f/best.safetensors" ]; then
+    if [ ! -f "$T/flow$f/metrics.jsonl" ]; then
       log "$recipe: teacher flow$f"
       timed "$recipe-teacher-flow$f" $Z train-teacher --config "configs/${prefix}flow$f.toml" --set data.path="$W/train.h5" \
         --set data.paths=[] --set "train.epochs=${!epochs_var}" --output-dir "$T"
     fi
   done
   for f in 2 3; do
-    if [ ! -f "$S/flow$f/best.safetensors" ]; then
+    if [ ! -f "$S/flow$f/metrics.jsonl" ]; then
       log "$recipe: student flow$f"
       batches=0; [ "$f" = 3 ] && batches=$STUDENT_BATCHES
       timed "$recipe-student-flow$f" $Z distill-student --config "configs/${prefix}student-flow$f.toml" --teacher "$T" \

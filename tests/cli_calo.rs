@@ -51,6 +51,7 @@ fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() 
             "s",
         ],
     );
+    per_flow_configs_distil_into_one_student_directory(d);
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("s/model.json")).unwrap()).unwrap();
     assert_eq!(m["units"]["flow1"]["flow"]["kind"], "maf", "Flow-1 stays the teacher's MAF");
     assert_eq!(m["units"]["flow3"]["flow"]["kind"], "iaf");
@@ -208,4 +209,47 @@ fn ds2_fast_recipe_stores_its_standardisation_and_samples() {
     assert!(c.showers.iter().all(|v| v.is_finite() && (*v == 0.0 || *v >= 0.015)));
     assert!(c.showers.iter().any(|&v| v > 0.0));
     ok(d, &["log-prob", "--model", "t", "--showers", "ds2.h5", "--output", "lp.h5", "--batch-size", "50"]);
+}
+
+/// The papers' student configs come one per flow: Flow-2's then Flow-3's into the same directory
+/// give one student with both (Flow-2 kept from the first run); distilling a flow there again
+/// without --resume is refused.
+fn per_flow_configs_distil_into_one_student_directory(d: &std::path::Path) {
+    let smoke = std::fs::read_to_string(config("smoke-ds2-student.toml")).unwrap();
+    let (head, flows) = smoke.split_at(smoke.find("[student.flow2]").unwrap());
+    let (flow2, rest) = flows.split_at(flows.find("[student.flow3]").unwrap());
+    let (flow3, distill) = rest.split_at(rest.find("[distill]").unwrap());
+    std::fs::write(d.join("only-flow2.toml"), format!("{head}{flow2}{distill}")).unwrap();
+    std::fs::write(d.join("only-flow3.toml"), format!("{head}{flow3}{distill}")).unwrap();
+    let distil = |cfg: &str| {
+        vec![
+            "distill-student".to_string(),
+            "--config".into(),
+            cfg.into(),
+            "--teacher".into(),
+            "t".into(),
+            "--set".into(),
+            "train.epochs=1".into(),
+            "--set".into(),
+            "train.max_batches=2".into(),
+            "--output-dir".into(),
+            "per-flow".into(),
+        ]
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    ok(d, &args(&distil("only-flow2.toml")));
+    let flow2_weights = std::fs::read(d.join("per-flow/flow2/best.safetensors")).unwrap();
+    ok(d, &args(&distil("only-flow3.toml")));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("per-flow/model.json")).unwrap()).unwrap();
+    assert_eq!(
+        (m["units"]["flow2"]["flow"]["kind"].as_str(), m["units"]["flow3"]["flow"]["kind"].as_str()),
+        (Some("iaf"), Some("iaf"))
+    );
+    assert_eq!(m["units"]["flow1"]["flow"]["kind"], "maf");
+    assert_eq!(std::fs::read(d.join("per-flow/flow2/best.safetensors")).unwrap(), flow2_weights, "Flow-2 kept");
+    let e = fails(d, &args(&distil("only-flow3.toml")));
+    assert!(e.contains("already holds a distilled flow3") && e.contains("--resume"), "{e}");
 }

@@ -14,13 +14,19 @@ use crate::models::manifest::{self, Manifest, Reuse, Role};
 use crate::models::student::{copy_unit, frozen_flow, load_teacher, new_student, student_spec, terms};
 use crate::models::zdc::{self, FlowRows, ZdcData, FLOW_UNIT, PHOTON_SUM_UNIT};
 use crate::models::{check_resume_matches, photon_sum, RunOptions, Units};
-use crate::train::Summary;
+use crate::train::{Summary, METRICS};
 use crate::util::rng::{derive_seed, tag};
 
 pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
     let cfg = Config::load(&a.config, &a.run.set)?;
     let out = a.run.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
-    manifest::check_output_dir(&out, Reuse::Resume(a.run.resume))?;
+    // CaloChallenge students are distilled one flow per config (the papers' configs), into one
+    // directory, as teachers are trained; a ZDC student is one run.
+    let reuse = match cfg.model.detector {
+        Detector::Zdc => Reuse::Resume(a.run.resume),
+        Detector::Ds2 | Detector::Ds3 => Reuse::Extend(a.run.resume),
+    };
+    manifest::check_output_dir(&out, reuse)?;
     crate::util::output_guard::check_output_dir(&out, "--output-dir", &[("--teacher", &a.teacher)])?;
     let opts =
         RunOptions { resume: a.run.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
@@ -37,6 +43,39 @@ pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
         Detector::Ds2 | Detector::Ds3 => calo_students(&cfg, &a.teacher, &out, &opts),
     };
     super::finish_training(summaries, &out)
+}
+
+/// Where `out` already holds a student of the same teacher (flow2 distilled by one config, flow3
+/// to come from another), the flows distilled there stay in `manifest`; returns their names. A
+/// flow of this run that was distilled there already is refused, as a teacher's flow is.
+fn keep_distilled_flows(out: &Path, flows: &[FlowName], manifest: &mut Manifest) -> Result<Vec<String>> {
+    let path = out.join(manifest::MODEL_JSON);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let existing = Manifest::load(out)?;
+    if existing.role != Role::Student || existing.teacher != manifest.teacher || existing.detector != manifest.detector
+    {
+        return Err(Error::checkpoint(
+            &path,
+            "holds a model other than a student of this teacher; choose another --output-dir",
+        ));
+    }
+    let distilled = |name: &str| existing.units.get(name).is_some_and(|u| out.join(&u.dir).join(METRICS).exists());
+    if let Some(f) = flows.iter().find(|f| distilled(f.as_str())) {
+        return Err(Error::checkpoint(
+            &path,
+            format!(
+                "already holds a distilled {}; pass --resume to continue it, or choose another --output-dir",
+                f.as_str()
+            ),
+        ));
+    }
+    let kept: Vec<String> = existing.units.keys().filter(|n| distilled(n)).cloned().collect();
+    for name in &kept {
+        manifest.units.insert(name.clone(), existing.units[name].clone());
+    }
+    Ok(kept)
 }
 
 /// A student's manifest: the teacher's, with the student's role, seed and settings.
@@ -141,11 +180,15 @@ fn calo_students(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions
         jobs.push((f, section, tc, s_spec));
     }
     manifest.seed = jobs[0].2.seed;
-    if opts.resume {
+    let distilled_before = if opts.resume {
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
-    }
+        Vec::new()
+    } else {
+        keep_distilled_flows(out, &flows, &mut manifest)?
+    };
     manifest.save(out)?;
-    for name in teacher.units.keys().filter(|n| !flows.iter().any(|f| f.as_str() == n.as_str())) {
+    let distilled_here = |n: &String| flows.iter().any(|f| f.as_str() == n.as_str()) || distilled_before.contains(n);
+    for name in teacher.units.keys().filter(|n| !distilled_here(n)) {
         copy_unit(&teacher_dir.join(&teacher.units[name].dir), &out.join(name))?;
     }
     let prep = calo::preprocessing(&teacher, teacher_dir)?;

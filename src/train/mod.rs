@@ -7,4 +7,4 @@ pub(crate) mod schedule;
 pub(crate) mod trainer;
 
 pub use batches::{Batch, RowSource, Rows};
-pub use trainer::{fit, Objective, Run, Summary};
+pub use trainer::{fit, Objective, Run, Summary, METRICS};

@@ -29,6 +29,9 @@ use crate::optim::Adam;
 use crate::util::rng::{derive, tag};
 use crate::util::{interrupt, progress};
 
+/// The per-evaluation log of a unit's training, beside its weights.
+pub const METRICS: &str = "metrics.jsonl";
+
 /// What is being trained.
 pub trait Objective {
     /// The scalar to minimise on a training batch; `rng` drives dropout and any sampling.
@@ -236,7 +239,7 @@ fn resume(run: &Run, adam: &mut Adam) -> Result<State> {
 
 /// Opens metrics.jsonl for appending; on resume, drops lines after the checkpoint's step.
 fn open_metrics(dir: &Path, keep_until: Option<u64>) -> Result<std::fs::File> {
-    let path = dir.join("metrics.jsonl");
+    let path = dir.join(METRICS);
     let kept = match keep_until {
         Some(step) => std::fs::read_to_string(&path)
             .unwrap_or_default()
@@ -432,7 +435,7 @@ impl Loop<'_, '_> {
             samples_per_s: self.session_samples as f64 / self.started.elapsed().as_secs_f64().max(1e-9),
             file: self.state.file,
         };
-        let path = self.run.dir.join("metrics.jsonl");
+        let path = self.run.dir.join(METRICS);
         writeln!(self.metrics, "{}", serde_json::to_string(&line).expect("metrics serialise"))
             .map_err(|e| Error::io(&path, e))?;
         if self.run.show_progress {
