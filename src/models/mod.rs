@@ -3,6 +3,9 @@
 //! [`crate::commands`].
 
 pub(crate) mod calo;
+pub(crate) mod flow_dir;
+pub(crate) mod imported;
+pub(crate) mod log_prob;
 pub(crate) mod manifest;
 pub(crate) mod photon_sum;
 pub(crate) mod student;

@@ -4,6 +4,7 @@
 
 pub mod calo;
 pub mod denoise;
+pub(crate) mod merge;
 pub mod zdc;
 
 use std::path::{Path, PathBuf};
