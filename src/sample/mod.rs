@@ -30,8 +30,9 @@ pub enum Subset {
     Part(Part),
 }
 
-/// The precision of the flows' masked-layer products when sampling (`--precision`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+/// The precision of the flows' masked-layer products when sampling (`--precision`, parsed as
+/// `cli::PrecisionArg`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplingPrecision {
     /// The model's own (float32 or float64).
