@@ -31,8 +31,7 @@ use super::stats::{auc, jsd_from_bce};
 use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::nn::{Activation, Mlp};
-use crate::optim::Adam;
-use crate::train::trainer::sorted_vars;
+use crate::optim::{sorted_vars, Adam};
 use crate::util::rng::{derive, derive_seed, tag};
 
 /// Bytes of rows one class may hold in memory before they go to a temporary file.
