@@ -1,6 +1,7 @@
 //! Generation: the detectors' samplers ([`zdc`], [`calo`]) and their noise removal ([`denoise`]),
-//! which events of a conditions file to generate for, and deterministic shards for job arrays.
-//! `zdcflow sample` and `zdcflow merge` ([`crate::commands`]) write them in chunks.
+//! which events of a conditions file to generate for, deterministic shards for job arrays and
+//! their merging ([`merge`]). `zdcflow sample` and `zdcflow merge` ([`crate::commands`]) write
+//! them in chunks.
 
 pub mod calo;
 pub mod denoise;
