@@ -247,7 +247,7 @@ pub struct SampleArgs {
     /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
     /// README "Performance" gives the measured effect on the metrics).
     #[arg(long, value_enum, default_value = "model")]
-    pub precision: crate::sample::SamplingPrecision,
+    pub precision: PrecisionArg,
 }
 
 #[derive(Args, Debug)]
@@ -366,7 +366,7 @@ pub struct BenchArgs {
     pub json: bool,
     /// With --shower: the precision of the masked-layer products, as `sample --precision`.
     #[arg(long, value_enum, default_value = "model", requires = "shower")]
-    pub precision: crate::sample::SamplingPrecision,
+    pub precision: PrecisionArg,
 }
 
 /// `ds2`, `ds3` or `zdc` as a [`crate::config::Detector`].
@@ -521,6 +521,31 @@ pub struct ExportOnnxArgs {
     /// Loop per block, or written out: same results, see docs/performance.md for the speed).
     #[arg(long, value_enum, default_value_t, requires = "whole_shower")]
     pub maf_passes: MafPassesArg,
+}
+
+/// `sample --precision`, `bench --precision` (mapped to `sample::SamplingPrecision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum PrecisionArg {
+    /// The model's own (float32 or float64).
+    #[default]
+    Model,
+    /// bf16 inputs and weights, float32 sums, in the masked layers of a float32 model: on AMX
+    /// tiles where the CPU has them (Intel Xeon 4th generation and later), by cuBLAS in bf16 on
+    /// CUDA; on other CPUs the same numbers, but slower than float32.
+    Bf16,
+    /// CUDA only: every float32 matrix product on TF32 tensor cores (10-bit significands).
+    Tf32,
+}
+
+impl From<PrecisionArg> for crate::sample::SamplingPrecision {
+    fn from(p: PrecisionArg) -> Self {
+        use crate::sample::SamplingPrecision;
+        match p {
+            PrecisionArg::Model => SamplingPrecision::Model,
+            PrecisionArg::Bf16 => SamplingPrecision::Bf16,
+            PrecisionArg::Tf32 => SamplingPrecision::Tf32,
+        }
+    }
 }
 
 /// `export-onnx --maf-passes` (mapped to `export::onnx::MafPasses` by the command).

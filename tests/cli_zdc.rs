@@ -8,22 +8,7 @@ use zdcflow::data::zdc::{ZdcFile, ZdcWriter};
 
 fn teacher(dir: &std::path::Path) {
     ok(dir, &["generate", "zdc", "--events", "1500", "--seed", "3", "--output", "zdc.h5"]);
-    ok(
-        dir,
-        &[
-            "train-teacher",
-            "--config",
-            &config("smoke-zdc.toml"),
-            "--set",
-            "data.path=zdc.h5",
-            "--set",
-            "train.epochs=3",
-            "--set",
-            "flow.hidden_features=16",
-            "--output-dir",
-            "t",
-        ],
-    );
+    ok(dir, &strs(&zdc_teacher_args(&["train.epochs=3", "flow.hidden_features=16"], "t")));
 }
 
 /// A copy of `from` with every response tripled: clearly worse channel values.

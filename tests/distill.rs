@@ -4,52 +4,26 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
+use common::flows::{self, build, randn, spline, DEV};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use zdcflow::config::TrainConfig;
 use zdcflow::distill::{ChannelLoss, DistillObjective, Distillation, Terms};
-use zdcflow::flow::params::{assign, SeededInit};
-use zdcflow::flow::permutation::{make_permutations, PermutationScheme};
-use zdcflow::flow::{io, Flow, FlowKind, FlowSpec, SplineConfig};
+use zdcflow::flow::params::assign;
+use zdcflow::flow::{Flow, FlowKind, FlowSpec};
 use zdcflow::models::NllObjective;
 use zdcflow::train::{self, Batch, RowSource, Rows};
 
-const DEV: Device = Device::Cpu;
-
+/// A small stack with `hidden` features in one layer, splines on [−4, 4].
 fn spec(kind: FlowKind, features: usize, context: usize, blocks: usize, hidden: usize) -> FlowSpec {
     FlowSpec {
-        kind,
-        features,
-        context_features: context,
-        blocks,
         hidden_features: hidden,
         hidden_layers: 1,
-        residual: false,
-        dropout: 0.0,
-        spline: SplineConfig {
-            num_bins: 8,
-            tail_bound: 4.0,
-            min_bin_width: 1e-3,
-            min_bin_height: 1e-3,
-            min_derivative: 1e-3,
-        },
-        permutations: make_permutations(PermutationScheme::Alternating, features, blocks, 3),
-        base: Default::default(),
-        fast_spline: None,
+        spline: spline(4.0),
+        ..flows::spec(kind, features, context, blocks, 3)
     }
-}
-
-fn build(s: &FlowSpec, seed: u64, dtype: DType) -> (Flow, VarMap) {
-    let vm = VarMap::new();
-    let f = Flow::new(s, SeededInit::var_builder(&vm, seed, dtype, &DEV).pp(io::PREFIX)).unwrap();
-    (f, vm)
-}
-
-fn randn(rng: &mut ChaCha8Rng, n: usize, d: usize, dtype: DType) -> Tensor {
-    let v: Vec<f64> = (0..n * d).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
-    Tensor::from_vec(v, (n, d), &DEV).unwrap().to_dtype(dtype).unwrap()
 }
 
 fn terms(beta: f64) -> Terms {
@@ -72,8 +46,8 @@ fn every_loss_term_is_zero_for_the_exact_inverse_and_positive_otherwise() {
     assign(&svm, &values).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let batch = Batch {
-        x: randn(&mut rng, 64, 4, DType::F64),
-        ctx: Some(randn(&mut rng, 64, 2, DType::F64)),
+        x: randn(&mut rng, (64, 4), 1.0, DType::F64),
+        ctx: Some(randn(&mut rng, (64, 2), 1.0, DType::F64)),
         weight: None,
         n: 64,
     };
@@ -98,10 +72,10 @@ fn the_channel_loss_is_zero_for_identical_images_and_weighted_per_sample() {
         pixel_affine: None,
         photon_sum: None,
     };
-    let x = randn(&mut rng, 3, 1936, DType::F64);
+    let x = randn(&mut rng, (3, 1936), 1.0, DType::F64);
     let zero = zdcflow::distill::objective::channel_loss(&c, &x, &x, None).unwrap().to_scalar::<f64>().unwrap();
     assert_eq!(zero, 0.0);
-    let y = (&x + randn(&mut rng, 3, 1936, DType::F64)).unwrap();
+    let y = (&x + randn(&mut rng, (3, 1936), 1.0, DType::F64)).unwrap();
     let plain = zdcflow::distill::objective::channel_loss(&c, &x, &y, None).unwrap().to_scalar::<f64>().unwrap();
     let w = Tensor::new(&[2.0f64, 2.0, 2.0], &DEV).unwrap();
     let weighted = zdcflow::distill::objective::channel_loss(&c, &x, &y, Some(&w)).unwrap().to_scalar::<f64>().unwrap();
@@ -122,8 +96,8 @@ fn the_channel_loss_in_photons_scales_each_event_by_its_photon_sum() {
         pixel_affine: None,
         photon_sum: None,
     };
-    let x = randn(&mut rng, 2, 1936, DType::F64);
-    let y = (&x + randn(&mut rng, 2, 1936, DType::F64)).unwrap();
+    let x = randn(&mut rng, (2, 1936), 1.0, DType::F64);
+    let y = (&x + randn(&mut rng, (2, 1936), 1.0, DType::F64)).unwrap();
     let frac = |w: [f64; 2]| {
         let w = Tensor::new(&w, &DEV).unwrap();
         channel_loss(&c, &x, &y, Some(&w)).unwrap().to_scalar::<f64>().unwrap()

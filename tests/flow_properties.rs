@@ -4,47 +4,17 @@
 //! identity, log|det| of the two directions opposite, and log|det| against the determinant of a
 //! finite-difference Jacobian in float64. New transforms get every check by joining `transforms()`.
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarMap;
-use rand::{Rng, SeedableRng};
+mod common;
+
+use candle_core::{DType, Tensor, Var};
+use common::flows::{self, build, randn, spline, DEV};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use zdcflow::flow::params::SeededInit;
-use zdcflow::flow::permutation::{make_permutations, Permutation, PermutationScheme};
-use zdcflow::flow::{io, ElementwiseSpline, Flow, FlowKind, FlowSpec, PassOptions, SplineConfig, Transform};
-
-const DEV: Device = Device::Cpu;
-
-fn spline(bound: f64) -> SplineConfig {
-    SplineConfig { num_bins: 8, tail_bound: bound, min_bin_width: 1e-3, min_bin_height: 1e-3, min_derivative: 1e-3 }
-}
+use zdcflow::flow::permutation::Permutation;
+use zdcflow::flow::{io, ElementwiseSpline, Flow, FlowKind, FlowSpec, PassOptions, Transform};
 
 fn spec(kind: FlowKind, features: usize, context: usize, blocks: usize, residual: bool) -> FlowSpec {
-    FlowSpec {
-        kind,
-        features,
-        context_features: context,
-        blocks,
-        hidden_features: 16,
-        hidden_layers: 2,
-        residual,
-        dropout: 0.0,
-        spline: spline(3.0),
-        permutations: make_permutations(PermutationScheme::Alternating, features, blocks, 11),
-        base: Default::default(),
-        fast_spline: None,
-    }
-}
-
-fn build(spec: &FlowSpec, seed: u64, dtype: DType) -> (Flow, VarMap) {
-    let varmap = VarMap::new();
-    let flow = Flow::new(spec, SeededInit::var_builder(&varmap, seed, dtype, &DEV).pp(io::PREFIX)).unwrap();
-    (flow, varmap)
-}
-
-fn randn(rng: &mut ChaCha8Rng, shape: (usize, usize), scale: f64, dtype: DType) -> Tensor {
-    let v: Vec<f64> =
-        (0..shape.0 * shape.1).map(|_| scale * rng.sample::<f64, _>(rand_distr::StandardNormal)).collect();
-    Tensor::from_vec(v, shape, &DEV).unwrap().to_dtype(dtype).unwrap()
+    FlowSpec { residual, ..flows::spec(kind, features, context, blocks, 11) }
 }
 
 struct Case {

@@ -8,9 +8,7 @@ use std::path::Path;
 
 use common::{config, fails, ok};
 
-fn ckpt(name: &str) -> String {
-    format!("{}/tests/data/nflows-detector/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+use common::nflows_detector_ckpt as ckpt;
 
 fn model_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap()
@@ -223,27 +221,8 @@ fn an_imported_zdc_flow_with_a_conditional_base_samples_and_evaluates() {
 fn three_imported_icaloflow_flows_sample_evaluate_and_distil() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(d, &["generate", "calo", "--dataset", "2", "--events", "60", "--seed", "4", "--output", "ds2.h5"]);
+    let out = common::ds2_imported_teacher(d, "t");
     let (f1, f2, f3) = (ckpt("ds2-flow1.pt"), ckpt("ds2-flow2.pt"), ckpt("ds2-flow3.pt"));
-    let out = ok(
-        d,
-        &[
-            "import-nflows",
-            &f1,
-            "--kind",
-            "maf",
-            "--detector",
-            "ds2",
-            "--data",
-            "ds2.h5",
-            "--flow2",
-            &f2,
-            "--flow3",
-            &f3,
-            "--output-dir",
-            "t",
-        ],
-    );
     assert!(out.contains("Ds2 teacher"), "{out}");
     let m = model_json(&d.join("t"));
     assert_eq!(m["detector"], "ds2");

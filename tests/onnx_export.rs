@@ -265,22 +265,8 @@ fn postprocessed_zdc_graph_gives_the_photon_counts_of_zdcflow() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["generate", "zdc", "--events", "400", "--seed", "3", "--output", "zdc.h5"]);
-    let teacher = [
-        "train-teacher",
-        "--config",
-        &common::config("smoke-zdc.toml"),
-        "--set",
-        "data.path=zdc.h5",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "flow.hidden_features=16",
-        "--set",
-        "photon_sum.epochs=1",
-        "--output-dir",
-        "t",
-    ];
-    ok(d, &["--threads", "1"].iter().chain(teacher.iter()).copied().collect::<Vec<_>>());
+    let teacher = common::zdc_teacher_args(&["train.epochs=1", "flow.hidden_features=16", "photon_sum.epochs=1"], "t");
+    ok(d, &["--threads", "1"].into_iter().chain(common::strs(&teacher)).collect::<Vec<_>>());
     distil_smoke_zdc_student(d);
     check_postprocessed_zdc(d, "s", &python);
     // A CaloChallenge-style misuse: --postprocess on a flows directory is one clear line.
@@ -322,26 +308,7 @@ fn postprocessed_calo_layer_graphs_give_the_voxels_of_zdcflow() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(d, &["generate", "calo", "--dataset", "2", "--events", "60", "--seed", "4", "--output", "ds2.h5"]);
-    let ckpt = |f: &str| format!("{}/tests/data/nflows-detector/{f}", env!("CARGO_MANIFEST_DIR"));
-    let (f1, f2, f3) = (ckpt("ds2-flow1.pt"), ckpt("ds2-flow2.pt"), ckpt("ds2-flow3.pt"));
-    let import = [
-        "import-nflows",
-        &f1,
-        "--kind",
-        "maf",
-        "--detector",
-        "ds2",
-        "--data",
-        "ds2.h5",
-        "--flow2",
-        &f2,
-        "--flow3",
-        &f3,
-        "--output-dir",
-        "t",
-    ];
-    ok(d, &import);
+    common::ds2_imported_teacher(d, "t");
     let distill = [
         "distill-student",
         "--config",

@@ -9,29 +9,9 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn train_args(out: &str) -> Vec<String> {
-    [
-        "--quiet",
-        "train-teacher",
-        "--config",
-        &config("smoke-zdc.toml"),
-        "--set",
-        "data.path=zdc.h5",
-        "--set",
-        "train.epochs=6",
-        "--set",
-        "train.eval_every=3",
-        "--set",
-        "flow.hidden_features=16",
-        "--set",
-        "flow.dropout=0.1",
-        "--set",
-        "photon_sum.epochs=3",
-        "--output-dir",
-        out,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let settings =
+        ["train.epochs=6", "train.eval_every=3", "flow.hidden_features=16", "flow.dropout=0.1", "photon_sum.epochs=3"];
+    std::iter::once("--quiet".to_string()).chain(zdc_teacher_args(&settings, out)).collect()
 }
 
 /// Starts training, waits for the flow's first checkpoint, then signals the process.
@@ -92,24 +72,8 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     let tmp = tmp();
     let d = tmp.path();
     ok(d, &["generate", "zdc", "--events", "1500", "--seed", "2", "--output", "zdc.h5"]);
-    let err = fails(
-        d,
-        &[
-            "train-teacher",
-            "--config",
-            &config("smoke-zdc.toml"),
-            "--set",
-            "data.path=zdc.h5",
-            "--set",
-            "train.lr=1e30",
-            "--set",
-            "train.eval_every=1",
-            "--set",
-            "flow.hidden_features=16",
-            "--output-dir",
-            "t",
-        ],
-    );
+    let teacher = zdc_teacher_args(&["train.lr=1e30", "train.eval_every=1", "flow.hidden_features=16"], "t");
+    let err = fails(d, &strs(&teacher));
     // The diverging step is caught by its loss or by the validation after it; either way only a
     // checkpoint whose loss and validation were finite may be on disk.
     assert!(err.contains("non-finite") && err.contains("at step"), "{err}");

@@ -62,24 +62,8 @@ fn photon_sum_data_reproduces_the_file_sums_and_model_draws_its_own() {
     let tmp = tmp();
     let d = tmp.path();
     ok(d, &["generate", "zdc", "--events", "600", "--seed", "5", "--output", "zdc.h5"]);
-    let log = zdcflow(
-        d,
-        &[
-            "train-teacher",
-            "--config",
-            &config("smoke-zdc.toml"),
-            "--set",
-            "data.path=zdc.h5",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "flow.hidden_features=8",
-            "--set",
-            "photon_sum.epochs=3",
-            "--output-dir",
-            "t",
-        ],
-    );
+    let teacher = zdc_teacher_args(&["train.epochs=1", "flow.hidden_features=8", "photon_sum.epochs=3"], "t");
+    let log = zdcflow(d, &strs(&teacher));
     assert!(log.status.success(), "{}", String::from_utf8_lossy(&log.stderr));
     // The photon-sum flow's test report is printed (not with --quiet: read its file) and saved.
     let report: serde_json::Value =

@@ -25,7 +25,7 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
             !a.teacher,
             a.batch_size.unwrap_or(1000),
             a.repeats,
-            a.precision.apply(&device)?,
+            crate::sample::SamplingPrecision::from(a.precision).apply(&device)?,
             &device,
         )?;
         if a.json {

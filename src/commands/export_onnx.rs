@@ -15,7 +15,7 @@ pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     if a.whole_shower {
         return whole_shower(a);
     }
-    let units = super::flow_dir::read(&a.model)?;
+    let units = crate::models::flow_dir::read(&a.model)?;
     let manifest = crate::models::manifest::Manifest::load(&a.model).ok();
     let dataset = manifest.as_ref().and_then(|m| m.detector.dataset());
     let unit = match (a.postprocess, a.unit.as_deref()) {
@@ -62,7 +62,7 @@ fn whole_shower(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     let m = crate::models::manifest::Manifest::load(&a.model)
         .map_err(|_| fail("needs a CaloChallenge model directory (train-teacher, distill-student or import-nflows)"))?;
     let dataset = m.detector.dataset().ok_or_else(|| fail("only CaloChallenge models (dataset 2 or 3) have one"))?;
-    let units = super::flow_dir::read(&a.model)?;
+    let units = crate::models::flow_dir::read(&a.model)?;
     let dtype = units.dtype.dtype();
     let mut loaded = Vec::new();
     for flow in [FlowName::Flow1, FlowName::Flow2, FlowName::Flow3] {

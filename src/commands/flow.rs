@@ -120,7 +120,7 @@ pub fn run(a: &FlowArgs, device: &Device) -> Result<usize> {
     let mut read = vec![Input::File("--input", &args.input), Input::ModelDir("--model", &args.model)];
     read.extend(args.context.as_deref().map(|c| Input::File("--context", c)));
     check_output(&args.output, "--output", &read)?;
-    let units = super::flow_dir::read(&args.model)?;
+    let units = crate::models::flow_dir::read(&args.model)?;
     let (_, flow) = units.load(args.unit.as_deref(), None, device)?;
     let (x, ctx, dtype) = inputs(&flow, args)?;
     let out = apply(&flow, &a.pass, &x, ctx.as_ref(), args.batch_size)?;

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
 
-use super::flow_dir::{FlowsManifest, Source, FLOWS_FORMAT};
 use crate::cli::{DtypeArg, ImportNflowsArgs, KindArg};
 use crate::config::Precision;
 use crate::data::pth::read_state_dict;
 use crate::error::{Error, Result};
 use crate::flow::nflows::{self, ImportOptions, NflowsKind};
 use crate::flow::{io, FlowSpec};
+use crate::models::flow_dir::{FlowsManifest, Source, FLOWS_FORMAT};
 use crate::models::manifest::{check_output_dir, save_unit_file, Reuse, Unit, UnitFile};
 use crate::util::output_guard::{self, Input};
 

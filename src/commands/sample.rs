@@ -48,7 +48,7 @@ pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
         show_progress: g.show_progress,
         photon_sum: a.photon_sum,
         denoise: a.denoise,
-        precision: a.precision,
+        precision: a.precision.into(),
     };
     let r = generate(&req, &crate::device::open(&g.device)?)?;
     println!(

@@ -274,7 +274,7 @@ pub struct TempH5 {
 impl TempH5 {
     pub fn create(path: &Path) -> Result<Self> {
         crate::util::output_guard::refuse_non_regular(path, "the output")?;
-        let tmp = crate::util::atomic::temp_path(path);
+        let tmp = crate::util::temp_files::temp_path(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }

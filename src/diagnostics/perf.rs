@@ -21,8 +21,7 @@ use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::flow::permutation::{make_permutations, PermutationScheme};
 use crate::flow::{io, Flow, FlowKind, FlowSpec, SplineConfig};
-use crate::optim::Adam;
-use crate::train::trainer::sorted_vars;
+use crate::optim::{sorted_vars, Adam};
 
 /// A stack shape and the peer benchmark's batch sizes (train, IAF sampling, MAF sampling).
 #[derive(Clone, Debug)]

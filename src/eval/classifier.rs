@@ -31,8 +31,7 @@ use super::stats::{auc, jsd_from_bce};
 use crate::error::{Error, Result};
 use crate::flow::params::SeededInit;
 use crate::nn::{Activation, Mlp};
-use crate::optim::Adam;
-use crate::train::trainer::sorted_vars;
+use crate::optim::{sorted_vars, Adam};
 use crate::util::rng::{derive, derive_seed, tag};
 
 /// Bytes of rows one class may hold in memory before they go to a temporary file.
@@ -101,7 +100,7 @@ impl RowWriter {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("zdcflow-classifier-{}-{k}.f32", std::process::id()));
-        crate::flow::io::remember_temp(&path);
+        crate::util::temp_files::remember(&path);
         let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Self { dim, n: 0, memory: None, file: Some((std::io::BufWriter::with_capacity(1 << 20, f), path)) })
     }

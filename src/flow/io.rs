@@ -16,26 +16,20 @@ use super::stack::{Flow, FlowSpec};
 mod atomic {
     use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
+    use std::sync::OnceLock;
 
     use super::{Error, Result};
 
-    /// Temporary files of this process that may exist (see [`super::remove_temps`]).
-    pub(super) static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    /// Told of every temporary file before it is written (see [`super::on_temp_file`]).
+    pub(super) static TEMP_HOOK: OnceLock<fn(&Path)> = OnceLock::new();
 
-    pub(super) fn temp_path(path: &Path) -> PathBuf {
+    fn temp_path(path: &Path) -> PathBuf {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        remember(&tmp);
-        tmp
-    }
-
-    pub(super) fn remember(tmp: &Path) {
-        if let Ok(mut live) = LIVE_TEMPS.lock() {
-            if !live.iter().any(|p| p == tmp) {
-                live.push(tmp.to_path_buf());
-            }
+        if let Some(hook) = TEMP_HOOK.get() {
+            hook(&tmp);
         }
+        tmp
     }
 
     /// Runs `write` on a temporary path, then renames it to `path`.
@@ -64,10 +58,11 @@ mod atomic {
     }
 }
 
-/// The temporary sibling used while writing `path` (same directory, so the rename is atomic),
-/// remembered so that [`remove_temps`] deletes it if the process is stopped.
-pub fn temp_path(path: &Path) -> PathBuf {
-    atomic::temp_path(path)
+/// Sets the function told of each temporary file the flow library writes through (before it is
+/// written), once per process: the application registers them so that a signal handler can remove
+/// them (`util::temp_files`). Without one, a stopped process may leave them behind.
+pub fn on_temp_file(hook: fn(&Path)) {
+    let _ = atomic::TEMP_HOOK.set(hook);
 }
 
 /// Gives a finished temporary file the permissions of a file the user creates (0666 less the
@@ -88,27 +83,6 @@ pub fn usual_permissions(path: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
-}
-
-/// Remembers a temporary file made elsewhere for [`remove_temps`].
-pub fn remember_temp(tmp: &Path) {
-    atomic::remember(tmp)
-}
-
-/// Deletes every temporary file remembered by [`temp_path`] / [`remember_temp`] still on disk (for a signal handler;
-/// never blocks).
-pub fn remove_temps() {
-    remove_temps_where(|_| true);
-}
-
-/// [`remove_temps`] of the remembered files that `select` picks (tests remove only their own,
-/// since other tests of the process may be writing theirs).
-pub fn remove_temps_where(select: impl Fn(&Path) -> bool) {
-    if let Ok(live) = atomic::LIVE_TEMPS.try_lock() {
-        for p in live.iter().filter(|p| select(p)) {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 /// The prefix of a stack's parameters in a weights file.

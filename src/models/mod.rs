@@ -1,8 +1,12 @@
 //! The detector models: what each flow learns from which rows, how its units are trained and
-//! saved, and how a trained model directory is loaded. The subcommands that train them are in
-//! [`crate::commands`].
+//! saved, and how a trained model directory is loaded; a model's log-density ([`log_prob`]),
+//! directories of imported flows ([`flow_dir`], [`imported`]). The subcommands that train them
+//! are in [`crate::commands`].
 
 pub(crate) mod calo;
+pub(crate) mod flow_dir;
+pub(crate) mod imported;
+pub(crate) mod log_prob;
 pub(crate) mod manifest;
 pub(crate) mod photon_sum;
 pub(crate) mod student;

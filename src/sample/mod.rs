@@ -1,9 +1,11 @@
 //! Generation: the detectors' samplers ([`zdc`], [`calo`]) and their noise removal ([`denoise`]),
-//! which events of a conditions file to generate for, and deterministic shards for job arrays.
-//! `zdcflow sample` and `zdcflow merge` ([`crate::commands`]) write them in chunks.
+//! which events of a conditions file to generate for, deterministic shards for job arrays and
+//! their merging ([`merge`]). `zdcflow sample` and `zdcflow merge` ([`crate::commands`]) write
+//! them in chunks.
 
 pub mod calo;
 pub mod denoise;
+pub(crate) mod merge;
 pub mod zdc;
 
 use std::path::{Path, PathBuf};
@@ -29,8 +31,9 @@ pub enum Subset {
     Part(Part),
 }
 
-/// The precision of the flows' masked-layer products when sampling (`--precision`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+/// The precision of the flows' masked-layer products when sampling (`--precision`, parsed as
+/// `cli::PrecisionArg`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplingPrecision {
     /// The model's own (float32 or float64).

@@ -25,7 +25,7 @@ use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::flow::io::save_varmap_as;
 use crate::flow::params::{assign, first_non_finite};
-use crate::optim::Adam;
+use crate::optim::{sorted_vars, Adam};
 use crate::util::rng::{derive, tag};
 use crate::util::{interrupt, progress};
 
@@ -93,14 +93,6 @@ struct MetricsLine<'a> {
     /// The data file (1-based) of this epoch, under an `epochs_per_file` schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<usize>,
-}
-
-/// Named variables in a stable order.
-pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
-    let mut v: Vec<(String, Var)> =
-        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 fn weights_of(vars: &[(String, Var)]) -> HashMap<String, Tensor> {

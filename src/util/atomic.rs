@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The temporary sibling used while writing `path`; one registry (the flow library's) holds
-/// every temporary file of the process, so the signal handler removes them all.
-pub use crate::flow::io::{remove_temps, temp_path};
+use super::temp_files::temp_path;
 
 /// Runs `write` on a temporary path, then renames it to `path`.
 pub fn write_with<F>(path: &Path, write: F) -> Result<()>
@@ -28,7 +26,7 @@ where
     let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let tmp = temp_path(&path.with_file_name(&stem));
     let tmp = tmp.with_file_name(format!("{}{ext}", tmp.file_name().unwrap_or_default().to_string_lossy()));
-    crate::flow::io::remember_temp(&tmp);
+    super::temp_files::remember(&tmp);
     write_via(path, tmp, write)
 }
 
@@ -107,7 +105,7 @@ mod tests {
         std::fs::write(&tmp, b"partial").unwrap();
         // The signal handler's removal, restricted to this test's directory: other tests of this
         // process may be writing their own temporary files meanwhile.
-        crate::flow::io::remove_temps_where(|p| p.starts_with(dir.path()));
+        crate::util::temp_files::remove_temps_where(|p| p.starts_with(dir.path()));
         assert!(!tmp.exists());
     }
 

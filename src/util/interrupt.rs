@@ -19,7 +19,7 @@ static GRACEFUL: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
 
 fn exit_now() -> ! {
-    crate::util::atomic::remove_temps();
+    crate::util::temp_files::remove_temps();
     #[cfg(unix)]
     // SAFETY: _exit ends the process without running atexit handlers (HDF5's could wait on a lock
     // that another thread holds at this moment).
@@ -30,8 +30,10 @@ fn exit_now() -> ! {
     std::process::exit(130)
 }
 
-/// Installs the signal handler (idempotent): temporary files are removed and the process exits.
+/// Installs the signal handler (idempotent): temporary files (those of the flow library's writes
+/// included) are removed and the process exits.
 pub fn install_cleanup() {
+    super::temp_files::watch_flow_writes();
     INSTALL.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             if !GRACEFUL.load(Ordering::SeqCst) {

@@ -6,3 +6,4 @@ pub mod limits;
 pub mod output_guard;
 pub mod progress;
 pub mod rng;
+pub mod temp_files;

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: run the real `zdcflow` binary in a temporary directory.
 #![allow(dead_code)]
 
+pub mod flows;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -88,4 +90,53 @@ pub fn tmp() -> tempfile::TempDir {
 
 pub fn pathbuf(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+/// `args` as the `&str`s that [`zdcflow`], [`ok`] and [`fails`] take.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `train-teacher` of a tiny ZDC teacher (configs/smoke-zdc.toml) on the directory's `zdc.h5`,
+/// with `settings` (each `key=value` after its own `--set`), into `out`.
+pub fn zdc_teacher_args(settings: &[&str], out: &str) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["train-teacher", "--config", &config("smoke-zdc.toml"), "--set", "data.path=zdc.h5"].map(String::from).into();
+    for s in settings {
+        a.extend(["--set".to_string(), s.to_string()]);
+    }
+    a.extend(["--output-dir".to_string(), out.to_string()]);
+    a
+}
+
+/// A checkpoint of tests/data/nflows-detector/.
+pub fn nflows_detector_ckpt(name: &str) -> String {
+    format!("{}/tests/data/nflows-detector/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Generates a 60-event DS2 file `ds2.h5` in `dir` and imports the inductive-caloflow DS2
+/// teacher of tests/data/nflows-detector/ (`ds2-flow{1,2,3}.pt`) for it into `out`; returns
+/// import-nflows' output.
+pub fn ds2_imported_teacher(dir: &Path, out: &str) -> String {
+    ok(dir, &["generate", "calo", "--dataset", "2", "--events", "60", "--seed", "4", "--output", "ds2.h5"]);
+    let [f1, f2, f3] = ["ds2-flow1.pt", "ds2-flow2.pt", "ds2-flow3.pt"].map(nflows_detector_ckpt);
+    ok(
+        dir,
+        &[
+            "import-nflows",
+            &f1,
+            "--kind",
+            "maf",
+            "--detector",
+            "ds2",
+            "--data",
+            "ds2.h5",
+            "--flow2",
+            &f2,
+            "--flow3",
+            &f3,
+            "--output-dir",
+            out,
+        ],
+    )
 }

@@ -700,7 +700,7 @@ mod tests {
     #[test]
     fn a_sampled_layer_above_the_cap_is_scaled_below_65_gev() {
         let mut layer = vec![30_000.0f32, 35_110.0, 0.0152, 0.0];
-        let kept = cap_sampled_layer(&mut layer, 65_110.0152);
+        let kept = cap_sampled_layer(&mut layer, 65_110.015_2);
         let sum: f64 = layer.iter().map(|&v| f64::from(v)).sum();
         assert!((kept - sum).abs() < 1e-3 && sum < 65_000.0 && sum > 64_000.0, "{layer:?}");
         assert_eq!(layer[2], 0.0, "a voxel scaled below the readout threshold is zeroed");

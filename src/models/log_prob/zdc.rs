@@ -1,11 +1,13 @@
-//! `zdcflow log-prob --model ZDC_DIR --showers FILE.h5`: each ZDC response's log-density under the
-//! image flow, given its particle and photon sum, with the Jacobian of the preprocessing, so that
-//! the number is a log-density of photon counts (definition in [`DEFINITION`]).
+//! A ZDC response's log-density under the image flow, given its particle and photon sum, with
+//! the Jacobian of the preprocessing, so that the number is a log-density of photon counts (the
+//! definition: `cli::ZDC_LOG_PROB_DEFINITION`, written into `log-prob --help` and its output file).
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
-use crate::cli::{LogProbArgs, ZDC_LOG_PROB_DEFINITION as DEFINITION};
+use std::path::Path;
+
+use super::LogProbs;
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{logit, ZdcPreprocessing};
 use crate::data::zdc::{ZdcFile, FEATURES, RESPONSES};
@@ -13,7 +15,7 @@ use crate::detector::zdc::CONTEXT;
 use crate::error::{Error, Result};
 use crate::models::manifest::Manifest;
 
-/// One response's flow features and the log|det| of the preprocessing (see [`DEFINITION`]), from
+/// One response's flow features and the log|det| of the preprocessing (see the module doc), from
 /// its noised photon counts `noised` (1936).
 pub fn preprocess(prep: &ZdcPreprocessing, noised: &[f64]) -> (Vec<f64>, f64) {
     let a = prep.alpha;
@@ -37,18 +39,26 @@ pub fn preprocess(prep: &ZdcPreprocessing, noised: &[f64]) -> (Vec<f64>, f64) {
     (y, log_det)
 }
 
-/// Runs `log-prob` on a ZDC model; returns (responses scored, mean log_prob).
-pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64)> {
-    let prep = crate::models::zdc::preprocessing(m, &a.model)?;
-    let scaler = crate::models::zdc::condition_scaler(m, &a.model)?;
+/// Scores every response of `showers` under the ZDC model in `model` (manifest `m`),
+/// `batch_size` responses at a time, with the noise of stream `seed`.
+pub fn score_file(
+    model: &Path,
+    m: &Manifest,
+    showers: &Path,
+    seed: u64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<LogProbs> {
+    let prep = crate::models::zdc::preprocessing(m, model)?;
+    let scaler = crate::models::zdc::condition_scaler(m, model)?;
     let dtype = m.dtype.dtype();
-    let flow = crate::models::student::frozen_flow(&a.model, m, crate::models::zdc::FLOW_UNIT, dtype, device)?;
-    let file = ZdcFile::open(&a.showers)?;
-    let mut rng = crate::util::rng::derive(a.seed, &[]);
+    let flow = crate::models::student::frozen_flow(model, m, crate::models::zdc::FLOW_UNIT, dtype, device)?;
+    let file = ZdcFile::open(showers)?;
+    let mut rng = crate::util::rng::derive(seed, &[]);
     let (mut lp, mut q, mut det, mut sums) = (vec![], vec![], vec![], vec![]);
     let bar = crate::util::progress::bar(file.events as u64, "log-prob", "events", true);
-    for start in (0..file.events).step_by(a.batch_size) {
-        let end = (start + a.batch_size).min(file.events);
+    for start in (0..file.events).step_by(batch_size) {
+        let end = (start + batch_size).min(file.events);
         let n = end - start;
         let responses = file.read_responses(start, end)?;
         let mut ys = Vec::with_capacity(n * PIXELS);
@@ -74,18 +84,18 @@ pub fn run(a: &LogProbArgs, m: &Manifest, device: &Device) -> Result<(usize, f64
     }
     bar.finish_and_clear();
     if let Some(i) = lp.iter().position(|x| !x.is_finite()) {
-        return Err(Error::data(&a.showers, RESPONSES, format!("event {i}: log_prob is {}", lp[i])));
+        return Err(Error::data(showers, RESPONSES, format!("event {i}: log_prob is {}", lp[i])));
     }
-    let datasets: [(&str, &[f64]); 4] = [("log_prob", &lp), ("log_q", &q), ("log_det", &det), ("photon_sum", &sums)];
-    super::log_prob::write_output(a, &datasets, DEFINITION, ("noise_mul", prep.noise_mul))?;
-    let mean = lp.iter().sum::<f64>() / lp.len().max(1) as f64;
-    Ok((lp.len(), mean))
+    Ok(LogProbs {
+        datasets: vec![("log_prob", lp), ("log_q", q), ("log_det", det), ("photon_sum", sums)],
+        noise: ("noise_mul", prep.noise_mul),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::log_abs_det;
     use super::*;
-    use crate::commands::log_prob::tests::log_abs_det;
     use crate::data::preprocess::Standardizer;
 
     /// With the total T fixed, x~_1..x~_(V−1) → y_1..y_(V−1) (x~_V = T − the others), by

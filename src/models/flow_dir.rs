@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::manifest::{Manifest, Unit, MODEL_JSON};
 use crate::config::Precision;
 use crate::error::{Error, Result};
 use crate::flow::{io, Flow, FlowSpec};
-use crate::models::manifest::{Manifest, Unit, MODEL_JSON};
 use crate::util::atomic;
 
 /// The `format` of a directory of imported flows.
