@@ -213,7 +213,7 @@ fn ds2_fast_recipe_stores_its_standardisation_and_samples() {
 
 /// The papers' student configs come one per flow: Flow-2's then Flow-3's into the same directory
 /// give one student with both (Flow-2 kept from the first run); distilling a flow there again
-/// without --resume is refused.
+/// without --resume is refused, and with it continues that flow.
 fn per_flow_configs_distil_into_one_student_directory(d: &std::path::Path) {
     let smoke = std::fs::read_to_string(config("smoke-ds2-student.toml")).unwrap();
     let (head, flows) = smoke.split_at(smoke.find("[student.flow2]").unwrap());
@@ -252,4 +252,8 @@ fn per_flow_configs_distil_into_one_student_directory(d: &std::path::Path) {
     assert_eq!(std::fs::read(d.join("per-flow/flow2/best.safetensors")).unwrap(), flow2_weights, "Flow-2 kept");
     let e = fails(d, &args(&distil("only-flow3.toml")));
     assert!(e.contains("already holds a distilled flow3") && e.contains("--resume"), "{e}");
+    let mut resume = distil("only-flow3.toml");
+    resume.push("--resume".into());
+    ok(d, &args(&resume));
+    assert_eq!(std::fs::read(d.join("per-flow/flow2/best.safetensors")).unwrap(), flow2_weights, "Flow-2 kept");
 }

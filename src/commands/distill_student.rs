@@ -46,9 +46,10 @@ pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
 }
 
 /// Where `out` already holds a student of the same teacher (flow2 distilled by one config, flow3
-/// to come from another), the flows distilled there stay in `manifest`; returns their names. A
-/// flow of this run that was distilled there already is refused, as a teacher's flow is.
-fn keep_distilled_flows(out: &Path, flows: &[FlowName], manifest: &mut Manifest) -> Result<Vec<String>> {
+/// to come from another), the flows distilled there by other runs stay in `manifest`; returns their
+/// names. Without `resume`, a flow of this run that was distilled there already is refused, as a
+/// teacher's flow is.
+fn keep_distilled_flows(out: &Path, flows: &[FlowName], manifest: &mut Manifest, resume: bool) -> Result<Vec<String>> {
     let path = out.join(manifest::MODEL_JSON);
     if !path.exists() {
         return Ok(Vec::new());
@@ -62,7 +63,7 @@ fn keep_distilled_flows(out: &Path, flows: &[FlowName], manifest: &mut Manifest)
         ));
     }
     let distilled = |name: &str| existing.units.get(name).is_some_and(|u| out.join(&u.dir).join(METRICS).exists());
-    if let Some(f) = flows.iter().find(|f| distilled(f.as_str())) {
+    if let Some(f) = flows.iter().find(|f| !resume && distilled(f.as_str())) {
         return Err(Error::checkpoint(
             &path,
             format!(
@@ -71,7 +72,8 @@ fn keep_distilled_flows(out: &Path, flows: &[FlowName], manifest: &mut Manifest)
             ),
         ));
     }
-    let kept: Vec<String> = existing.units.keys().filter(|n| distilled(n)).cloned().collect();
+    let ours = |n: &str| flows.iter().any(|f| f.as_str() == n);
+    let kept: Vec<String> = existing.units.keys().filter(|n| distilled(n) && !ours(n)).cloned().collect();
     for name in &kept {
         manifest.units.insert(name.clone(), existing.units[name].clone());
     }
@@ -180,12 +182,10 @@ fn calo_students(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions
         jobs.push((f, section, tc, s_spec));
     }
     manifest.seed = jobs[0].2.seed;
-    let distilled_before = if opts.resume {
+    let distilled_before = keep_distilled_flows(out, &flows, &mut manifest, opts.resume)?;
+    if opts.resume {
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
-        Vec::new()
-    } else {
-        keep_distilled_flows(out, &flows, &mut manifest)?
-    };
+    }
     manifest.save(out)?;
     let distilled_here = |n: &String| flows.iter().any(|f| f.as_str() == n.as_str()) || distilled_before.contains(n);
     for name in teacher.units.keys().filter(|n| !distilled_here(n)) {
