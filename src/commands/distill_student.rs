@@ -72,12 +72,17 @@ fn keep_distilled_flows(out: &Path, flows: &[FlowName], manifest: &mut Manifest,
             ),
         ));
     }
-    let ours = |n: &str| flows.iter().any(|f| f.as_str() == n);
-    let kept: Vec<String> = existing.units.keys().filter(|n| distilled(n) && !ours(n)).cloned().collect();
+    let kept: Vec<String> =
+        existing.units.keys().filter(|n| distilled(n) && !names_one_of(flows, n)).cloned().collect();
     for name in &kept {
         manifest.units.insert(name.clone(), existing.units[name].clone());
     }
     Ok(kept)
+}
+
+/// Whether the unit `name` is one of `flows`.
+fn names_one_of(flows: &[FlowName], name: &str) -> bool {
+    flows.iter().any(|f| f.as_str() == name)
 }
 
 /// A student's manifest: the teacher's, with the student's role, seed and settings.
@@ -187,7 +192,7 @@ fn calo_students(cfg: &Config, teacher_dir: &Path, out: &Path, opts: &RunOptions
         check_resume_matches(out, &Manifest::load(out)?, &manifest)?;
     }
     manifest.save(out)?;
-    let distilled_here = |n: &String| flows.iter().any(|f| f.as_str() == n.as_str()) || distilled_before.contains(n);
+    let distilled_here = |n: &String| names_one_of(&flows, n) || distilled_before.contains(n);
     for name in teacher.units.keys().filter(|n| !distilled_here(n)) {
         copy_unit(&teacher_dir.join(&teacher.units[name].dir), &out.join(name))?;
     }

@@ -301,7 +301,8 @@ pub fn run(reference: &RowStore, generated: &RowStore, s: &Settings, device: &De
                 (b.0, b.1) = (acc, epoch + 1);
             }
             None => {
-                let snapshot = vars.iter().map(|(_, v)| Var::from_tensor(&v.as_tensor().copy()?));
+                // `detach` shares the storage; making it a variable copies it once.
+                let snapshot = vars.iter().map(|(_, v)| Var::from_tensor(&v.as_tensor().detach()));
                 best = Some((acc, epoch + 1, snapshot.collect::<candle_core::Result<Vec<_>>>()?));
             }
         }

@@ -656,25 +656,20 @@ impl Builder {
         }
         // Body outputs are fresh names (an Identity each), so that no output is also an input.
         let mut body_nodes = body_nodes;
-        let mut outputs = Vec::new();
-        let cond_out = self.fresh("cond_out");
-        body_nodes.push(NodeProto {
-            op_type: "Identity".into(),
-            input: vec![cond_in.clone()],
-            output: vec![cond_out.clone()],
-            ..Default::default()
-        });
-        outputs.push(body_value(&cond_out, DataType::Bool, true));
         let types: Vec<DataType> = carried.iter().map(|c| c.1).chain(std::iter::repeat_n(self.dtype, scans)).collect();
-        for (v, dt) in next.iter().chain(&scan_out).zip(&types) {
-            let o = self.fresh("body_out");
+        let mut identity = |input: &str, stem: &str| {
+            let output = self.fresh(stem);
             body_nodes.push(NodeProto {
                 op_type: "Identity".into(),
-                input: vec![v.clone()],
-                output: vec![o.clone()],
+                input: vec![input.to_string()],
+                output: vec![output.clone()],
                 ..Default::default()
             });
-            outputs.push(body_value(&o, *dt, false));
+            output
+        };
+        let mut outputs = vec![body_value(&identity(&cond_in, "cond_out"), DataType::Bool, true)];
+        for (v, dt) in next.iter().chain(&scan_out).zip(&types) {
+            outputs.push(body_value(&identity(v, "body_out"), *dt, false));
         }
         let mut inputs = vec![body_value(&iter, DataType::Int64, true), body_value(&cond_in, DataType::Bool, true)];
         inputs.extend(inner.iter().zip(carried).map(|(n, c)| body_value(n, c.1, false)));
