@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::super::layers::contiguous_slice;
-use super::kernel::{scratch_len, Consts};
+use super::kernel::Consts;
 use super::math::Real;
 use super::simd::{dispatch_bwd, dispatch_fwd, RowScratch};
 use super::{Direction, SplineConfig};
@@ -47,7 +47,7 @@ fn rqs_fwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], 
     out
 }
 
-fn rqs_bwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], gs: &[F], d: usize) -> Vec<F> {
+pub(super) fn rqs_bwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], gs: &[F], d: usize) -> Vec<F> {
     let c = Consts::<F>::new(cfg);
     let m = cfg.params_per_feature();
     let nd = xs.len();
@@ -62,7 +62,7 @@ fn rqs_bwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], 
             .zip(g_out.par_chunks(d).zip(g_ladj.par_chunks(d)))
             .with_min_len(MIN_ROWS_PER_TASK)
             .for_each_init(
-                || vec![F::zero(); scratch_len(cfg.num_bins)],
+                || RowScratch::new(cfg.num_bins),
                 |scratch, (((gpr, gxr), (xr, pr)), (gyr, glr))| {
                     dispatch_bwd(&c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
                 },

@@ -1,13 +1,13 @@
-//! Row loops of the kernel, compiled three times: for baseline x86-64, for AVX2 + FMA and (the
-//! forward op) for AVX-512, chosen at run time. The inverse direction runs [`LANES`] elements at
-//! a time through the lane kernel.
+//! Row loops of the kernel, compiled three times: for baseline x86-64, for AVX2 + FMA and for
+//! AVX-512, chosen at run time. Both directions run [`LANES`] elements at a time
+//! through the lane kernels, the rest of a row element by element.
 
 use super::kernel::{rqs_element, rqs_element_backward, scratch_len, Consts};
-use super::lanes::{inverse_block, LaneScratch, LANES};
+use super::lanes::{backward_block, forward_block, inverse_block, LaneScratch, LANES};
 use super::math::Real;
 use super::Direction;
 
-/// One rayon task's scratch for the forward op.
+/// One rayon task's scratch for the forward and backward ops.
 pub(super) struct RowScratch<F> {
     element: Vec<F>,
     lanes: LaneScratch<F>,
@@ -32,13 +32,15 @@ fn row_fwd<F: Real>(
 ) {
     let m = pr.len() / xr.len().max(1);
     let mut start = 0;
-    if dir == Direction::Inverse {
-        while start + LANES <= xr.len() {
-            let end = start + LANES;
-            let (ps, ys) = (&pr[start * m..end * m], &xr[start..end]);
-            inverse_block(c, ys, ps, &mut yr[start..end], &mut lr[start..end], &mut scratch.lanes);
-            start = end;
+    while start + LANES <= xr.len() {
+        let end = start + LANES;
+        let (ps, xs) = (&pr[start * m..end * m], &xr[start..end]);
+        let (ys, ls) = (&mut yr[start..end], &mut lr[start..end]);
+        match dir {
+            Direction::Forward => forward_block(c, xs, ps, ys, ls, &mut scratch.lanes),
+            Direction::Inverse => inverse_block(c, xs, ps, ys, ls, &mut scratch.lanes),
         }
+        start = end;
     }
     for i in start..xr.len() {
         let (y, l) = rqs_element(c, dir, xr[i], &pr[i * m..(i + 1) * m], &mut scratch.element);
@@ -59,12 +61,19 @@ fn row_bwd<F: Real>(
     glr: &[F],
     gpr: &mut [F],
     gxr: &mut [F],
-    scratch: &mut [F],
+    scratch: &mut RowScratch<F>,
 ) {
     let m = pr.len() / xr.len().max(1);
-    for i in 0..xr.len() {
+    let mut start = 0;
+    while start + LANES <= xr.len() {
+        let end = start + LANES;
+        let (xs, ps, gps) = (&xr[start..end], &pr[start * m..end * m], &mut gpr[start * m..end * m]);
+        backward_block(c, dir, xs, ps, &gyr[start..end], &glr[start..end], gps, &mut gxr[start..end], &mut scratch.lanes);
+        start = end;
+    }
+    for i in start..xr.len() {
         let gp = &mut gpr[i * m..(i + 1) * m];
-        gxr[i] = rqs_element_backward(c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp, scratch);
+        gxr[i] = rqs_element_backward(c, dir, xr[i], &pr[i * m..(i + 1) * m], gyr[i], glr[i], gp, &mut scratch.element);
     }
 }
 
@@ -107,13 +116,13 @@ mod avx2 {
         glr: &[F],
         gpr: &mut [F],
         gxr: &mut [F],
-        scratch: &mut [F],
+        scratch: &mut RowScratch<F>,
     ) {
         super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
     }
 }
 
-/// The forward row kernel for AVX-512 (16 f32 lanes per register: one lane block).
+/// The row kernels for AVX-512 (16 f32 lanes per register: one lane block).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -142,6 +151,24 @@ mod avx512 {
         scratch: &mut RowScratch<F>,
     ) {
         super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
+    }
+
+    /// # Safety
+    /// Only when [`available`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_bwd<F: Real>(
+        c: &Consts<F>,
+        dir: Direction,
+        xr: &[F],
+        pr: &[F],
+        gyr: &[F],
+        glr: &[F],
+        gpr: &mut [F],
+        gxr: &mut [F],
+        scratch: &mut RowScratch<F>,
+    ) {
+        super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
     }
 }
 
@@ -177,8 +204,13 @@ pub(super) fn dispatch_bwd<F: Real>(
     glr: &[F],
     gpr: &mut [F],
     gxr: &mut [F],
-    scratch: &mut [F],
+    scratch: &mut RowScratch<F>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU has AVX-512 F/VL/DQ, AVX2 and FMA.
+        return unsafe { avx512::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU has AVX2 and FMA.

@@ -140,8 +140,8 @@ fn rqs_tensor_gradients_reach_inputs_and_params() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// The tensor op on rows long enough for the 16-lane inverse kernel (with a scalar tail: 37 and 48
-/// features) equals the scalar function bit for bit, in f32 and f64, for inputs inside and outside
+/// The tensor op and its backward on rows long enough for the 16-lane kernels, forward and
+/// inverse (with a scalar tail: 37 and 48 features), equal the scalar function bit for bit, in f32 and f64, for inputs inside and outside
 /// the bound and raw parameters that reach every branch (softplus above 20, exp below −87).
 #[test]
 fn rqs_lane_kernel_equals_the_scalar_function_bit_for_bit() -> candle_core::Result<()> {
@@ -167,17 +167,32 @@ fn rqs_lane_kernel_equals_the_scalar_function_bit_for_bit() -> candle_core::Resu
             let dev = Device::Cpu;
             let xt = Tensor::from_vec(xs.clone(), (n, d), &dev)?;
             let pt = Tensor::from_vec(ps.clone(), (n, d * m), &dev)?;
-            let (y, l) = rqs(&xt, &pt, &c, Direction::Inverse)?;
-            let (y, l) = (y.flatten_all()?.to_vec1::<F>()?, l.flatten_all()?.to_vec1::<F>()?);
-            for i in 0..n * d {
-                let (ey, el) = rqs_scalar(&c, Direction::Inverse, xs[i], &ps[i * m..(i + 1) * m]);
-                let bits = |v: F| <F as candle_core::WithDType>::to_f64(v).to_bits();
-                assert!(
-                    bits(y[i]) == bits(ey) && bits(l[i]) == bits(el),
-                    "k={k} d={d} element {i}: lanes ({:?}, {:?}), scalar ({ey:?}, {el:?})",
-                    y[i],
-                    l[i]
-                );
+            let g: Vec<F> = (0..2 * n * d).map(|_| F::from(rng.random_range(-2.0..2.0)).unwrap()).collect();
+            for dir in [Direction::Forward, Direction::Inverse] {
+                let grads = super::op::rqs_bwd_cpu(&c, dir, &xs, &ps, &g, d);
+                let (g_params, g_inputs) = grads.split_at(n * d * m);
+                let mut want = vec![F::zero(); m];
+                for i in 0..n * d {
+                    let p = &ps[i * m..(i + 1) * m];
+                    let gx = rqs_scalar_backward(&c, dir, xs[i], p, g[i], g[n * d + i], &mut want);
+                    let bits = |v: F| <F as candle_core::WithDType>::to_f64(v).to_bits();
+                    assert_eq!(bits(g_inputs[i]), bits(gx), "{dir:?} k={k} d={d} element {i}: input gradient");
+                    for j in 0..m {
+                        assert_eq!(bits(g_params[i * m + j]), bits(want[j]), "{dir:?} k={k} element {i} parameter {j}");
+                    }
+                }
+                let (y, l) = rqs(&xt, &pt, &c, dir)?;
+                let (y, l) = (y.flatten_all()?.to_vec1::<F>()?, l.flatten_all()?.to_vec1::<F>()?);
+                for i in 0..n * d {
+                    let (ey, el) = rqs_scalar(&c, dir, xs[i], &ps[i * m..(i + 1) * m]);
+                    let bits = |v: F| <F as candle_core::WithDType>::to_f64(v).to_bits();
+                    assert!(
+                        bits(y[i]) == bits(ey) && bits(l[i]) == bits(el),
+                        "{dir:?} k={k} d={d} element {i}: lanes ({:?}, {:?}), scalar ({ey:?}, {el:?})",
+                        y[i],
+                        l[i]
+                    );
+                }
             }
         }
         Ok(())
