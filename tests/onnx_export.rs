@@ -521,7 +521,9 @@ fn check_whole_shower(d: &Path, python: &str, model: &str, onnx: &str, n: usize,
     let out = path(d, &format!("{tag}.showers.npy"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/onnx_run.py");
     let r = Command::new(python).arg(script).arg(onnx).args(&feeds).arg(&out).output().unwrap();
-    assert!(r.status.success(), "{tag}: onnxruntime failed: {}", String::from_utf8_lossy(&r.stderr));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{tag}: onnxruntime failed: {stderr}");
+    assert!(!stderr.contains("not used by any node"), "{tag}: the graph stores an unused initializer: {stderr}");
     let got = read(Path::new(&out));
     let nonzero = want.iter().filter(|&&x| x > 0.0).count();
     assert!(nonzero >= n * 45, "{tag}: zdcflow's showers are almost empty ({nonzero} voxels > 0)");

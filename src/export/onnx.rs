@@ -6,7 +6,7 @@
 //! Only flows that sample in one MADE pass per block (IAF students, imported `iaf` and
 //! `icaloflow-iaf` flows) are exported; a MAF samples in D sequential passes per block.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Tensor};
 use candle_onnx::onnx::{
@@ -812,10 +812,15 @@ impl Builder {
         doc: String,
         opset: i64,
     ) -> ModelProto {
+        // A constant made for an optional step the model does not have (e.g. a layer index for
+        // voxel tables it lacks) is dropped here, so that ONNX Runtime has nothing to warn about.
+        let mut used = HashSet::new();
+        referenced_names(&self.nodes, &mut used);
+        let initializer = self.inits.into_iter().filter(|t| used.contains(&t.name)).collect();
         let graph = GraphProto {
             name: "zdcflow_sample".into(),
             node: self.nodes,
-            initializer: self.inits,
+            initializer,
             input: inputs,
             output: outputs,
             doc_string: doc,
@@ -828,6 +833,19 @@ impl Builder {
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(graph),
             ..Default::default()
+        }
+    }
+}
+
+/// Every name a node of `nodes` or of their subgraphs (a Loop's body) reads.
+fn referenced_names(nodes: &[NodeProto], used: &mut HashSet<String>) {
+    for node in nodes {
+        used.extend(node.input.iter().cloned());
+        for attr in &node.attribute {
+            if let Some(body) = &attr.g {
+                referenced_names(&body.node, used);
+                used.extend(body.output.iter().map(|o| o.name.clone()));
+            }
         }
     }
 }
