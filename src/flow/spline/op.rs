@@ -47,7 +47,14 @@ fn rqs_fwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], 
     out
 }
 
-pub(super) fn rqs_bwd_cpu<F: Real>(cfg: &SplineConfig, dir: Direction, xs: &[F], ps: &[F], gs: &[F], d: usize) -> Vec<F> {
+pub(super) fn rqs_bwd_cpu<F: Real>(
+    cfg: &SplineConfig,
+    dir: Direction,
+    xs: &[F],
+    ps: &[F],
+    gs: &[F],
+    d: usize,
+) -> Vec<F> {
     let c = Consts::<F>::new(cfg);
     let m = cfg.params_per_feature();
     let nd = xs.len();

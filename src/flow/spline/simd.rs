@@ -68,7 +68,17 @@ fn row_bwd<F: Real>(
     while start + LANES <= xr.len() {
         let end = start + LANES;
         let (xs, ps, gps) = (&xr[start..end], &pr[start * m..end * m], &mut gpr[start * m..end * m]);
-        backward_block(c, dir, xs, ps, &gyr[start..end], &glr[start..end], gps, &mut gxr[start..end], &mut scratch.lanes);
+        backward_block(
+            c,
+            dir,
+            xs,
+            ps,
+            &gyr[start..end],
+            &glr[start..end],
+            gps,
+            &mut gxr[start..end],
+            &mut scratch.lanes,
+        );
         start = end;
     }
     for i in start..xr.len() {
