@@ -238,12 +238,12 @@ pub struct SampleArgs {
     /// ZDC: photon sums from the conditions file (data, the published protocol) or drawn from the
     /// model's photon-sum flow (model).
     #[arg(long, value_enum, default_value = "model")]
-    pub photon_sum: crate::sample::zdc::PhotonSumSource,
+    pub photon_sum: PhotonSumArg,
     /// ZDC: noise removal: sub-floor-fill (default: keeps each image's total at its photon sum),
     /// round, floor, floor-recalc, sub-floor, sub-floor-recalc (src/sample/denoise.rs; chosen on
     /// generated responses, docs/validation.md).
     #[arg(long, value_enum, default_value = "sub-floor-fill")]
-    pub denoise: crate::sample::denoise::Denoise,
+    pub denoise: DenoiseArg,
     /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
     /// README "Performance" gives the measured effect on the metrics).
     #[arg(long, value_enum, default_value = "model")]
@@ -507,7 +507,7 @@ pub struct ExportOnnxArgs {
     pub postprocess: bool,
     /// With --postprocess: the noise removal written into the graph (as `sample --denoise`).
     #[arg(long, value_enum, default_value_t, requires = "postprocess")]
-    pub denoise: crate::sample::denoise::Denoise,
+    pub denoise: DenoiseArg,
     /// CaloChallenge models (dataset 2 or 3): the whole shower in one graph (Flow-1, Flow-2 and
     /// the 44 Flow-3 steps with their pre- and postprocessing). Inputs, N any batch size, in the
     /// model's float type: `e_inc` (N, 1) MeV, `noise_energies` (N, 45) and `noise_first_layer`
@@ -544,6 +544,60 @@ impl From<PrecisionArg> for crate::sample::SamplingPrecision {
             PrecisionArg::Model => SamplingPrecision::Model,
             PrecisionArg::Bf16 => SamplingPrecision::Bf16,
             PrecisionArg::Tf32 => SamplingPrecision::Tf32,
+        }
+    }
+}
+
+/// `sample --photon-sum` (mapped to `sample::zdc::PhotonSumSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum PhotonSumArg {
+    /// The conditions file's `photon_sum` (the published evaluation protocol).
+    Data,
+    /// Drawn per response from the model's photon-sum flow (what a user without sums has).
+    #[default]
+    Model,
+}
+
+impl From<PhotonSumArg> for crate::sample::zdc::PhotonSumSource {
+    fn from(p: PhotonSumArg) -> Self {
+        use crate::sample::zdc::PhotonSumSource;
+        match p {
+            PhotonSumArg::Data => PhotonSumSource::Data,
+            PhotonSumArg::Model => PhotonSumSource::Model,
+        }
+    }
+}
+
+/// `sample --denoise`, `export-onnx --denoise` (mapped to `sample::denoise::Denoise`; the table
+/// of what each does is there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum DenoiseArg {
+    /// Subtract the mean noise (noise_mul/2), floor (the former default).
+    SubFloor,
+    /// `sub-floor`, then renormalise to the photon sum and floor again.
+    SubFloorRecalc,
+    /// Floor only (the noise is in [0, noise_mul) < 1 photon).
+    Floor,
+    /// `floor`, then renormalise to the photon sum and floor again.
+    FloorRecalc,
+    /// Subtract the mean noise, round to the nearest photon.
+    Round,
+    /// `sub-floor`, then one photon more for each of the pixels with the largest fractional parts
+    /// until the total is round(S) (the photons that flooring sub-photon values loses).
+    #[default]
+    SubFloorFill,
+}
+
+impl From<DenoiseArg> for crate::sample::denoise::Denoise {
+    fn from(d: DenoiseArg) -> Self {
+        use crate::sample::denoise::Denoise;
+        match d {
+            DenoiseArg::SubFloor => Denoise::SubFloor,
+            DenoiseArg::SubFloorRecalc => Denoise::SubFloorRecalc,
+            DenoiseArg::Floor => Denoise::Floor,
+            DenoiseArg::FloorRecalc => Denoise::FloorRecalc,
+            DenoiseArg::Round => Denoise::Round,
+            DenoiseArg::SubFloorFill => Denoise::SubFloorFill,
         }
     }
 }
@@ -677,4 +731,27 @@ pub struct DetectorArgs {
     /// DS2/DS3: generated voxels below this (MeV) are set to zero (`run.py --threshold_cut`).
     #[arg(long, default_value_t = 1.5e-2, help_heading = "Detector model")]
     pub threshold_mev: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::denoise::Denoise;
+    use crate::sample::zdc::PhotonSumSource;
+
+    #[test]
+    fn enum_flags_name_the_library_values_they_map_to() {
+        let denoise: Vec<Denoise> = DenoiseArg::value_variants().iter().map(|&d| d.into()).collect();
+        assert_eq!(denoise, Denoise::ALL, "every noise removal, in the library's order");
+        for &d in DenoiseArg::value_variants() {
+            assert_eq!(d.to_possible_value().expect("named").get_name(), Denoise::from(d).name());
+        }
+        for &p in PhotonSumArg::value_variants() {
+            // `sample` records the source in its output file by this name.
+            let recorded = format!("{:?}", PhotonSumSource::from(p)).to_lowercase();
+            assert_eq!(p.to_possible_value().expect("named").get_name(), recorded);
+        }
+        assert_eq!(Denoise::from(DenoiseArg::default()), Denoise::default());
+        assert_eq!(PhotonSumSource::from(PhotonSumArg::default()), PhotonSumSource::default());
+    }
 }

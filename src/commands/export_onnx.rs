@@ -45,7 +45,7 @@ pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
         if name != crate::models::zdc::FLOW_UNIT {
             return Err(fail(&format!("applies to the image flow '{}', not '{name}'", crate::models::zdc::FLOW_UNIT)));
         }
-        zdc::export(&spec, &tensors, io::PREFIX, dtype, a.opset, &prep, &scaler, a.denoise)
+        zdc::export(&spec, &tensors, io::PREFIX, dtype, a.opset, &prep, &scaler, a.denoise.into())
             .map_err(|e| fail(&format!("unit '{name}': {e}")))?
     } else {
         onnx::export(&spec, &tensors, io::PREFIX, dtype, a.opset)

@@ -46,8 +46,8 @@ pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
         output: a.output.clone(),
         gzip: a.gzip,
         show_progress: g.show_progress,
-        photon_sum: a.photon_sum,
-        denoise: a.denoise,
+        photon_sum: a.photon_sum.into(),
+        denoise: a.denoise.into(),
         precision: a.precision.into(),
     };
     let r = generate(&req, &crate::device::open(&g.device)?)?;
