@@ -612,46 +612,15 @@ pub enum MafPassesArg {
     Unrolled,
 }
 
-/// The CaloChallenge definition of `log_prob` (a literal, for `concat!`).
-macro_rules! calo_log_prob_definition {
-    () => {
-        "log_prob = log p(x~ | E_inc) in ln(MeV^-(45*V)) (V voxels per layer), for the \
-shower x~ = x + n, x the file's voxel energies in MeV and n ~ U[0, noise_mev) per voxel (the training \
-preprocessing's noise, one draw per voxel from --seed; zero voxels are therefore never exactly zero). With \
-E_i = sum of layer i's voxels of x~, p_i = x~_i / E_i, u_i = logit(E_i / layer_scale), y_i = logit(p_i): \
-log_prob = log q1(u | E_inc) + log q2(y_1 | E_inc, E_1) + sum_{i=2..45} log q3(y_i | E_inc, E_i, E_{i-1}, y_{i-1}, i) \
-+ log_det, where q are the flows' densities (base included) and log_det = sum_i [log|du_i/dE_i| + \
-sum_{v<V} log|dy_iv/dp_iv| - (V-1) log E_i] is log|det| of the bijection x~_i -> (u_i, y_i1..y_i(V-1)) of each layer \
-(the fractions sum to one, so the V-th logit is fixed by the others; the flows' density of the whole V-vector y_i \
-is taken as the density of its first V-1 coordinates, as the published factorisation is read). A model with a \
-voxel standardisation models y_iv = (logit(p_iv) - m_iv) / s_iv instead (m, s in model.json), and log_det holds \
-- sum_{v<V} log s_iv besides. E_inc is a condition, not a variable."
-    };
+/// `log-prob --help`'s closing text: what `log_prob` is for each kind of model (the definitions
+/// written into the output file with the numbers).
+fn log_prob_help() -> String {
+    use crate::models::log_prob::{calo, zdc};
+    format!("CaloChallenge models: {}\n\nZDC models: {}", calo::DEFINITION, zdc::DEFINITION)
 }
-
-/// The ZDC definition of `log_prob` (a literal, for `concat!`).
-macro_rules! zdc_log_prob_definition {
-    () => {
-        "log_prob = log p(x~_1..x~_(V-1) | particle, S, T) in ln(photons^-(V-1)), V = 1936 pixels, for the \
-noised response x~ = x + noise_mul * u, x the file's photon counts and u ~ U[0,1) per pixel (one draw per pixel \
-from --seed, as in training), given the particle's 9 features and the file's photon sum S (the flow's conditions) \
-and the noised total T = sum of x~ (which fixes the last pixel). With p = x~ / T and y the flow features \
-(logit(alpha + (1 - 2 alpha) p), standardised per pixel where the model does): log_prob = log q(y | c) + log_det, q \
-the image flow's density (base included), log_det = sum_{v<V} [log|dy_v/dp_v|] - (V-1) log T, the log|det| of \
-x~_1..x~_(V-1) -> y_1..y_(V-1) at fixed T (the flow's density of the whole V-vector y is taken as the density of \
-its first V-1 coordinates, as for CaloChallenge layers). Output datasets log_prob, log_q, log_det, photon_sum (S)."
-    };
-}
-
-/// What `log_prob` is for a CaloChallenge model, written into `--help` and the output file.
-pub const LOG_PROB_DEFINITION: &str = calo_log_prob_definition!();
-/// What `log_prob` is for a ZDC model, written into `--help` and the output file.
-pub const ZDC_LOG_PROB_DEFINITION: &str = zdc_log_prob_definition!();
-const LOG_PROB_HELP: &str =
-    concat!("CaloChallenge models: ", calo_log_prob_definition!(), "\n\nZDC models: ", zdc_log_prob_definition!());
 
 #[derive(Args, Debug)]
-#[command(after_long_help = LOG_PROB_HELP)]
+#[command(after_long_help = log_prob_help())]
 pub struct LogProbArgs {
     /// A model directory: CaloChallenge (flow1, flow2 and flow3: train-teacher, distill-student or
     /// import-nflows --detector ds2|ds3 output) or ZDC (its image flow `flow`).
