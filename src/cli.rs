@@ -399,10 +399,30 @@ pub enum KindArg {
     IcaloflowIaf,
 }
 
+impl From<KindArg> for crate::flow::nflows::NflowsKind {
+    fn from(k: KindArg) -> Self {
+        use crate::flow::nflows::NflowsKind;
+        match k {
+            KindArg::Maf => NflowsKind::Maf,
+            KindArg::Iaf => NflowsKind::Iaf,
+            KindArg::IcaloflowIaf => NflowsKind::IcaloflowIaf,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
     F32,
     F64,
+}
+
+impl From<DtypeArg> for crate::config::Precision {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => crate::config::Precision::F32,
+            DtypeArg::F64 => crate::config::Precision::F64,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -648,6 +668,17 @@ pub enum DetectorArg {
     Zdc,
     Ds2,
     Ds3,
+}
+
+impl From<DetectorArg> for crate::config::Detector {
+    fn from(d: DetectorArg) -> Self {
+        use crate::config::Detector;
+        match d {
+            DetectorArg::Zdc => Detector::Zdc,
+            DetectorArg::Ds2 => Detector::Ds2,
+            DetectorArg::Ds3 => Detector::Ds3,
+        }
+    }
 }
 
 /// The flags of `import-nflows --detector`.
