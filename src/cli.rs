@@ -98,7 +98,7 @@ pub enum Command {
     /// Check this build on the chosen device: the spline against nflows' reference values,
     /// invertibility of MAF and IAF stacks, and agreement with the CPU (how a GPU node verifies the
     /// `cuda` build).
-    Selftest,
+    Selftest(SelftestArgs),
     /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
     ImportNflows(ImportNflowsArgs),
     /// Each event's log-density: CaloChallenge showers (MeV space, given E_inc) under Flow-1 · Flow-2 · ∏ Flow-3, ZDC responses (photon space, given the particle and photon sum).
@@ -379,6 +379,10 @@ fn detector_parser() -> impl clap::builder::TypedValueParser<Value = crate::conf
         _ => Detector::Zdc,
     })
 }
+
+// `selftest` takes only the global options (a plain comment: a doc comment would be its help).
+#[derive(Args, Debug)]
+pub struct SelftestArgs {}
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {

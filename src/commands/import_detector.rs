@@ -17,6 +17,7 @@
 //!   the flags below set the ones a user may have changed (`--normalization`, `--noise_level`,
 //!   `--threshold_cut` of `run.py`).
 
+use super::{Context, Report};
 use crate::cli::ImportNflowsArgs;
 use crate::config::{Detector, FlowName};
 use crate::data::channels::PIXELS;
@@ -32,8 +33,8 @@ fn parse_particles(s: &str) -> Result<Particles> {
         .map_err(|_| Error::Invalid(format!("--particles '{s}': expected all, n, lambda, k0s or sigma+")))
 }
 
-/// `import-nflows --detector …`; returns one line describing the model written.
-pub fn run(a: &ImportNflowsArgs) -> Result<String> {
+/// `import-nflows --detector …`.
+pub fn run(a: &ImportNflowsArgs, _: &Context) -> Result<Report> {
     let d = &a.detector;
     let detector: Detector = d.detector.expect("called with --detector").into();
     let out = &a.output_dir;
@@ -142,11 +143,11 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
             format!("{} ({:?}, {} blocks, {} parameters)", p.unit, s.kind, s.blocks, s.parameter_count())
         })
         .collect();
-    Ok(format!(
+    Ok(Report::line(format!(
         "imported a {detector:?} {role_name} ({}) into {}; data {} ({} events)",
         summary.join(", "),
         out.display(),
         data_file.display(),
         data_events
-    ))
+    )))
 }

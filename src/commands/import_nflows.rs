@@ -2,15 +2,15 @@
 //! imported flows (read in Rust with candle's pickle reader, no Python needed), written by
 //! [`crate::models::imported::save_flows_dir`].
 
+use super::{Context, Report};
 use crate::cli::ImportNflowsArgs;
 use crate::error::{Error, Result};
 use crate::flow::nflows::ImportOptions;
-use crate::flow::FlowSpec;
 use crate::models::imported::{save_flows_dir, FlowImport};
 use crate::models::manifest::{check_output_dir, Reuse};
 use crate::util::output_guard::{self, Input};
 
-pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
+pub fn run(a: &ImportNflowsArgs, _: &Context) -> Result<Report> {
     let d = &a.detector;
     if d.data.is_some() || d.condition_scaler.is_some() || d.flow2.is_some() || d.flow3.is_some() {
         return Err(Error::Invalid("--data, --condition-scaler, --flow2 and --flow3 need --detector".into()));
@@ -32,5 +32,17 @@ pub fn run(a: &ImportNflowsArgs) -> Result<FlowSpec> {
         dtype: a.dtype.map(Into::into),
         unit: &a.unit,
     };
-    save_flows_dir(&a.output_dir, &import)
+    let spec = save_flows_dir(&a.output_dir, &import)?;
+    Ok(Report::line(format!(
+        "imported a {:?} of {} blocks ({} features, context {}, {} hidden × {} layers, {} bins, {} parameters) into {}",
+        spec.kind,
+        spec.blocks,
+        spec.features,
+        spec.context_features,
+        spec.hidden_features,
+        spec.hidden_layers + 1,
+        spec.spline.num_bins,
+        spec.parameter_count(),
+        a.output_dir.display()
+    )))
 }

@@ -2,16 +2,15 @@
 //! or response's (ZDC) log-density under a model, computed by [`crate::models::log_prob`] and
 //! written there with its definition and what the numbers were computed from.
 
-use candle_core::Device;
-
+use super::{Context, Report};
 use crate::cli::LogProbArgs;
 use crate::error::{Error, Result};
 use crate::models::log_prob;
 use crate::models::manifest::Manifest;
 use crate::util::output_guard::{check_output, Input};
 
-/// Runs `log-prob`; returns (events scored, mean log_prob).
-pub fn run(a: &LogProbArgs, device: &Device) -> Result<(usize, f64)> {
+pub fn run(a: &LogProbArgs, ctx: &Context) -> Result<Report> {
+    let device = ctx.device()?;
     check_output(&a.output, "--output", &[Input::File("--showers", &a.showers), Input::ModelDir("--model", &a.model)])?;
     if a.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
@@ -22,5 +21,6 @@ pub fn run(a: &LogProbArgs, device: &Device) -> Result<(usize, f64)> {
         None => log_prob::zdc::score_file(&a.model, &m, &a.showers, a.seed, a.batch_size, device)?,
     };
     scores.write(&a.output, &a.model, &a.showers, a.seed)?;
-    Ok((scores.log_prob().len(), scores.mean()))
+    let (n, mean) = (scores.log_prob().len(), scores.mean());
+    Ok(Report::line(format!("log-prob: {n} events, mean log_prob {mean:.3} → {}", a.output.display())))
 }
