@@ -98,7 +98,7 @@ pub enum Command {
     /// Check this build on the chosen device: the spline against nflows' reference values,
     /// invertibility of MAF and IAF stacks, and agreement with the CPU (how a GPU node verifies the
     /// `cuda` build).
-    Selftest,
+    Selftest(SelftestArgs),
     /// Import a trained nflows flow from a PyTorch checkpoint (MAF teachers, IAF students) into a model directory.
     ImportNflows(ImportNflowsArgs),
     /// Each event's log-density: CaloChallenge showers (MeV space, given E_inc) under Flow-1 · Flow-2 · ∏ Flow-3, ZDC responses (photon space, given the particle and photon sum).
@@ -238,12 +238,12 @@ pub struct SampleArgs {
     /// ZDC: photon sums from the conditions file (data, the published protocol) or drawn from the
     /// model's photon-sum flow (model).
     #[arg(long, value_enum, default_value = "model")]
-    pub photon_sum: crate::sample::zdc::PhotonSumSource,
+    pub photon_sum: PhotonSumArg,
     /// ZDC: noise removal: sub-floor-fill (default: keeps each image's total at its photon sum),
     /// round, floor, floor-recalc, sub-floor, sub-floor-recalc (src/sample/denoise.rs; chosen on
     /// generated responses, docs/validation.md).
     #[arg(long, value_enum, default_value = "sub-floor-fill")]
-    pub denoise: crate::sample::denoise::Denoise,
+    pub denoise: DenoiseArg,
     /// Precision of the flows' masked-layer products (opt-in speed for a small loss of accuracy;
     /// README "Performance" gives the measured effect on the metrics).
     #[arg(long, value_enum, default_value = "model")]
@@ -380,6 +380,10 @@ fn detector_parser() -> impl clap::builder::TypedValueParser<Value = crate::conf
     })
 }
 
+// `selftest` takes only the global options (a plain comment: a doc comment would be its help).
+#[derive(Args, Debug)]
+pub struct SelftestArgs {}
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where every step's output goes.
@@ -399,10 +403,30 @@ pub enum KindArg {
     IcaloflowIaf,
 }
 
+impl From<KindArg> for crate::flow::nflows::NflowsKind {
+    fn from(k: KindArg) -> Self {
+        use crate::flow::nflows::NflowsKind;
+        match k {
+            KindArg::Maf => NflowsKind::Maf,
+            KindArg::Iaf => NflowsKind::Iaf,
+            KindArg::IcaloflowIaf => NflowsKind::IcaloflowIaf,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
     F32,
     F64,
+}
+
+impl From<DtypeArg> for crate::config::Precision {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => crate::config::Precision::F32,
+            DtypeArg::F64 => crate::config::Precision::F64,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -507,7 +531,7 @@ pub struct ExportOnnxArgs {
     pub postprocess: bool,
     /// With --postprocess: the noise removal written into the graph (as `sample --denoise`).
     #[arg(long, value_enum, default_value_t, requires = "postprocess")]
-    pub denoise: crate::sample::denoise::Denoise,
+    pub denoise: DenoiseArg,
     /// CaloChallenge models (dataset 2 or 3): the whole shower in one graph (Flow-1, Flow-2 and
     /// the 44 Flow-3 steps with their pre- and postprocessing). Inputs, N any batch size, in the
     /// model's float type: `e_inc` (N, 1) MeV, `noise_energies` (N, 45) and `noise_first_layer`
@@ -548,6 +572,60 @@ impl From<PrecisionArg> for crate::sample::SamplingPrecision {
     }
 }
 
+/// `sample --photon-sum` (mapped to `sample::zdc::PhotonSumSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum PhotonSumArg {
+    /// The conditions file's `photon_sum` (the published evaluation protocol).
+    Data,
+    /// Drawn per response from the model's photon-sum flow (what a user without sums has).
+    #[default]
+    Model,
+}
+
+impl From<PhotonSumArg> for crate::sample::zdc::PhotonSumSource {
+    fn from(p: PhotonSumArg) -> Self {
+        use crate::sample::zdc::PhotonSumSource;
+        match p {
+            PhotonSumArg::Data => PhotonSumSource::Data,
+            PhotonSumArg::Model => PhotonSumSource::Model,
+        }
+    }
+}
+
+/// `sample --denoise`, `export-onnx --denoise` (mapped to `sample::denoise::Denoise`; the table
+/// of what each does is there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum DenoiseArg {
+    /// Subtract the mean noise (noise_mul/2), floor (the former default).
+    SubFloor,
+    /// `sub-floor`, then renormalise to the photon sum and floor again.
+    SubFloorRecalc,
+    /// Floor only (the noise is in [0, noise_mul) < 1 photon).
+    Floor,
+    /// `floor`, then renormalise to the photon sum and floor again.
+    FloorRecalc,
+    /// Subtract the mean noise, round to the nearest photon.
+    Round,
+    /// `sub-floor`, then one photon more for each of the pixels with the largest fractional parts
+    /// until the total is round(S) (the photons that flooring sub-photon values loses).
+    #[default]
+    SubFloorFill,
+}
+
+impl From<DenoiseArg> for crate::sample::denoise::Denoise {
+    fn from(d: DenoiseArg) -> Self {
+        use crate::sample::denoise::Denoise;
+        match d {
+            DenoiseArg::SubFloor => Denoise::SubFloor,
+            DenoiseArg::SubFloorRecalc => Denoise::SubFloorRecalc,
+            DenoiseArg::Floor => Denoise::Floor,
+            DenoiseArg::FloorRecalc => Denoise::FloorRecalc,
+            DenoiseArg::Round => Denoise::Round,
+            DenoiseArg::SubFloorFill => Denoise::SubFloorFill,
+        }
+    }
+}
+
 /// `export-onnx --maf-passes` (mapped to `export::onnx::MafPasses` by the command).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum MafPassesArg {
@@ -558,46 +636,15 @@ pub enum MafPassesArg {
     Unrolled,
 }
 
-/// The CaloChallenge definition of `log_prob` (a literal, for `concat!`).
-macro_rules! calo_log_prob_definition {
-    () => {
-        "log_prob = log p(x~ | E_inc) in ln(MeV^-(45*V)) (V voxels per layer), for the \
-shower x~ = x + n, x the file's voxel energies in MeV and n ~ U[0, noise_mev) per voxel (the training \
-preprocessing's noise, one draw per voxel from --seed; zero voxels are therefore never exactly zero). With \
-E_i = sum of layer i's voxels of x~, p_i = x~_i / E_i, u_i = logit(E_i / layer_scale), y_i = logit(p_i): \
-log_prob = log q1(u | E_inc) + log q2(y_1 | E_inc, E_1) + sum_{i=2..45} log q3(y_i | E_inc, E_i, E_{i-1}, y_{i-1}, i) \
-+ log_det, where q are the flows' densities (base included) and log_det = sum_i [log|du_i/dE_i| + \
-sum_{v<V} log|dy_iv/dp_iv| - (V-1) log E_i] is log|det| of the bijection x~_i -> (u_i, y_i1..y_i(V-1)) of each layer \
-(the fractions sum to one, so the V-th logit is fixed by the others; the flows' density of the whole V-vector y_i \
-is taken as the density of its first V-1 coordinates, as the published factorisation is read). A model with a \
-voxel standardisation models y_iv = (logit(p_iv) - m_iv) / s_iv instead (m, s in model.json), and log_det holds \
-- sum_{v<V} log s_iv besides. E_inc is a condition, not a variable."
-    };
+/// `log-prob --help`'s closing text: what `log_prob` is for each kind of model (the definitions
+/// written into the output file with the numbers).
+fn log_prob_help() -> String {
+    use crate::models::log_prob::{calo, zdc};
+    format!("CaloChallenge models: {}\n\nZDC models: {}", calo::DEFINITION, zdc::DEFINITION)
 }
-
-/// The ZDC definition of `log_prob` (a literal, for `concat!`).
-macro_rules! zdc_log_prob_definition {
-    () => {
-        "log_prob = log p(x~_1..x~_(V-1) | particle, S, T) in ln(photons^-(V-1)), V = 1936 pixels, for the \
-noised response x~ = x + noise_mul * u, x the file's photon counts and u ~ U[0,1) per pixel (one draw per pixel \
-from --seed, as in training), given the particle's 9 features and the file's photon sum S (the flow's conditions) \
-and the noised total T = sum of x~ (which fixes the last pixel). With p = x~ / T and y the flow features \
-(logit(alpha + (1 - 2 alpha) p), standardised per pixel where the model does): log_prob = log q(y | c) + log_det, q \
-the image flow's density (base included), log_det = sum_{v<V} [log|dy_v/dp_v|] - (V-1) log T, the log|det| of \
-x~_1..x~_(V-1) -> y_1..y_(V-1) at fixed T (the flow's density of the whole V-vector y is taken as the density of \
-its first V-1 coordinates, as for CaloChallenge layers). Output datasets log_prob, log_q, log_det, photon_sum (S)."
-    };
-}
-
-/// What `log_prob` is for a CaloChallenge model, written into `--help` and the output file.
-pub const LOG_PROB_DEFINITION: &str = calo_log_prob_definition!();
-/// What `log_prob` is for a ZDC model, written into `--help` and the output file.
-pub const ZDC_LOG_PROB_DEFINITION: &str = zdc_log_prob_definition!();
-const LOG_PROB_HELP: &str =
-    concat!("CaloChallenge models: ", calo_log_prob_definition!(), "\n\nZDC models: ", zdc_log_prob_definition!());
 
 #[derive(Args, Debug)]
-#[command(after_long_help = LOG_PROB_HELP)]
+#[command(after_long_help = log_prob_help())]
 pub struct LogProbArgs {
     /// A model directory: CaloChallenge (flow1, flow2 and flow3: train-teacher, distill-student or
     /// import-nflows --detector ds2|ds3 output) or ZDC (its image flow `flow`).
@@ -625,6 +672,17 @@ pub enum DetectorArg {
     Zdc,
     Ds2,
     Ds3,
+}
+
+impl From<DetectorArg> for crate::config::Detector {
+    fn from(d: DetectorArg) -> Self {
+        use crate::config::Detector;
+        match d {
+            DetectorArg::Zdc => Detector::Zdc,
+            DetectorArg::Ds2 => Detector::Ds2,
+            DetectorArg::Ds3 => Detector::Ds3,
+        }
+    }
 }
 
 /// The flags of `import-nflows --detector`.
@@ -677,4 +735,27 @@ pub struct DetectorArgs {
     /// DS2/DS3: generated voxels below this (MeV) are set to zero (`run.py --threshold_cut`).
     #[arg(long, default_value_t = 1.5e-2, help_heading = "Detector model")]
     pub threshold_mev: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::denoise::Denoise;
+    use crate::sample::zdc::PhotonSumSource;
+
+    #[test]
+    fn enum_flags_name_the_library_values_they_map_to() {
+        let denoise: Vec<Denoise> = DenoiseArg::value_variants().iter().map(|&d| d.into()).collect();
+        assert_eq!(denoise, Denoise::ALL, "every noise removal, in the library's order");
+        for &d in DenoiseArg::value_variants() {
+            assert_eq!(d.to_possible_value().expect("named").get_name(), Denoise::from(d).name());
+        }
+        for &p in PhotonSumArg::value_variants() {
+            // `sample` records the source in its output file by this name.
+            let recorded = format!("{:?}", PhotonSumSource::from(p)).to_lowercase();
+            assert_eq!(p.to_possible_value().expect("named").get_name(), recorded);
+        }
+        assert_eq!(Denoise::from(DenoiseArg::default()), Denoise::default());
+        assert_eq!(PhotonSumSource::from(PhotonSumArg::default()), PhotonSumSource::default());
+    }
 }

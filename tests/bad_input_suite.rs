@@ -1322,22 +1322,7 @@ mod hand_written_inputs {
         let err = train(&["data.path=ds2.h5"]);
         assert!(err.contains("ds2.h5"), "{err}");
         // A ZDC config's student pointed at a CaloChallenge teacher, and a directory that is no model.
-        ok(
-            d,
-            &[
-                "train-teacher",
-                "--config",
-                &config("smoke-ds2.toml"),
-                "--set",
-                "data.path=ds2.h5",
-                "--set",
-                "train.epochs=1",
-                "--set",
-                "flow3.train.max_batches=2",
-                "--output-dir",
-                "calo",
-            ],
-        );
+        ok(d, &strs(&ds2_teacher_args(&["train.epochs=1", "flow3.train.max_batches=2"], "calo")));
         let err = fails(
             d,
             &[
@@ -1358,18 +1343,7 @@ mod hand_written_inputs {
         let err = fails(d, &["sample", "--model", "calo", "--events", "3", "--output", "g.h5"]);
         assert!(err.contains("flow2/best.safetensors") && err.contains("another model"), "{err}");
         // Starting over in a trained directory without --resume.
-        let err = fails(
-            d,
-            &[
-                "train-teacher",
-                "--config",
-                &config("smoke-ds2.toml"),
-                "--set",
-                "data.path=ds2.h5",
-                "--output-dir",
-                "calo",
-            ],
-        );
+        let err = fails(d, &strs(&ds2_teacher_args(&[], "calo")));
         assert!(err.contains("--resume"), "{err}");
     }
 }

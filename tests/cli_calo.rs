@@ -12,22 +12,7 @@ fn ds2_chain_trains_three_flows_distils_samples_official_layout_and_evaluates() 
     let d = tmp.path();
     ok(d, &["generate", "calo", "--dataset", "2", "--events", "200", "--seed", "4", "--output", "ds2.h5"]);
     ok(d, &["generate", "calo", "--dataset", "2", "--events", "100", "--seed", "5", "--output", "ref.h5"]);
-    ok(
-        d,
-        &[
-            "train-teacher",
-            "--config",
-            &config("smoke-ds2.toml"),
-            "--set",
-            "data.path=ds2.h5",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "flow3.train.max_batches=8",
-            "--output-dir",
-            "t",
-        ],
-    );
+    ok(d, &strs(&ds2_teacher_args(&["train.epochs=1", "flow3.train.max_batches=8"], "t")));
     for unit in ["flow1", "flow2", "flow3"] {
         for f in ["model.json", "best.safetensors", "last.safetensors", "metrics.jsonl"] {
             assert!(d.join("t").join(unit).join(f).exists(), "{unit}/{f} missing");
@@ -167,28 +152,14 @@ fn ds2_fast_recipe_stores_its_standardisation_and_samples() {
     let d = tmp.path();
     ok(d, &["generate", "calo", "--dataset", "2", "--events", "120", "--seed", "6", "--output", "ds2.h5"]);
     let teacher = |flows: &str, noise: &str| {
-        zdcflow(
-            d,
-            &[
-                "train-teacher",
-                "--config",
-                &config("smoke-ds2.toml"),
-                "--set",
-                "data.path=ds2.h5",
-                "--set",
-                "train.epochs=1",
-                "--set",
-                "flow3.train.max_batches=4",
-                "--set",
-                "model.calo_standardise_voxels=true",
-                "--set",
-                &format!("model.calo_noise_mev={noise}"),
-                "--set",
-                &format!("model.flows={flows}"),
-                "--output-dir",
-                "t",
-            ],
-        )
+        let settings = [
+            "train.epochs=1",
+            "flow3.train.max_batches=4",
+            "model.calo_standardise_voxels=true",
+            &format!("model.calo_noise_mev={noise}"),
+            &format!("model.flows={flows}"),
+        ];
+        zdcflow(d, &strs(&ds2_teacher_args(&settings, "t")))
     };
     assert!(teacher(r#"["flow1","flow2"]"#, "5e-4").status.success());
     let read = || -> serde_json::Value {

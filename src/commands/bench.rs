@@ -3,13 +3,13 @@
 
 use clap::ValueEnum;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::{BenchArgs, BenchWhat};
 use crate::diagnostics::perf::{self as bench, What};
 use crate::error::{Error, Result};
 
-pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
-    let device = crate::device::open(&g.device)?;
+pub fn run(a: &BenchArgs, ctx: &Context) -> Result<Report> {
+    let device = ctx.device()?;
     if let Some(detector) = a.shower {
         let voxels = |ds| crate::data::geometry::CaloGeometry::for_dataset(ds).map_or(0, |g| g.voxels());
         let (shape, values) = match detector {
@@ -25,15 +25,10 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
             !a.teacher,
             a.batch_size.unwrap_or(1000),
             a.repeats,
-            crate::sample::SamplingPrecision::from(a.precision).apply(&device)?,
-            &device,
+            crate::sample::SamplingPrecision::from(a.precision).apply(device)?,
+            device,
         )?;
-        if a.json {
-            println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
-        } else {
-            print!("{}", bench::render(&[m]));
-        }
-        return Ok(());
+        return Ok(if a.json { Report::line(json(&m)?) } else { Report::text(bench::render(&[m])) });
     }
     let shapes = match (&a.shape, &a.config) {
         (Some(s), _) => vec![bench::shape_by_name(s.to_possible_value().expect("named").get_name())?],
@@ -58,9 +53,10 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
     let mut all = Vec::new();
     for shape in &shapes {
         for &what in &whats {
-            if let Some(m) = bench::measure(shape, what, a.batch_size, a.repeats, &device)? {
+            if let Some(m) = bench::measure(shape, what, a.batch_size, a.repeats, device)? {
                 if a.json {
-                    println!("{}", serde_json::to_string(&m).map_err(|e| Error::Invalid(e.to_string()))?);
+                    // Each measurement is printed as it is made (a run of every shape is long).
+                    super::print(Report::line(json(&m)?))?;
                 }
                 all.push(m);
             }
@@ -69,10 +65,12 @@ pub fn run(a: &BenchArgs, g: &Globals) -> Result<()> {
     if all.is_empty() {
         return Err(Error::Invalid("bench: nothing was measured (no batch size for this measurement)".into()));
     }
-    if !a.json {
-        print!("{}", bench::render(&all));
-    }
-    Ok(())
+    Ok(if a.json { Report::default() } else { Report::text(bench::render(&all)) })
+}
+
+/// One measurement as a JSON line of the peer benchmark's schema.
+fn json(m: &bench::Measurement) -> Result<String> {
+    serde_json::to_string(m).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// A batch of `b` rows through stack `s` (and `extra` more values per row), against the memory

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::{Cli, Command, DemoArgs};
 use crate::error::{Error, Result};
 use crate::eval::report::MetricsFile;
-use crate::sample::Report;
+use crate::sample::Summary;
 
 const MARKER: &str = "# zdcflow demo: the commands it ran";
 
@@ -41,7 +41,7 @@ fn prepare(dir: &Path) -> Result<()> {
 
 struct Script {
     dir: PathBuf,
-    globals: Globals,
+    ctx: Context,
     log: std::fs::File,
 }
 
@@ -49,11 +49,12 @@ impl Script {
     /// Parses one command line (given without the program name), logging it first.
     fn parse(&mut self, title: &str, args: &[String]) -> Result<Command> {
         let line = std::iter::once("zdcflow".to_string())
-            .chain(std::iter::once(format!("--device {}", self.globals.device)))
+            .chain(std::iter::once(format!("--device {}", self.ctx.device_name)))
             .chain(args.iter().map(|a| shell_quote(a)))
             .collect::<Vec<_>>()
             .join(" ");
-        println!("\n== {title}\n$ {line}");
+        // Printed as the step starts (the demo runs for minutes).
+        super::print(Report::line(format!("\n== {title}\n$ {line}")))?;
         writeln!(self.log, "\n# {title}\n{line}").map_err(|e| Error::io(&self.dir.join("commands.sh"), e))?;
         let argv = std::iter::once("zdcflow").chain(args.iter().map(String::as_str));
         let cli = Cli::try_parse_from(argv).map_err(|e| Error::Invalid(format!("demo step '{title}': {e}")))?;
@@ -63,13 +64,17 @@ impl Script {
     /// Runs one command line.
     fn step(&mut self, title: &str, args: &[String]) -> Result<()> {
         let command = self.parse(title, args)?;
-        super::execute(&command, &self.globals).map(drop)
+        super::execute(&command, &self.ctx).map(drop)
     }
 
     /// Runs one `sample` command line.
-    fn sample(&mut self, title: &str, args: &[String]) -> Result<Report> {
+    fn sample(&mut self, title: &str, args: &[String]) -> Result<Summary> {
         match self.parse(title, args)? {
-            Command::Sample(a) => super::sample::run(&a, &self.globals),
+            Command::Sample(a) => {
+                let (summary, report) = super::sample::run_with_summary(&a, &self.ctx)?;
+                super::print(report)?;
+                Ok(summary)
+            }
             _ => Err(Error::Invalid("demo: expected a sampling step".into())),
         }
     }
@@ -77,7 +82,11 @@ impl Script {
     /// Runs one `evaluate` command line.
     fn evaluate(&mut self, title: &str, args: &[String]) -> Result<MetricsFile> {
         match self.parse(title, args)? {
-            Command::Evaluate(a) => super::evaluate::run(&a, &self.globals).map(|(m, _)| m),
+            Command::Evaluate(a) => {
+                let (metrics, report) = super::evaluate::run_with_metrics(&a, &self.ctx)?;
+                super::print(report)?;
+                Ok(metrics)
+            }
             _ => Err(Error::Invalid("demo: expected an evaluation step".into())),
         }
     }
@@ -154,7 +163,7 @@ fn metric_f(m: &MetricsFile, key: &str) -> f64 {
     json_at(&serde_json::Value::Object(m.metrics.clone()), key).as_f64().unwrap_or(f64::NAN)
 }
 
-pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
+pub fn run(a: &DemoArgs, ctx: &Context) -> Result<Report> {
     let start = Instant::now();
     prepare(&a.output_dir)?;
     let dir = std::fs::canonicalize(&a.output_dir).map_err(|e| Error::io(&a.output_dir, e))?;
@@ -164,7 +173,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
         std::fs::write(dir.join("configs").join(name), text).map_err(|e| Error::io(&dir, e))?;
     }
     let log = std::fs::File::create(dir.join("commands.sh")).map_err(|e| Error::io(&dir, e))?;
-    let mut s = Script { dir: dir.clone(), globals: Globals { device: g.device.clone(), show_progress: false }, log };
+    let mut s = Script { dir: dir.clone(), ctx: ctx.without_progress(), log };
     writeln!(s.log, "{MARKER} (rerun any line; later steps read earlier steps' files)\nset -e")
         .map_err(|e| Error::io(&dir, e))?;
     let seed = a.seed.to_string();
@@ -191,7 +200,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             &s.path("zdc/student"),
         ]),
     )?;
-    let zdc_sample = |s: &mut Script, model: &str, shard: Option<&str>, out: &str| -> Result<Report> {
+    let zdc_sample = |s: &mut Script, model: &str, shard: Option<&str>, out: &str| -> Result<Summary> {
         let mut v = args(&[
             "sample",
             "--model",
@@ -268,7 +277,7 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             &s.path("ds2/student"),
         ]),
     )?;
-    let calo_sample = |s: &mut Script, model: &str, events: &str, out: &str| -> Result<Report> {
+    let calo_sample = |s: &mut Script, model: &str, events: &str, out: &str| -> Result<Summary> {
         let v =
             args(&["sample", "--model", &s.path(model), "--events", events, "--seed", &seed, "--output", &s.path(out)]);
         s.sample(&format!("DS2 sampling with {model}"), &v)
@@ -299,18 +308,19 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
     floor_args.extend(args(&["--classifier-epochs", "0"]));
     let mcf = s.evaluate("DS2 floor: the training file against the reference (no classifier)", &floor_args)?;
 
-    println!(
+    let mut table = Report::default();
+    table.out(format!(
         "\n==================== zdcflow demo: results ({:.0} s) ====================",
         start.elapsed().as_secs_f64()
-    );
-    println!("\nZDC (12 000 generated events, test split; the teacher samples 1/8 of it)");
-    println!(
+    ));
+    table.out("\nZDC (12 000 generated events, test split; the teacher samples 1/8 of it)");
+    table.out(format!(
         "{:<30} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
         "model", "events", "ms/sample", "WS", "MAE_c", "MAE_cw", "centre MAE", "radius MAE"
-    );
+    ));
     // The noise floor first: reference against reference (halves of the same conditions).
     for (name, m) in [("noise floor (ref vs ref), 1/8", &mt), ("noise floor (ref vs ref), all", &msa)] {
-        println!(
+        table.out(format!(
             "{:<30} {:>7} {:>11} {:>9} {:>9} {:>9} {:>11} {:>11}",
             name,
             detail(m, "noise_floor.events[1]"),
@@ -320,12 +330,12 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             detail(m, "noise_floor.mae_cw"),
             "—",
             "—"
-        );
+        ));
     }
     for (name, r, m) in
         [("teacher (MAF)", &t, &mt), ("student (IAF), same", &st, &mst), ("student (IAF), all", &sa, &msa)]
     {
-        println!(
+        table.out(format!(
             "{:<30} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>11} {:>11}",
             name,
             r.events,
@@ -335,31 +345,31 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             metric(m, "mae_cw"),
             metric(m, "shape.centre.mae"),
             metric(m, "shape.radius.mae")
-        );
+        ));
     }
-    println!("mean-image Pearson correlation, generated vs reference, next to reference vs reference (floor):");
+    table.out("mean-image Pearson correlation, generated vs reference, next to reference vs reference (floor):");
     for (name, m) in [("teacher (MAF)", &mt), ("student (IAF), same", &mst), ("student (IAF), all", &msa)] {
         let (g, f) = (detail_f(m, "same_size.mean_image_corr"), detail_f(m, "noise_floor.mean_image_corr"));
-        println!(
+        table.out(format!(
             "  {name:<22} {g:>7.3} vs floor {f:>6.3} on {} vs {} events: {:.2} of the floor (all events: {:.3})",
             detail(m, "same_size.events[1]"),
             detail(m, "same_size.events[0]"),
             g / f,
             detail_f(m, "mean_image_corr")
-        );
+        ));
     }
     let (ws_t, ws_s) = (metric_f(&mt, "ws"), metric_f(&mst, "ws"));
-    println!("WS student / teacher on the same events: {:.2} ({ws_s:.3} / {ws_t:.3})", ws_s / ws_t);
-    println!("\nCaloChallenge DS2 (reference: 2000 independent showers)");
-    println!(
-        "(separation power on evaluate.py's binning: E_tot/E_inc, mean over the 45 layer energies, all histograms)"
+    table.out(format!("WS student / teacher on the same events: {:.2} ({ws_s:.3} / {ws_t:.3})", ws_s / ws_t));
+    table.out("\nCaloChallenge DS2 (reference: 2000 independent showers)");
+    table.out(
+        "(separation power on evaluate.py's binning: E_tot/E_inc, mean over the 45 layer energies, all histograms)",
     );
-    println!(
+    table.out(format!(
         "{:<22} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "model", "showers", "ms/shower", "sp Etot", "sp Elay", "sp all", "AUC high", "AUC low", "FPD", "KPD"
-    );
+    ));
     for (name, r, m) in [("teacher (MAF)", &ct, &mct), ("student (IAF)", &cs, &mcs)] {
-        println!(
+        table.out(format!(
             "{:<22} {:>7} {:>11.3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             name,
             r.events,
@@ -371,23 +381,23 @@ pub fn run(a: &DemoArgs, g: &Globals) -> Result<()> {
             metric(m, "classifier_low.auc"),
             metric(m, "fpd"),
             metric(m, "kpd")
-        );
+        ));
     }
-    println!(
-        "per-layer shape profile, layers 2–40 (means of HighLevelFeatures after the threshold, against the reference):"
+    table.out(
+        "per-layer shape profile, layers 2–40 (means of HighLevelFeatures after the threshold, against the reference):",
     );
-    println!("{:<38} {:>13} {:>13} {:>13}", "", "|Δ sparsity|", "|Δ width r|", "|Δ centre r|");
+    table.out(format!("{:<38} {:>13} {:>13} {:>13}", "", "|Δ sparsity|", "|Δ width r|", "|Δ centre r|"));
     for (name, m) in [("floor: training file vs reference", &mcf), ("teacher (MAF)", &mct), ("student (IAF)", &mcs)] {
-        println!(
+        table.out(format!(
             "{:<38} {:>13.3} {:>12.1}% {:>10.2} mm",
             name,
             metric_f(m, "profile.sparsity"),
             100.0 * metric_f(m, "profile.width_r_rel"),
             metric_f(m, "profile.centre_r_mm")
-        );
+        ));
     }
-    println!("\nplots:    {0}/zdc/plots-*/  {0}/ds2/plots-*/", dir.display());
-    println!("metrics:  {0}/zdc/metrics-*.json  {0}/ds2/metrics-*.json", dir.display());
-    println!("rerun any step: {}/commands.sh", dir.display());
-    Ok(())
+    table.out(format!("\nplots:    {0}/zdc/plots-*/  {0}/ds2/plots-*/", dir.display()));
+    table.out(format!("metrics:  {0}/zdc/metrics-*.json  {0}/ds2/metrics-*.json", dir.display()));
+    table.out(format!("rerun any step: {}/commands.sh", dir.display()));
+    Ok(table)
 }

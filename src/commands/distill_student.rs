@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::DistillArgs;
 use crate::config::{default_output_dir, Config, Detector, FlowName, Selection};
 use crate::distill::{DistillObjective, Distillation};
@@ -17,7 +17,7 @@ use crate::models::{check_resume_matches, photon_sum, RunOptions, Units};
 use crate::train::{Summary, METRICS};
 use crate::util::rng::{derive_seed, tag};
 
-pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
+pub fn run(a: &DistillArgs, ctx: &Context) -> Result<Report> {
     let cfg = Config::load(&a.config, &a.run.set)?;
     let out = a.run.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
     // CaloChallenge students are distilled one flow per config (the papers' configs), into one
@@ -28,8 +28,7 @@ pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
     };
     manifest::check_output_dir(&out, reuse)?;
     crate::util::output_guard::check_output_dir(&out, "--output-dir", &[("--teacher", &a.teacher)])?;
-    let opts =
-        RunOptions { resume: a.run.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
+    let opts = RunOptions { resume: a.run.resume, device: ctx.device()?.clone(), show_progress: ctx.show_progress };
     crate::util::interrupt::install();
     eprintln!(
         "distill-student: {} (teacher {}) → {} on {}",
@@ -42,7 +41,7 @@ pub fn run(a: &DistillArgs, g: &Globals) -> Result<Vec<Summary>> {
         Detector::Zdc => zdc_student(&cfg, &a.teacher, &out, &opts),
         Detector::Ds2 | Detector::Ds3 => calo_students(&cfg, &a.teacher, &out, &opts),
     };
-    super::finish_training(summaries, &out)
+    Ok(super::training_report(&summaries?, &out))
 }
 
 /// Where `out` already holds a student of the same teacher (flow2 distilled by one config, flow3

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::{ClassifierChoice, EvaluateArgs};
 use crate::data::open::DataFile;
 use crate::error::{Error, Result};
@@ -14,7 +14,12 @@ use crate::eval::{self, classifier};
 /// other error).
 pub const REGRESSION: u8 = 3;
 
-pub fn run(a: &EvaluateArgs, g: &Globals) -> Result<(MetricsFile, Vec<Regression>)> {
+pub fn run(a: &EvaluateArgs, ctx: &Context) -> Result<Report> {
+    run_with_metrics(a, ctx).map(|(_, report)| report)
+}
+
+/// Runs `evaluate`; the metrics (the demo tabulates them) and its report.
+pub(super) fn run_with_metrics(a: &EvaluateArgs, ctx: &Context) -> Result<(MetricsFile, Report)> {
     let req = Request {
         reference: a.reference.clone(),
         reference2: a.reference2.clone(),
@@ -49,38 +54,39 @@ pub fn run(a: &EvaluateArgs, g: &Globals) -> Result<(MetricsFile, Vec<Regression
         classifier_runs: a.classifier_runs,
         classifier_showers: a.classifier_showers,
         features_out: a.features_out.clone(),
-        show_progress: g.show_progress,
+        show_progress: ctx.show_progress,
     };
-    let (metrics, regressions) = evaluate(&req, &crate::device::open(&g.device)?)?;
-    print!("{}", eval::render(&metrics));
+    let (metrics, regressions) = evaluate(&req, ctx.device()?)?;
+    let mut report = Report::text(eval::render(&metrics));
     if let Some(p) = &a.output {
-        println!("metrics: {}", p.display());
+        report.out(format!("metrics: {}", p.display()));
     }
     if let Some(p) = &a.plots {
-        println!("plots: {}", p.display());
+        report.out(format!("plots: {}", p.display()));
     }
     if let Some(b) = &a.baseline {
         if regressions.is_empty() {
-            println!("gate: no metric worse than {} by more than {:.1} %", b.display(), 100.0 * a.tolerance);
+            report.out(format!("gate: no metric worse than {} by more than {:.1} %", b.display(), 100.0 * a.tolerance));
         } else {
             for r in &regressions {
-                eprintln!(
+                report.err(format!(
                     "gate: {} got worse: {:.6} → {:.6} ({:+.1} %)",
                     r.metric,
                     r.baseline,
                     r.current,
                     100.0 * r.worse_by
-                );
+                ));
             }
-            eprintln!(
+            report.err(format!(
                 "gate: {} metric(s) worse than {} by more than {:.1} %",
                 regressions.len(),
                 b.display(),
                 100.0 * a.tolerance
-            );
+            ));
+            report = report.exit_with(REGRESSION);
         }
     }
-    Ok((metrics, regressions))
+    Ok((metrics, report))
 }
 
 struct Request {

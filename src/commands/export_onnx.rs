@@ -2,6 +2,7 @@
 //! a ZDC model's image flow, or a CaloChallenge model's Flow-2 or Flow-3, with the detector's pre-
 //! and postprocessing, or (`--whole-shower`) a CaloChallenge model's whole shower.
 
+use super::{Context, Report};
 use crate::cli::ExportOnnxArgs;
 use crate::config::FlowName;
 use crate::error::{Error, Result};
@@ -10,11 +11,14 @@ use crate::flow::io;
 use crate::util::atomic;
 use crate::util::output_guard::{check_output, Input};
 
-pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
+pub fn run(a: &ExportOnnxArgs, _: &Context) -> Result<Report> {
     check_output(&a.output, "--output", &[Input::ModelDir("--model", &a.model)])?;
-    if a.whole_shower {
-        return whole_shower(a);
-    }
+    let (unit, bytes) = if a.whole_shower { whole_shower(a)? } else { one_unit(a)? };
+    Ok(Report::line(format!("exported unit '{unit}' to {} ({bytes} bytes)", a.output.display())))
+}
+
+/// One flow unit, with `--postprocess` the detector's processing too; (its name, bytes written).
+fn one_unit(a: &ExportOnnxArgs) -> Result<(String, usize)> {
     let units = crate::models::flow_dir::read(&a.model)?;
     let manifest = crate::models::manifest::Manifest::load(&a.model).ok();
     let dataset = manifest.as_ref().and_then(|m| m.detector.dataset());
@@ -45,7 +49,7 @@ pub fn run(a: &ExportOnnxArgs) -> Result<(String, usize)> {
         if name != crate::models::zdc::FLOW_UNIT {
             return Err(fail(&format!("applies to the image flow '{}', not '{name}'", crate::models::zdc::FLOW_UNIT)));
         }
-        zdc::export(&spec, &tensors, io::PREFIX, dtype, a.opset, &prep, &scaler, a.denoise)
+        zdc::export(&spec, &tensors, io::PREFIX, dtype, a.opset, &prep, &scaler, a.denoise.into())
             .map_err(|e| fail(&format!("unit '{name}': {e}")))?
     } else {
         onnx::export(&spec, &tensors, io::PREFIX, dtype, a.opset)

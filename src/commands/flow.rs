@@ -5,6 +5,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use ndarray::Array2;
 
+use super::{Context, Report};
 use crate::cli::{FlowArgs, FlowPass, PassArgs};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
@@ -113,7 +114,8 @@ pub fn apply(
     Ok(out)
 }
 
-pub fn run(a: &FlowArgs, device: &Device) -> Result<usize> {
+pub fn run(a: &FlowArgs, ctx: &Context) -> Result<Report> {
+    let device = ctx.device()?;
     let args = match &a.pass {
         FlowPass::LogProb(p) | FlowPass::ToData(p) | FlowPass::ToLatent(p) => p,
     };
@@ -131,5 +133,7 @@ pub fn run(a: &FlowArgs, device: &Device) -> Result<usize> {
         FlowPass::LogProb(_) => write_npy(&args.output, out.column(0).to_owned(), dtype)?,
         _ => write_npy(&args.output, out, dtype)?,
     }
-    Ok(x.nrows())
+    let mut report = Report::default();
+    report.err(format!("flow: {} rows", x.nrows()));
+    Ok(report)
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::{GenerateArgs, GenerateWhat};
 use crate::data::calo::CaloWriter;
 use crate::data::geometry::CaloGeometry;
@@ -20,23 +20,22 @@ fn attrs(kind: &str, seed: u64) -> Vec<(&'static str, String)> {
     vec![("generator", format!("zdcflow {} generate {kind}", env!("CARGO_PKG_VERSION"))), ("seed", seed.to_string())]
 }
 
-pub fn run(a: &GenerateArgs, g: &Globals) -> Result<()> {
+pub fn run(a: &GenerateArgs, ctx: &Context) -> Result<Report> {
     match &a.what {
         GenerateWhat::Calo { dataset, events, seed, output, gzip } => {
-            let r = calo(*dataset, *events, *seed, output, *gzip, g.show_progress)?;
-            println!(
+            let r = calo(*dataset, *events, *seed, output, *gzip, ctx.show_progress)?;
+            Ok(Report::line(format!(
                 "wrote {events} dataset-{dataset} showers to {} ({:.0} showers/s simulated, {:.0}/s with writing)",
                 output.display(),
                 r.simulated_per_s,
                 r.written_per_s
-            );
+            )))
         }
         GenerateWhat::Zdc { events, seed, output } => {
             zdc(*events, *seed, output)?;
-            println!("wrote {events} ZDC responses to {}", output.display());
+            Ok(Report::line(format!("wrote {events} ZDC responses to {}", output.display())))
         }
     }
-    Ok(())
 }
 
 /// Throughput of [`calo`].

@@ -17,37 +17,26 @@
 //!   the flags below set the ones a user may have changed (`--normalization`, `--noise_level`,
 //!   `--threshold_cut` of `run.py`).
 
-use crate::cli::{DetectorArg, DtypeArg, ImportNflowsArgs, KindArg};
-use crate::config::{Detector, FlowName, Precision};
+use super::{Context, Report};
+use crate::cli::ImportNflowsArgs;
+use crate::config::{Detector, FlowName};
 use crate::data::channels::PIXELS;
 use crate::data::preprocess::{CaloPreprocessing, ZdcPreprocessing};
 use crate::data::split::Particles;
 use crate::error::{Error, Result};
-use crate::flow::nflows::{ImportOptions, NflowsKind};
+use crate::flow::nflows::ImportOptions;
 use crate::models::imported::{self, ImportedModel, Part};
 use crate::models::manifest::{check_output_dir, Preprocessing, Reuse};
-
-fn kind_of(k: KindArg) -> NflowsKind {
-    match k {
-        KindArg::Maf => NflowsKind::Maf,
-        KindArg::Iaf => NflowsKind::Iaf,
-        KindArg::IcaloflowIaf => NflowsKind::IcaloflowIaf,
-    }
-}
 
 fn parse_particles(s: &str) -> Result<Particles> {
     serde_json::from_value(serde_json::Value::String(s.into()))
         .map_err(|_| Error::Invalid(format!("--particles '{s}': expected all, n, lambda, k0s or sigma+")))
 }
 
-/// `import-nflows --detector …`; returns one line describing the model written.
-pub fn run(a: &ImportNflowsArgs) -> Result<String> {
+/// `import-nflows --detector …`.
+pub fn run(a: &ImportNflowsArgs, _: &Context) -> Result<Report> {
     let d = &a.detector;
-    let detector = match d.detector.expect("called with --detector") {
-        DetectorArg::Zdc => Detector::Zdc,
-        DetectorArg::Ds2 => Detector::Ds2,
-        DetectorArg::Ds3 => Detector::Ds3,
-    };
+    let detector: Detector = d.detector.expect("called with --detector").into();
     let out = &a.output_dir;
     check_output_dir(out, Reuse::Never)?;
     if !(d.alpha > 0.0 && d.alpha < 0.5) {
@@ -72,7 +61,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
             let parts = vec![Part {
                 unit: crate::models::zdc::FLOW_UNIT,
                 checkpoint: &a.checkpoint,
-                kind: kind_of(a.kind),
+                kind: a.kind.into(),
                 dims: (PIXELS, crate::models::zdc::CONTEXT),
             }];
             (parts, Preprocessing::Zdc(prep), Some(conditions), info)
@@ -103,19 +92,19 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
                 Part {
                     unit: FlowName::Flow1.as_str(),
                     checkpoint: &a.checkpoint,
-                    kind: kind_of(a.kind),
+                    kind: a.kind.into(),
                     dims: dims(FlowName::Flow1),
                 },
                 Part {
                     unit: FlowName::Flow2.as_str(),
                     checkpoint: flow2,
-                    kind: kind_of(d.flow2_kind.unwrap_or(a.kind)),
+                    kind: d.flow2_kind.unwrap_or(a.kind).into(),
                     dims: dims(FlowName::Flow2),
                 },
                 Part {
                     unit: FlowName::Flow3.as_str(),
                     checkpoint: flow3,
-                    kind: kind_of(d.flow3_kind.unwrap_or(a.kind)),
+                    kind: d.flow3_kind.unwrap_or(a.kind).into(),
                     dims: dims(FlowName::Flow3),
                 },
             ];
@@ -123,7 +112,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
         }
     };
     let options = ImportOptions {
-        kind: kind_of(a.kind),
+        kind: a.kind.into(),
         tail_bound: a.tail_bound,
         min_bin_width: a.min_bin_width,
         min_bin_height: a.min_bin_height,
@@ -133,10 +122,7 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
     for p in &parts {
         parts_imported.push(imported::import_part(p, &options, a.key.as_deref())?);
     }
-    let dtype = a.dtype.map(|t| match t {
-        DtypeArg::F32 => Precision::F32,
-        DtypeArg::F64 => Precision::F64,
-    });
+    let dtype = a.dtype.map(Into::into);
     let (data_file, data_events) = (data.path.clone(), data.events);
     let model = ImportedModel {
         detector,
@@ -157,11 +143,11 @@ pub fn run(a: &ImportNflowsArgs) -> Result<String> {
             format!("{} ({:?}, {} blocks, {} parameters)", p.unit, s.kind, s.blocks, s.parameter_count())
         })
         .collect();
-    Ok(format!(
+    Ok(Report::line(format!(
         "imported a {detector:?} {role_name} ({}) into {}; data {} ({} events)",
         summary.join(", "),
         out.display(),
         data_file.display(),
         data_events
-    ))
+    )))
 }

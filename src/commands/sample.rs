@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::{SampleArgs, SplitChoice};
 use crate::config::Detector;
 use crate::data::calo::{CaloChunk, CaloFile, CaloWriter};
@@ -20,13 +20,18 @@ use crate::models::manifest::Manifest;
 use crate::sample::calo::CaloChain;
 use crate::sample::zdc::ZdcSampler;
 use crate::sample::{
-    check_shard, denoise, log_uniform_energy, parse_shard, report, resolve_model, select, shard_range, zdc, Report,
-    SamplingPrecision, Subset,
+    check_shard, denoise, log_uniform_energy, parse_shard, resolve_model, select, shard_range, summary, zdc,
+    SamplingPrecision, Subset, Summary,
 };
 use crate::util::output_guard::{check_output, Input};
 use crate::util::progress;
 
-pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
+pub fn run(a: &SampleArgs, ctx: &Context) -> Result<Report> {
+    run_with_summary(a, ctx).map(|(_, report)| report)
+}
+
+/// Runs `sample`; what it generated (the demo tabulates it) and its report.
+pub(super) fn run_with_summary(a: &SampleArgs, ctx: &Context) -> Result<(Summary, Report)> {
     let subset = match a.split {
         SplitChoice::Auto => Subset::Auto,
         SplitChoice::All => Subset::All,
@@ -45,21 +50,22 @@ pub fn run(a: &SampleArgs, g: &Globals) -> Result<Report> {
         use_teacher: a.teacher,
         output: a.output.clone(),
         gzip: a.gzip,
-        show_progress: g.show_progress,
-        photon_sum: a.photon_sum,
-        denoise: a.denoise,
+        show_progress: ctx.show_progress,
+        photon_sum: a.photon_sum.into(),
+        denoise: a.denoise.into(),
         precision: a.precision.into(),
     };
-    let r = generate(&req, &crate::device::open(&g.device)?)?;
-    println!(
+    let mut report = Report::default();
+    let s = generate(&req, ctx.device()?, &mut report)?;
+    report.out(format!(
         "generated {} events in {:.2} s: {:.4} ms/sample ({:.2} s with writing) → {}",
-        r.events,
-        r.generate_s,
-        r.ms_per_sample,
-        r.total_s,
-        r.output.display()
-    );
-    Ok(r)
+        s.events,
+        s.generate_s,
+        s.ms_per_sample,
+        s.total_s,
+        s.output.display()
+    ));
+    Ok((s, report))
 }
 
 struct Request {
@@ -107,7 +113,8 @@ fn attrs(req: &Request, dir: &Path, m: &Manifest, source: Option<(&Path, usize)>
     a
 }
 
-fn generate(req: &Request, device: &Device) -> Result<Report> {
+/// Generates into `req.output`; what the run reports besides its summary goes into `report`.
+fn generate(req: &Request, device: &Device, report: &mut Report) -> Result<Summary> {
     if req.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be ≥ 1".into()));
     }
@@ -121,7 +128,7 @@ fn generate(req: &Request, device: &Device) -> Result<Report> {
     inputs.extend(req.conditions.as_deref().map(|c| Input::File("--conditions", c)));
     check_output(&req.output, "--output", &inputs)?;
     match m.detector {
-        Detector::Zdc => run_zdc(req, &dir, &m, device),
+        Detector::Zdc => run_zdc(req, &dir, &m, device, report),
         Detector::Ds2 | Detector::Ds3 => run_calo(req, &dir, &m, device),
     }
 }
@@ -139,7 +146,7 @@ fn matmul_precision(
     p.apply(device)
 }
 
-fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<Report> {
+fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device, report: &mut Report) -> Result<Summary> {
     let path = req
         .conditions
         .as_ref()
@@ -178,15 +185,15 @@ fn run_zdc(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<R
     writer.set_attr(PHOTON_TOTAL_ERROR_MEDIAN, &totals.median.to_string())?;
     writer.set_attr(PHOTON_TOTAL_ERROR_P90, &totals.p90.to_string())?;
     writer.finish()?;
-    println!("{totals}");
-    Ok(report(mine.len(), generating, start, &req.output))
+    report.out(&totals);
+    Ok(summary(mine.len(), generating, start, &req.output))
 }
 
 /// Attributes of generated ZDC files: the photon-total error (|Σ image − S| / S) of its responses.
 pub const PHOTON_TOTAL_ERROR_MEDIAN: &str = "photon_total_error_median";
 pub const PHOTON_TOTAL_ERROR_P90: &str = "photon_total_error_p90";
 
-fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<Report> {
+fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<Summary> {
     let mut chain = CaloChain::load(dir, m, device)?;
     chain.set_matmul_precision(matmul_precision(req.precision, dir, m, device)?)?;
     let (energies, source) = match (&req.conditions, req.events) {
@@ -232,5 +239,5 @@ fn run_calo(req: &Request, dir: &Path, m: &Manifest, device: &Device) -> Result<
     }
     pb.finish_and_clear();
     writer.finish()?;
-    Ok(report(mine.len(), generating, start, &req.output))
+    Ok(summary(mine.len(), generating, start, &req.output))
 }

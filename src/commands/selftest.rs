@@ -1,22 +1,22 @@
 //! `zdcflow selftest`: this build's checks on the chosen device, one line each.
 
-use super::Globals;
+use super::{Context, Report};
+use crate::cli::SelftestArgs;
 use crate::diagnostics::selftest;
 use crate::error::{Error, Result};
 
-pub fn run(g: &Globals) -> Result<()> {
-    let device = crate::device::open(&g.device)?;
-    let checks = selftest::run(&device)?;
+pub fn run(_: &SelftestArgs, ctx: &Context) -> Result<Report> {
+    let device = ctx.device()?;
+    let checks = selftest::run(device)?;
+    let mut r = Report::default();
     for c in &checks {
-        println!("{} {} — {}", if c.passed { "PASS" } else { "FAIL" }, c.name, c.detail);
+        r.out(format!("{} {} — {}", if c.passed { "PASS" } else { "FAIL" }, c.name, c.detail));
     }
     let failed = checks.iter().filter(|c| !c.passed).count();
     if failed > 0 {
-        return Err(Error::Invalid(format!(
-            "selftest: {failed} check(s) failed on {}",
-            crate::device::describe(&device)
-        )));
+        let on = crate::device::describe(device);
+        return Ok(r.fail_with(Error::Invalid(format!("selftest: {failed} check(s) failed on {on}"))));
     }
-    println!("selftest: all {} checks passed on {}", checks.len(), crate::device::describe(&device));
-    Ok(())
+    r.out(format!("selftest: all {} checks passed on {}", checks.len(), crate::device::describe(device)));
+    Ok(r)
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_nn::VarMap;
 
-use super::Globals;
+use super::{Context, Report};
 use crate::cli::TrainArgs;
 use crate::config::{default_output_dir, Config, Detector};
 use crate::error::{Error, Result};
@@ -21,14 +21,13 @@ use crate::train::Summary;
 use crate::util::output_guard;
 use crate::util::rng::{derive_seed, tag};
 
-pub fn run(a: &TrainArgs, g: &Globals) -> Result<Vec<Summary>> {
+pub fn run(a: &TrainArgs, ctx: &Context) -> Result<Report> {
     let cfg = Config::load(&a.config, &a.run.set)?;
     let out = a.run.output_dir.clone().unwrap_or_else(|| default_output_dir(&a.config));
     let (key, files) = (if cfg.data.paths.is_empty() { "data.path" } else { "data.paths" }, cfg.data.files());
     let inputs: Vec<(&str, &Path)> = files.iter().map(|f| (key, f.as_path())).collect();
     output_guard::check_dir_holds_no_input(&out, "--output-dir", &inputs)?;
-    let opts =
-        RunOptions { resume: a.run.resume, device: crate::device::open(&g.device)?, show_progress: g.show_progress };
+    let opts = RunOptions { resume: a.run.resume, device: ctx.device()?.clone(), show_progress: ctx.show_progress };
     crate::util::interrupt::install();
     eprintln!("train-teacher: {} → {} on {}", a.config.display(), out.display(), crate::device::describe(&opts.device));
     let summaries = match cfg.model.detector {
@@ -38,7 +37,7 @@ pub fn run(a: &TrainArgs, g: &Globals) -> Result<Vec<Summary>> {
         }
         Detector::Ds2 | Detector::Ds3 => calo_teacher(&cfg, &out, &opts),
     };
-    super::finish_training(summaries, &out)
+    Ok(super::training_report(&summaries?, &out))
 }
 
 /// The ZDC: the photon-sum flow (with its test-split report), then the MAF.

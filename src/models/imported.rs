@@ -1,6 +1,8 @@
-//! Imported nflows flows wrapped into a detector model directory — the same `model.json`
-//! (`zdcflow-model`) that `train-teacher` writes — so that `sample`, `evaluate` and
-//! `distill-student --teacher` take it unchanged (`zdcflow import-nflows --detector …`).
+//! Imported nflows flows written as model directories: one flow as a directory of imported flows
+//! (`zdcflow-flows`, [`save_flows_dir`]; `zdcflow import-nflows`), or flows wrapped into a
+//! detector model directory ([`save`]; `zdcflow import-nflows --detector …`) — the same
+//! `model.json` (`zdcflow-model`) that `train-teacher` writes — so that `sample`, `evaluate` and
+//! `distill-student --teacher` take it unchanged.
 //!
 //! - ZDC (zdc-fast-simulations): one flow on the logits of the noised, sum-normalised 44×44 image
 //!   (1936 features) given 10 conditions, the 9 particle features and the photon sum, standardised
@@ -19,6 +21,7 @@ use std::path::Path;
 use candle_core::{DType, Var};
 use candle_nn::VarMap;
 
+use super::flow_dir::{FlowsManifest, Source, FLOWS_FORMAT};
 use super::manifest::{save_unit_file, DataInfo, Manifest, Preprocessing, Role, Unit, UnitFile};
 use crate::config::{Detector, Precision};
 use crate::data::geometry::CaloGeometry;
@@ -72,13 +75,17 @@ pub fn import_part(p: &Part, options: &ImportOptions, key: Option<&str>) -> Resu
     Ok((imported.spec, imported.tensors.into_iter().collect(), imported.dtype))
 }
 
+/// Writes one unit of imported tensors into `dir` in `precision`: the weights, loaded back to
+/// check their names and shapes against `spec`, and the unit file. A detector model's weights
+/// record the unit and the model's `role`; a directory of plain imported flows (`role` None)
+/// records neither, as it always has.
 fn write_unit(
-    out: &Path,
+    dir: &Path,
     unit: &str,
     spec: &FlowSpec,
     tensors: &[(String, candle_core::Tensor)],
     precision: Precision,
-    role: Role,
+    role: Option<Role>,
 ) -> Result<()> {
     let varmap = VarMap::new();
     {
@@ -88,13 +95,57 @@ fn write_unit(
             data.insert(format!("{}.{name}", io::PREFIX), Var::from_tensor(&t)?);
         }
     }
-    let dir = out.join(unit);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let weights = dir.join("best.safetensors");
-    let role = format!("{role:?}").to_lowercase();
-    io::save_varmap_as(&varmap, &weights, Some(unit), Some(&role))?;
+    let role = role.map(|r| format!("{r:?}").to_lowercase());
+    let unit_of_role = role.is_some().then_some(unit);
+    io::save_varmap_as(&varmap, &weights, unit_of_role, role.as_deref())?;
     io::load_frozen_flow(spec, &weights, io::PREFIX, precision.dtype(), &candle_core::Device::Cpu)?;
-    save_unit_file(&dir, &UnitFile { unit, flow: Some(spec), training: None })
+    save_unit_file(dir, &UnitFile { unit, flow: Some(spec), training: None })
+}
+
+/// The precision imported tensors are stored in: the one `asked` for, else float64 where a
+/// checkpoint is float64, else float32.
+fn storage_precision(asked: Option<Precision>, checkpoints: impl IntoIterator<Item = DType>) -> Precision {
+    match asked {
+        Some(p) => p,
+        None if checkpoints.into_iter().any(|dt| dt == DType::F64) => Precision::F64,
+        None => Precision::F32,
+    }
+}
+
+/// One nflows checkpoint to import as a plain flow unit (`import-nflows` without `--detector`).
+pub struct FlowImport<'a> {
+    pub checkpoint: &'a Path,
+    /// The dict key holding the state dict (None: `model_state_dict` where the file has it).
+    pub key: Option<&'a str>,
+    pub options: ImportOptions,
+    /// The precision asked for; `None`: float64 when the checkpoint is, else float32.
+    pub dtype: Option<Precision>,
+    /// The unit's directory name inside the model directory.
+    pub unit: &'a str,
+}
+
+/// Imports `f` into a directory of imported flows (`zdcflow-flows`, [`super::flow_dir`]) at
+/// `out`: the unit's weights and unit file, then `model.json`. Returns the flow's spec.
+pub fn save_flows_dir(out: &Path, f: &FlowImport) -> Result<FlowSpec> {
+    let state = read_state_dict(f.checkpoint, f.key)?;
+    let imported = nflows::import(state, &f.options).map_err(|m| Error::checkpoint(f.checkpoint, m))?;
+    let precision = storage_precision(f.dtype, [imported.dtype]);
+    let tensors: Vec<_> = imported.tensors.into_iter().collect();
+    write_unit(&out.join(f.unit), f.unit, &imported.spec, &tensors, precision, None)?;
+    let unit = f.unit.to_string();
+    let checkpoint = f.checkpoint.canonicalize().unwrap_or_else(|_| f.checkpoint.to_path_buf());
+    let source = Source { checkpoint, kind: f.options.kind, key: f.key.map(str::to_string) };
+    let manifest = FlowsManifest {
+        format: FLOWS_FORMAT.into(),
+        zdcflow_version: env!("CARGO_PKG_VERSION").into(),
+        dtype: precision,
+        units: BTreeMap::from([(unit.clone(), Unit { dir: unit.clone(), flow: Some(imported.spec.clone()) })]),
+        sources: BTreeMap::from([(unit, source)]),
+    };
+    manifest.save(out)?;
+    Ok(imported.spec)
 }
 
 /// Reads a ZDC condition scaler file (`{"mean": [...], "std": [...]}`, 10 each).
@@ -168,17 +219,13 @@ pub struct ImportedModel<'a> {
 /// the model's role (a model of MAFs only is a teacher, one with an IAF a student).
 pub fn save(out: &Path, model: ImportedModel, parts: &[Part], imported: &[ImportedPart]) -> Result<Role> {
     let detector = model.detector;
-    let precision = match model.dtype {
-        Some(p) => p,
-        None if imported.iter().any(|(_, _, dt)| *dt == DType::F64) => Precision::F64,
-        None => Precision::F32,
-    };
+    let precision = storage_precision(model.dtype, imported.iter().map(|(_, _, dt)| *dt));
     // A model of MAFs only is a teacher (distill-student takes it); one with an IAF is a student.
     let role = if imported.iter().all(|(s, _, _)| s.kind == FlowKind::Maf) { Role::Teacher } else { Role::Student };
     let mut units = BTreeMap::new();
     let mut sources = serde_json::Map::new();
     for (p, (spec, tensors, _)) in parts.iter().zip(imported) {
-        write_unit(out, p.unit, spec, tensors, precision, role)?;
+        write_unit(&out.join(p.unit), p.unit, spec, tensors, precision, Some(role))?;
         units.insert(p.unit.to_string(), Unit { dir: p.unit.into(), flow: Some(spec.clone()) });
         let ck = p.checkpoint.canonicalize().unwrap_or_else(|_| p.checkpoint.to_path_buf());
         sources.insert(p.unit.into(), serde_json::json!({"checkpoint": ck, "kind": p.kind, "key": model.key}));

@@ -73,8 +73,9 @@ impl SamplingPrecision {
     }
 }
 
+/// What a sampling run generated, and how fast.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct Summary {
     pub events: usize,
     pub generate_s: f64,
     pub total_s: f64,
@@ -166,9 +167,9 @@ pub fn log_uniform_energy(seed: u64, i: usize) -> f32 {
     10f64.powf(3.0 + 3.0 * u) as f32
 }
 
-/// The report of a run that generated `events` in `generating` seconds (of the time since `start`).
-pub fn report(events: usize, generating: f64, start: Instant, output: &Path) -> Report {
-    Report {
+/// The summary of a run that generated `events` in `generating` seconds (of the time since `start`).
+pub fn summary(events: usize, generating: f64, start: Instant, output: &Path) -> Summary {
+    Summary {
         events,
         generate_s: generating,
         total_s: start.elapsed().as_secs_f64(),

@@ -23,7 +23,7 @@ use crate::models::student::frozen_flow;
 use crate::models::zdc::{FLOW_UNIT, PHOTON_SUM_UNIT};
 
 /// Where the photon sums that condition generation come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PhotonSumSource {
     /// The conditions file's `photon_sum` (the published evaluation protocol).

@@ -100,8 +100,19 @@ pub fn strs(args: &[String]) -> Vec<&str> {
 /// `train-teacher` of a tiny ZDC teacher (configs/smoke-zdc.toml) on the directory's `zdc.h5`,
 /// with `settings` (each `key=value` after its own `--set`), into `out`.
 pub fn zdc_teacher_args(settings: &[&str], out: &str) -> Vec<String> {
+    smoke_teacher_args("smoke-zdc.toml", "zdc.h5", settings, out)
+}
+
+/// `train-teacher` of tiny DS2 teachers (configs/smoke-ds2.toml: Flow-1, Flow-2, Flow-3) on the
+/// directory's `ds2.h5`, with `settings` (each `key=value` after its own `--set`), into `out`.
+pub fn ds2_teacher_args(settings: &[&str], out: &str) -> Vec<String> {
+    smoke_teacher_args("smoke-ds2.toml", "ds2.h5", settings, out)
+}
+
+fn smoke_teacher_args(config_name: &str, data: &str, settings: &[&str], out: &str) -> Vec<String> {
+    let data = format!("data.path={data}");
     let mut a: Vec<String> =
-        ["train-teacher", "--config", &config("smoke-zdc.toml"), "--set", "data.path=zdc.h5"].map(String::from).into();
+        ["train-teacher", "--config", &config(config_name), "--set", &data].map(String::from).into();
     for s in settings {
         a.extend(["--set".to_string(), s.to_string()]);
     }

@@ -1,7 +1,7 @@
 //! A CaloChallenge shower's log-density under a model's inductive factorisation (Flow-1 · Flow-2
 //! · ∏ Flow-3), with the Jacobian of the preprocessing, so that the number is a log-density of
-//! voxel energies in MeV given E_inc (the definition: `cli::LOG_PROB_DEFINITION`, written into
-//! `log-prob --help` and its output file).
+//! voxel energies in MeV given E_inc ([`DEFINITION`], written into `log-prob --help` and its
+//! output file).
 
 use std::path::Path;
 
@@ -15,6 +15,19 @@ use crate::data::preprocess::{logit, CaloPreprocessing};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::models::manifest::Manifest;
+
+/// What `log_prob` is for a CaloChallenge model.
+pub const DEFINITION: &str = "log_prob = log p(x~ | E_inc) in ln(MeV^-(45*V)) (V voxels per layer), for the \
+shower x~ = x + n, x the file's voxel energies in MeV and n ~ U[0, noise_mev) per voxel (the training \
+preprocessing's noise, one draw per voxel from --seed; zero voxels are therefore never exactly zero). With \
+E_i = sum of layer i's voxels of x~, p_i = x~_i / E_i, u_i = logit(E_i / layer_scale), y_i = logit(p_i): \
+log_prob = log q1(u | E_inc) + log q2(y_1 | E_inc, E_1) + sum_{i=2..45} log q3(y_i | E_inc, E_i, E_{i-1}, y_{i-1}, i) \
++ log_det, where q are the flows' densities (base included) and log_det = sum_i [log|du_i/dE_i| + \
+sum_{v<V} log|dy_iv/dp_iv| - (V-1) log E_i] is log|det| of the bijection x~_i -> (u_i, y_i1..y_i(V-1)) of each layer \
+(the fractions sum to one, so the V-th logit is fixed by the others; the flows' density of the whole V-vector y_i \
+is taken as the density of its first V-1 coordinates, as the published factorisation is read). A model with a \
+voxel standardisation models y_iv = (logit(p_iv) - m_iv) / s_iv instead (m, s in model.json), and log_det holds \
+- sum_{v<V} log s_iv besides. E_inc is a condition, not a variable.";
 
 /// `(u, y, log_det)` of one shower.
 pub type Preprocessed = (Vec<f64>, Vec<f64>, f64);
@@ -181,6 +194,7 @@ pub fn score_file(
             ("incident_energies", e_all),
         ],
         noise: ("noise_mev", prep.noise_mev),
+        definition: DEFINITION,
     })
 }
 

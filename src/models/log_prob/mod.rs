@@ -6,14 +6,41 @@
 pub(crate) mod calo;
 pub(crate) mod zdc;
 
-/// A file's scores: named per-event datasets, `log_prob` first, and the noise scale of the
-/// preprocessing (its attribute name and value).
+use std::path::Path;
+
+use crate::data::h5;
+use crate::error::{Error, Result};
+
+/// A file's scores: named per-event datasets, `log_prob` first, the noise scale of the
+/// preprocessing (its attribute name and value) and what `log_prob` is.
 pub struct LogProbs {
     pub datasets: Vec<(&'static str, Vec<f64>)>,
     pub noise: (&'static str, f64),
+    /// [`calo::DEFINITION`] or [`zdc::DEFINITION`].
+    pub definition: &'static str,
 }
 
 impl LogProbs {
+    /// Writes `output` (through a temporary file): the datasets, the definition and what the
+    /// numbers were computed from (the model, the events file and the noise's seed).
+    pub fn write(&self, output: &Path, model: &Path, showers: &Path, seed: u64) -> Result<()> {
+        let out = h5::TempH5::create(output)?;
+        let f = out.file();
+        for (name, values) in &self.datasets {
+            f.new_dataset::<f64>()
+                .shape(vec![values.len()])
+                .create(*name)
+                .and_then(|ds| ds.write(&ndarray::ArrayView1::from(values)))
+                .map_err(|e| Error::data(output, name, format!("cannot write: {e}")))?;
+        }
+        h5::set_attr(f, output, "definition", self.definition)?;
+        h5::set_attr(f, output, "model", &model.display().to_string())?;
+        h5::set_attr(f, output, "showers", &showers.display().to_string())?;
+        h5::set_attr(f, output, "seed", &seed.to_string())?;
+        h5::set_attr(f, output, self.noise.0, &self.noise.1.to_string())?;
+        out.commit()
+    }
+
     /// Each event's log-density.
     pub fn log_prob(&self) -> &[f64] {
         &self.datasets[0].1

@@ -1,6 +1,6 @@
 //! A ZDC response's log-density under the image flow, given its particle and photon sum, with
-//! the Jacobian of the preprocessing, so that the number is a log-density of photon counts (the
-//! definition: `cli::ZDC_LOG_PROB_DEFINITION`, written into `log-prob --help` and its output file).
+//! the Jacobian of the preprocessing, so that the number is a log-density of photon counts
+//! ([`DEFINITION`], written into `log-prob --help` and its output file).
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
@@ -14,6 +14,17 @@ use crate::data::zdc::{ZdcFile, FEATURES, RESPONSES};
 use crate::detector::zdc::CONTEXT;
 use crate::error::{Error, Result};
 use crate::models::manifest::Manifest;
+
+/// What `log_prob` is for a ZDC model.
+pub const DEFINITION: &str =
+    "log_prob = log p(x~_1..x~_(V-1) | particle, S, T) in ln(photons^-(V-1)), V = 1936 pixels, for the \
+noised response x~ = x + noise_mul * u, x the file's photon counts and u ~ U[0,1) per pixel (one draw per pixel \
+from --seed, as in training), given the particle's 9 features and the file's photon sum S (the flow's conditions) \
+and the noised total T = sum of x~ (which fixes the last pixel). With p = x~ / T and y the flow features \
+(logit(alpha + (1 - 2 alpha) p), standardised per pixel where the model does): log_prob = log q(y | c) + log_det, q \
+the image flow's density (base included), log_det = sum_{v<V} [log|dy_v/dp_v|] - (V-1) log T, the log|det| of \
+x~_1..x~_(V-1) -> y_1..y_(V-1) at fixed T (the flow's density of the whole V-vector y is taken as the density of \
+its first V-1 coordinates, as for CaloChallenge layers). Output datasets log_prob, log_q, log_det, photon_sum (S).";
 
 /// One response's flow features and the log|det| of the preprocessing (see the module doc), from
 /// its noised photon counts `noised` (1936).
@@ -89,6 +100,7 @@ pub fn score_file(
     Ok(LogProbs {
         datasets: vec![("log_prob", lp), ("log_q", q), ("log_det", det), ("photon_sum", sums)],
         noise: ("noise_mul", prep.noise_mul),
+        definition: DEFINITION,
     })
 }
 
