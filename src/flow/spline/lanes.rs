@@ -124,12 +124,20 @@ fn search<F: Real>(c: &Consts<F>, knots: &[Lanes<F>], v: &Lanes<F>) -> Lanes<usi
 #[inline(always)]
 fn bin_derivatives<F: Real>(c: &Consts<F>, raw: &[Lanes<F>], bin: &Lanes<usize>) -> (Lanes<F>, Lanes<F>) {
     let k = c.k;
-    let raw_at = |j: &Lanes<usize>| map(|l| raw[2 * k + j[l].clamp(1, k - 1) - 1][l]);
     let (j0, j1) = (*bin, map(|l| bin[l] + 1));
-    let (inner0, inner1) = (inner_derivative(c, &raw_at(&j0)), inner_derivative(c, &raw_at(&j1)));
+    let (inner0, inner1) =
+        (inner_derivative(c, &derivative_params(c, raw, &j0)), inner_derivative(c, &derivative_params(c, raw, &j1)));
     let d0 = map(|l| if j0[l] == 0 { c.boundary_derivative } else { inner0[l] });
     let d1 = map(|l| if j1[l] == k { c.boundary_derivative } else { inner1[l] });
     (d0, d1)
+}
+
+/// The raw derivative parameter of knot `j` in each lane (knots 0 and K have none: their lanes
+/// read a neighbour's, which the callers do not use).
+#[inline(always)]
+fn derivative_params<F: Real>(c: &Consts<F>, raw: &[Lanes<F>], j: &Lanes<usize>) -> Lanes<F> {
+    let k = c.k;
+    map(|l| raw[2 * k + j[l].clamp(1, k - 1) - 1][l])
 }
 
 /// Copies `LANES` elements' raw parameters (element-major, `3K − 1` each) into `raw`, lane-minor.
@@ -389,8 +397,7 @@ fn backprop<F: Real>(c: &Consts<F>, s: &mut LaneScratch<F>, b: &Bins<F>, gy: &La
     accumulate_softmax(&s.soft_h, &b.index, &g_ch, c.span * c.scale_h, grad_h, &mut s.g_soft);
     for (offset, g_dj) in [(0, g_d0), (1, g_d1)] {
         let j = map(|l| b.index[l] + offset);
-        let raw = map(|l| s.raw[2 * k + j[l].clamp(1, k - 1) - 1][l]);
-        let slope = softplus_grad(&raw);
+        let slope = softplus_grad(&derivative_params(c, &s.raw, &j));
         for l in 0..LANES {
             if (1..k).contains(&j[l]) {
                 let idx = j[l] - 1;

@@ -87,6 +87,46 @@ fn row_bwd<F: Real>(
     }
 }
 
+/// `row_fwd` and `row_bwd` compiled with the target features `$features`, inside a module that
+/// also says when the CPU has them (`available`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_kernels_for {
+    ($features:literal) => {
+        /// # Safety
+        /// Only when [`available`].
+        #[target_feature(enable = $features)]
+        pub unsafe fn row_fwd<F: Real>(
+            c: &Consts<F>,
+            dir: Direction,
+            xr: &[F],
+            pr: &[F],
+            yr: &mut [F],
+            lr: &mut [F],
+            scratch: &mut RowScratch<F>,
+        ) {
+            super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
+        }
+
+        /// # Safety
+        /// Only when [`available`].
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn row_bwd<F: Real>(
+            c: &Consts<F>,
+            dir: Direction,
+            xr: &[F],
+            pr: &[F],
+            gyr: &[F],
+            glr: &[F],
+            gpr: &mut [F],
+            gxr: &mut [F],
+            scratch: &mut RowScratch<F>,
+        ) {
+            super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
+        }
+    };
+}
+
 /// The same row kernels compiled for AVX2 + FMA, chosen at run time (as the matmul does): the
 /// default build targets baseline x86-64.
 #[cfg(target_arch = "x86_64")]
@@ -98,38 +138,7 @@ mod avx2 {
         *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
-    /// # Safety
-    /// Only when [`available`].
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn row_fwd<F: Real>(
-        c: &Consts<F>,
-        dir: Direction,
-        xr: &[F],
-        pr: &[F],
-        yr: &mut [F],
-        lr: &mut [F],
-        scratch: &mut RowScratch<F>,
-    ) {
-        super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
-    }
-
-    /// # Safety
-    /// Only when [`available`].
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn row_bwd<F: Real>(
-        c: &Consts<F>,
-        dir: Direction,
-        xr: &[F],
-        pr: &[F],
-        gyr: &[F],
-        glr: &[F],
-        gpr: &mut [F],
-        gxr: &mut [F],
-        scratch: &mut RowScratch<F>,
-    ) {
-        super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
-    }
+    row_kernels_for!("avx2,fma");
 }
 
 /// The row kernels for AVX-512 (16 f32 lanes per register: one lane block).
@@ -148,38 +157,7 @@ mod avx512 {
         })
     }
 
-    /// # Safety
-    /// Only when [`available`].
-    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-    pub unsafe fn row_fwd<F: Real>(
-        c: &Consts<F>,
-        dir: Direction,
-        xr: &[F],
-        pr: &[F],
-        yr: &mut [F],
-        lr: &mut [F],
-        scratch: &mut RowScratch<F>,
-    ) {
-        super::row_fwd(c, dir, xr, pr, yr, lr, scratch)
-    }
-
-    /// # Safety
-    /// Only when [`available`].
-    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn row_bwd<F: Real>(
-        c: &Consts<F>,
-        dir: Direction,
-        xr: &[F],
-        pr: &[F],
-        gyr: &[F],
-        glr: &[F],
-        gpr: &mut [F],
-        gxr: &mut [F],
-        scratch: &mut RowScratch<F>,
-    ) {
-        super::row_bwd(c, dir, xr, pr, gyr, glr, gpr, gxr, scratch)
-    }
+    row_kernels_for!("avx512f,avx512vl,avx512dq,avx2,fma");
 }
 
 pub(super) fn dispatch_fwd<F: Real>(
